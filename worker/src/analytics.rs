@@ -1,0 +1,304 @@
+//! Analytics: keeps the triple-level tables (`triple_vault`, `triple_term`,
+//! `predicate_object`, `subject_predicate`) current from the analytics queue
+//! (transactional outbox, SPEC §3 level 3 and §4).
+//!
+//! One transaction per batch: claim due terms with FOR UPDATE SKIP LOCKED,
+//! lock the affected pair rows in key order, recompute the affected triples
+//! and pairs with a handful of set-based statements, delete the claimed queue
+//! rows, commit. A failing batch is retried term by term so that one bad term
+//! cannot hold back the rest; a failing term is retried with jittered
+//! exponential backoff and parked after the configured number of attempts.
+
+use crate::backoff;
+use crate::config::AnalyticsArgs;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::persistence::{classify, FailureKind};
+use crate::queries;
+use crate::ratelimit::RateLimit;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Tuning of the analytics loop (from `AnalyticsArgs`).
+#[derive(Debug, Clone)]
+pub struct AnalyticsSettings {
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub max_attempts: i32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub max_terms_per_second: u32,
+}
+
+impl From<&AnalyticsArgs> for AnalyticsSettings {
+    fn from(a: &AnalyticsArgs) -> Self {
+        Self {
+            batch_size: i64::from(a.analytics_batch_size),
+            poll_interval: Duration::from_millis(a.analytics_poll_interval_ms),
+            max_attempts: a.analytics_max_attempts as i32,
+            backoff_base: Duration::from_millis(a.analytics_backoff_base_ms),
+            backoff_max: Duration::from_millis(a.analytics_backoff_max_ms),
+            max_terms_per_second: a.analytics_max_terms_per_second,
+        }
+    }
+}
+
+/// What one call to [`process_batch`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Terms claimed from the queue.
+    pub claimed: usize,
+    /// Terms whose analytics were recomputed and removed from the queue.
+    pub completed: usize,
+    /// Terms that failed and were scheduled for another attempt.
+    pub retried: usize,
+    /// Terms that failed their last allowed attempt and were parked.
+    pub parked: usize,
+    /// Triples recomputed.
+    pub triples: usize,
+}
+
+struct Claimed {
+    term_id: String,
+}
+
+/// Claims and processes one batch. Returns a report with `claimed == 0` when
+/// nothing was due.
+pub async fn process_batch(pool: &PgPool, settings: &AnalyticsSettings) -> Result<BatchReport, sqlx::Error> {
+    let mut conflicts = 0u32;
+    loop {
+        let mut tx = pool.begin().await?;
+        let claimed = claim(&mut tx, settings.batch_size).await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(BatchReport::default());
+        }
+        let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
+        match recompute_terms(&mut tx, &terms).await {
+            Ok(triples) => {
+                tx.commit().await?;
+                return Ok(BatchReport {
+                    claimed: terms.len(),
+                    completed: terms.len(),
+                    triples,
+                    ..Default::default()
+                });
+            }
+            Err(error) => {
+                tx.rollback().await?;
+                match classify(&error) {
+                    FailureKind::Conflict if conflicts < 10 => {
+                        conflicts += 1;
+                        tokio::time::sleep(backoff::jittered(Duration::from_millis(5), conflicts, Duration::from_millis(500))).await;
+                    }
+                    FailureKind::Unavailable => return Err(error),
+                    _ => {
+                        tracing::warn!(%error, terms = terms.len(), "analytics batch failed; retrying its terms one by one");
+                        let owned: Vec<String> = terms.iter().map(|t| t.to_string()).collect();
+                        return process_individually(pool, settings, &owned).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Processes each term in its own transaction, recording failures per term.
+async fn process_individually(
+    pool: &PgPool,
+    settings: &AnalyticsSettings,
+    terms: &[String],
+) -> Result<BatchReport, sqlx::Error> {
+    let mut report = BatchReport {
+        claimed: terms.len(),
+        ..Default::default()
+    };
+    let mut failed: Vec<(String, String, i64)> = Vec::new();
+    for term in terms {
+        let mut tx = pool.begin().await?;
+        // Re-claim: another worker may have taken or finished it meanwhile.
+        let still_due: Option<(i32,)> = sqlx::query_as(
+            "SELECT attempts FROM analytics_queue WHERE term_id = $1 AND parked_at IS NULL FOR UPDATE SKIP LOCKED",
+        )
+        .bind(term)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((attempts,)) = still_due else {
+            tx.commit().await?;
+            continue;
+        };
+        match recompute_terms(&mut tx, &[term.as_str()]).await {
+            Ok(triples) => {
+                tx.commit().await?;
+                report.completed += 1;
+                report.triples += triples;
+            }
+            Err(error) => {
+                tx.rollback().await?;
+                if classify(&error) == FailureKind::Unavailable {
+                    return Err(error);
+                }
+                let delay = backoff::jittered(settings.backoff_base, (attempts + 1) as u32, settings.backoff_max);
+                tracing::warn!(term, %error, attempt = attempts + 1, "analytics failed for term");
+                failed.push((term.clone(), error.to_string().replace('\0', ""), delay.as_millis() as i64));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        let rows = sqlx::query(queries::FAIL_ANALYTICS_TERMS)
+            .bind(failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>())
+            .bind(failed.iter().map(|f| f.1.as_str()).collect::<Vec<_>>())
+            .bind(failed.iter().map(|f| f.2).collect::<Vec<_>>())
+            .bind(settings.max_attempts)
+            .fetch_all(pool)
+            .await?;
+        for row in rows {
+            if row.try_get::<bool, _>("parked")? {
+                report.parked += 1;
+            } else {
+                report.retried += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+    let rows = sqlx::query(queries::CLAIM_ANALYTICS_TERMS)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                term_id: r.try_get("term_id")?,
+            })
+        })
+        .collect()
+}
+
+/// Recomputes every analytics row that depends on `terms` and deletes their
+/// queue rows. Returns the number of triples recomputed.
+pub async fn recompute_terms(tx: &mut Transaction<'_, Postgres>, terms: &[&str]) -> Result<usize, sqlx::Error> {
+    let rows = sqlx::query(queries::ANALYTICS_AFFECTED_TRIPLES)
+        .bind(terms)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut triples: BTreeSet<String> = BTreeSet::new();
+    let mut predicate_objects: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut subject_predicates: BTreeSet<(String, String)> = BTreeSet::new();
+    for row in &rows {
+        triples.insert(row.try_get("term_id")?);
+        for prefix in ["", "old_"] {
+            let s: Option<String> = row.try_get(format!("{prefix}subject_id").as_str())?;
+            let p: Option<String> = row.try_get(format!("{prefix}predicate_id").as_str())?;
+            let o: Option<String> = row.try_get(format!("{prefix}object_id").as_str())?;
+            if let (Some(s), Some(p), Some(o)) = (s, p, o) {
+                predicate_objects.insert((p.clone(), o));
+                subject_predicates.insert((s, p));
+            }
+        }
+    }
+    if !triples.is_empty() {
+        let (po_p, po_o): (Vec<&str>, Vec<&str>) =
+            predicate_objects.iter().map(|(p, o)| (p.as_str(), o.as_str())).unzip();
+        let (sp_s, sp_p): (Vec<&str>, Vec<&str>) =
+            subject_predicates.iter().map(|(s, p)| (s.as_str(), p.as_str())).unzip();
+        let triple_ids: Vec<&str> = triples.iter().map(String::as_str).collect();
+        // Lock order: predicate_object, then subject_predicate, each in key order.
+        sqlx::query(queries::LOCK_PREDICATE_OBJECTS)
+            .bind(&po_p)
+            .bind(&po_o)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(queries::LOCK_SUBJECT_PREDICATES)
+            .bind(&sp_s)
+            .bind(&sp_p)
+            .execute(&mut **tx)
+            .await?;
+        for statement in [
+            queries::DELETE_TRIPLE_ANALYTICS,
+            queries::RECOMPUTE_TRIPLE_VAULTS,
+            queries::RECOMPUTE_TRIPLE_TERMS,
+        ] {
+            sqlx::query(statement).bind(&triple_ids).execute(&mut **tx).await?;
+        }
+        sqlx::query(queries::RECOMPUTE_PREDICATE_OBJECTS)
+            .bind(&po_p)
+            .bind(&po_o)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(queries::RECOMPUTE_SUBJECT_PREDICATES)
+            .bind(&sp_s)
+            .bind(&sp_p)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query(queries::COMPLETE_ANALYTICS_TERMS)
+        .bind(terms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(triples.len())
+}
+
+/// Gives parked terms a fresh set of attempts (all when `terms` is None).
+pub async fn requeue_parked(pool: &PgPool, terms: Option<&[String]>) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(queries::REQUEUE_PARKED_TERMS)
+        .bind(terms)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
+/// Queue depth, parked terms and the oldest pending age in seconds.
+pub async fn queue_stats(pool: &PgPool) -> Result<(i64, i64, f64), sqlx::Error> {
+    let row = sqlx::query(queries::ANALYTICS_QUEUE_STATS).fetch_one(pool).await?;
+    Ok((row.try_get("depth")?, row.try_get("parked")?, row.try_get("oldest_seconds")?))
+}
+
+/// The analytics loop: runs until `stop`, never interrupting a transaction.
+pub async fn run_loop(
+    pool: PgPool,
+    settings: AnalyticsSettings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let mut limit = RateLimit::new(settings.max_terms_per_second);
+    let mut failures = 0u32;
+    while !stop.is_cancelled() {
+        let started = Instant::now();
+        match process_batch(&pool, &settings).await {
+            Ok(report) if report.claimed == 0 => {
+                failures = 0;
+                crate::pipeline::pause(&stop, settings.poll_interval).await;
+            }
+            Ok(report) => {
+                failures = 0;
+                metrics.analytics_terms_processed.inc_by(report.completed as u64);
+                metrics.analytics_batch_terms.observe(report.claimed as f64);
+                metrics.analytics_batch_duration.observe(started.elapsed().as_secs_f64());
+                metrics.analytics_retries.inc_by(report.retried as u64);
+                metrics.analytics_parked.inc_by(report.parked as u64);
+                if report.retried + report.parked > 0 {
+                    let mut a = health.analytics.lock().unwrap_or_else(|e| e.into_inner());
+                    a.last_error = Some(format!(
+                        "{} term(s) failed ({} parked); see analytics_queue.last_error",
+                        report.retried + report.parked,
+                        report.parked
+                    ));
+                }
+                crate::pipeline::pause(&stop, limit.reserve(report.claimed)).await;
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, "analytics batch could not run; retrying");
+                health.analytics.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(error.to_string());
+                crate::pipeline::pause(&stop, backoff::jittered(Duration::from_millis(200), failures, Duration::from_secs(30))).await;
+            }
+        }
+    }
+}

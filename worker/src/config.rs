@@ -1,0 +1,498 @@
+//! Settings: every setting is a CLI flag and an environment variable (SPEC §5),
+//! validated at start-up with a message naming the variable, the bad value and
+//! the allowed range. The README's settings table is generated from these
+//! definitions (`postgres-writer settings`) and checked by a test.
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::fmt::Display;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "postgres-writer", version, about = "Intuition events from Redis streams into an exact PostgreSQL read model")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the streams (and, unless disabled, the analytics queue).
+    Run(RunArgs),
+    /// Process the analytics queue only.
+    Analytics(AnalyticsOnlyArgs),
+    /// Apply the database migrations and exit (safe to run concurrently).
+    Migrate(DatabaseArgs),
+    /// Ask the local worker to stop consuming, wait until it has flushed, exit (preStop hook).
+    Drain(DrainArgs),
+    /// Recompute every derived table from the events and report each difference (exit 1 on drift).
+    Verify(VerifyArgs),
+    /// Rewrite derived tables from the events in one transaction.
+    Rebuild(RebuildArgs),
+    /// Write realistic sample rindexer entries to Redis streams.
+    Generate(GenerateArgs),
+    /// Print row counts of the read model.
+    Summary(DatabaseArgs),
+    /// Print the settings table (Markdown) documented in the README.
+    Settings,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Connections the pool keeps open.
+    #[arg(long, env = "DB_POOL_MIN_CONNECTIONS", default_value_t = 1)]
+    pub db_pool_min_connections: u32,
+    /// Largest number of pooled connections.
+    #[arg(long, env = "DB_POOL_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_pool_max_connections: u32,
+    /// Longest wait for a pooled connection, in milliseconds.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+    /// Comma-separated stream names.
+    #[arg(long, env = "REDIS_STREAMS", value_delimiter = ',', required = true)]
+    pub redis_streams: Vec<String>,
+    /// Consumer group (created at the start of each stream if missing).
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "postgres-writer")]
+    pub consumer_group: String,
+    /// This consumer's name; must be unique and stable per pod (the pod name).
+    #[arg(long, env = "CONSUMER_NAME", default_value_t = default_consumer_name())]
+    pub consumer_name: String,
+    /// Entries read per stream and call; one batch is written in one transaction.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 1_000)]
+    pub batch_timeout_ms: u64,
+    /// Idle time after which another consumer's pending entries are taken over, in milliseconds.
+    #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 60_000)]
+    pub claim_idle_ms: u64,
+    /// How often to look for pending entries of dead consumers, in milliseconds.
+    #[arg(long, env = "CLAIM_INTERVAL_MS", default_value_t = 10_000)]
+    pub claim_interval_ms: u64,
+    /// Rate limit on stream entries written per second (0 = unlimited).
+    #[arg(long, env = "MAX_ENTRIES_PER_SECOND", default_value_t = 0)]
+    pub max_entries_per_second: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AnalyticsArgs {
+    /// Run the analytics loop inside `run`.
+    #[arg(long, env = "ANALYTICS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub analytics_enabled: bool,
+    /// Analytics loops per process (each claims its own batch of terms).
+    #[arg(long, env = "ANALYTICS_CONCURRENCY", default_value_t = 1)]
+    pub analytics_concurrency: u32,
+    /// Terms claimed per analytics transaction.
+    #[arg(long, env = "ANALYTICS_BATCH_SIZE", default_value_t = 500)]
+    pub analytics_batch_size: u32,
+    /// Wait between polls of an empty queue, in milliseconds.
+    #[arg(long, env = "ANALYTICS_POLL_INTERVAL_MS", default_value_t = 200)]
+    pub analytics_poll_interval_ms: u64,
+    /// Attempts before a failing term is parked.
+    #[arg(long, env = "ANALYTICS_MAX_ATTEMPTS", default_value_t = 8)]
+    pub analytics_max_attempts: u32,
+    /// First retry delay of a failing term, in milliseconds (doubles per attempt, jittered).
+    #[arg(long, env = "ANALYTICS_BACKOFF_BASE_MS", default_value_t = 1_000)]
+    pub analytics_backoff_base_ms: u64,
+    /// Largest retry delay of a failing term, in milliseconds.
+    #[arg(long, env = "ANALYTICS_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub analytics_backoff_max_ms: u64,
+    /// Rate limit on terms processed per second per process (0 = unlimited).
+    #[arg(long, env = "ANALYTICS_MAX_TERMS_PER_SECOND", default_value_t = 0)]
+    pub analytics_max_terms_per_second: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Port of /livez, /readyz, /health, /metrics and the local /drain.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u32,
+    /// Address the HTTP server binds to.
+    #[arg(long, env = "HTTP_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub http_bind_address: std::net::IpAddr,
+    /// Longest time a drain (SIGTERM or `drain`) may take before the worker gives up waiting, in milliseconds.
+    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 60_000)]
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
+    pub analytics: AnalyticsArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AnalyticsOnlyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub analytics: AnalyticsArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// Port of the local worker's HTTP server.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u32,
+    /// Longest time a drain may take, in milliseconds.
+    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 60_000)]
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Differences printed per table.
+    #[arg(long, default_value_t = 10)]
+    pub show: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Rebuild only the analytics tables.
+    #[arg(long)]
+    pub analytics_only: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+    /// Prefix of the generated streams (`<prefix>_atom_created`, `<prefix>_deposited`, …).
+    #[arg(long, default_value = "intuition_testnet")]
+    pub stream_prefix: String,
+    /// Number of events to generate.
+    #[arg(long, default_value_t = 10_000)]
+    pub events: u64,
+    /// Events per stream entry (rindexer batches several events in one entry).
+    #[arg(long, default_value_t = 10)]
+    pub events_per_entry: u32,
+    /// Random seed (the same seed gives the same events).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Number of distinct accounts.
+    #[arg(long, default_value_t = 50)]
+    pub accounts: u32,
+    /// Number of bonding curves.
+    #[arg(long, default_value_t = 2)]
+    pub curves: u32,
+    /// Network name written into the events.
+    #[arg(long, default_value = "intuition-testnet")]
+    pub network: String,
+}
+
+fn default_consumer_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| format!("postgres-writer-{}", std::process::id()))
+}
+
+/// A setting outside its allowed range: the message names all three.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {variable} (--{flag}) = {value}: {allowed}")]
+pub struct InvalidSetting {
+    pub variable: &'static str,
+    pub flag: &'static str,
+    pub value: String,
+    pub allowed: String,
+}
+
+fn in_range<T: PartialOrd + Display + Copy>(
+    variable: &'static str,
+    flag: &'static str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), InvalidSetting> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(InvalidSetting {
+            variable,
+            flag,
+            value: value.to_string(),
+            allowed: format!("allowed range is {}..={}", range.start(), range.end()),
+        })
+    }
+}
+
+fn invalid(variable: &'static str, flag: &'static str, value: impl Display, allowed: &str) -> InvalidSetting {
+    InvalidSetting {
+        variable,
+        flag,
+        value: value.to_string(),
+        allowed: allowed.to_string(),
+    }
+}
+
+impl DatabaseArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "DATABASE_URL",
+                "database-url",
+                redact_url(&self.database_url),
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        in_range("DB_POOL_MAX_CONNECTIONS", "db-pool-max-connections", self.db_pool_max_connections, 1..=1000)?;
+        in_range(
+            "DB_POOL_MIN_CONNECTIONS",
+            "db-pool-min-connections",
+            self.db_pool_min_connections,
+            0..=self.db_pool_max_connections,
+        )?;
+        in_range("DB_ACQUIRE_TIMEOUT_MS", "db-acquire-timeout-ms", self.db_acquire_timeout_ms, 100..=600_000)
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+}
+
+impl StreamArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
+            return Err(invalid(
+                "REDIS_URL",
+                "redis-url",
+                redact_url(&self.redis_url),
+                "must start with redis:// or rediss://",
+            ));
+        }
+        let streams = self.redis_streams.join(",");
+        if self.redis_streams.is_empty() || self.redis_streams.iter().any(|s| s.trim().is_empty()) {
+            return Err(invalid("REDIS_STREAMS", "redis-streams", format!("{streams:?}"), "a comma-separated list of non-empty stream names"));
+        }
+        let mut unique = self.redis_streams.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != self.redis_streams.len() {
+            return Err(invalid("REDIS_STREAMS", "redis-streams", format!("{streams:?}"), "stream names must be distinct"));
+        }
+        for (variable, flag, value) in [
+            ("CONSUMER_GROUP", "consumer-group", &self.consumer_group),
+            ("CONSUMER_NAME", "consumer-name", &self.consumer_name),
+        ] {
+            if value.trim().is_empty() || value.len() > 200 || value.chars().any(char::is_control) {
+                return Err(invalid(variable, flag, format!("{value:?}"), "1 to 200 printable characters"));
+            }
+        }
+        in_range("BATCH_SIZE", "batch-size", self.batch_size, 1..=10_000)?;
+        in_range("BATCH_TIMEOUT_MS", "batch-timeout-ms", self.batch_timeout_ms, 1..=60_000)?;
+        in_range("CLAIM_IDLE_MS", "claim-idle-ms", self.claim_idle_ms, 1_000..=86_400_000)?;
+        in_range("CLAIM_INTERVAL_MS", "claim-interval-ms", self.claim_interval_ms, 100..=3_600_000)?;
+        in_range("MAX_ENTRIES_PER_SECOND", "max-entries-per-second", self.max_entries_per_second, 0..=10_000_000)
+    }
+}
+
+impl AnalyticsArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        in_range("ANALYTICS_CONCURRENCY", "analytics-concurrency", self.analytics_concurrency, 1..=64)?;
+        in_range("ANALYTICS_BATCH_SIZE", "analytics-batch-size", self.analytics_batch_size, 1..=100_000)?;
+        in_range("ANALYTICS_POLL_INTERVAL_MS", "analytics-poll-interval-ms", self.analytics_poll_interval_ms, 10..=60_000)?;
+        in_range("ANALYTICS_MAX_ATTEMPTS", "analytics-max-attempts", self.analytics_max_attempts, 1..=1_000)?;
+        in_range("ANALYTICS_BACKOFF_BASE_MS", "analytics-backoff-base-ms", self.analytics_backoff_base_ms, 1..=3_600_000)?;
+        in_range(
+            "ANALYTICS_BACKOFF_MAX_MS",
+            "analytics-backoff-max-ms",
+            self.analytics_backoff_max_ms,
+            self.analytics_backoff_base_ms..=86_400_000,
+        )?;
+        in_range(
+            "ANALYTICS_MAX_TERMS_PER_SECOND",
+            "analytics-max-terms-per-second",
+            self.analytics_max_terms_per_second,
+            0..=10_000_000,
+        )
+    }
+}
+
+impl HttpArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        in_range("HTTP_PORT", "http-port", self.http_port, 1..=65_535)?;
+        in_range("DRAIN_TIMEOUT_MS", "drain-timeout-ms", self.drain_timeout_ms, 1_000..=3_600_000)
+    }
+}
+
+impl DrainArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        in_range("HTTP_PORT", "http-port", self.http_port, 1..=65_535)?;
+        in_range("DRAIN_TIMEOUT_MS", "drain-timeout-ms", self.drain_timeout_ms, 1_000..=3_600_000)
+    }
+}
+
+impl RunArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.database.validate()?;
+        self.streams.validate()?;
+        self.analytics.validate()?;
+        self.http.validate()
+    }
+}
+
+impl AnalyticsOnlyArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.database.validate()?;
+        self.analytics.validate()?;
+        self.http.validate()
+    }
+}
+
+/// Hides the password of a URL in messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &credentials[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The Markdown table of every environment-backed setting, generated from the
+/// CLI definitions (one row per variable, with the subcommands that read it).
+pub fn settings_table() -> String {
+    let command = Cli::command();
+    let mut rows: Vec<(String, String, String, String, Vec<String>)> = Vec::new();
+    for sub in command.get_subcommands() {
+        for arg in sub.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let env = env.to_string_lossy().to_string();
+            if let Some(row) = rows.iter_mut().find(|r| r.0 == env) {
+                row.4.push(sub.get_name().to_string());
+                continue;
+            }
+            let flag = arg.get_long().map(|l| format!("`--{l}`")).unwrap_or_default();
+            let default = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let default = match (env.as_str(), default.as_str()) {
+                ("CONSUMER_NAME", _) => "`$HOSTNAME`".to_string(),
+                (_, "") => "required".to_string(),
+                (_, d) => format!("`{d}`"),
+            };
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            rows.push((env, flag, default, help, vec![sub.get_name().to_string()]));
+        }
+    }
+    let mut out = String::from("| variable | flag | default | meaning | read by |\n|---|---|---|---|---|\n");
+    for (env, flag, default, help, subs) in rows {
+        out.push_str(&format!("| `{env}` | {flag} | {default} | {help} | {} |\n", subs.join(", ")));
+    }
+    out.push_str("| `RUST_LOG` |  | `info,sqlx=warn` | Log filter (tracing EnvFilter syntax), logs go to stderr. | all |\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, String> {
+        let mut argv = vec![
+            "postgres-writer",
+            "run",
+            "--database-url",
+            "postgres://u:secret@localhost/db",
+            "--redis-streams",
+            "a,b",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+            Command::Run(args) => Ok(args),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let args = run_args(&[]).unwrap();
+        args.validate().unwrap();
+        assert_eq!(args.streams.redis_streams, vec!["a", "b"]);
+        assert_eq!(args.streams.batch_size, 500);
+    }
+
+    #[test]
+    fn out_of_range_settings_name_variable_value_and_range() {
+        let cases: [(&[&str], &str, &str); 5] = [
+            (&["--batch-size", "0"], "BATCH_SIZE", "1..=10000"),
+            (&["--http-port", "70000"], "HTTP_PORT", "1..=65535"),
+            (&["--db-pool-max-connections", "0"], "DB_POOL_MAX_CONNECTIONS", "1..=1000"),
+            (&["--db-pool-min-connections", "20"], "DB_POOL_MIN_CONNECTIONS", "0..=10"),
+            (&["--analytics-concurrency", "100"], "ANALYTICS_CONCURRENCY", "1..=64"),
+        ];
+        for (flags, variable, range) in cases {
+            let err = run_args(flags).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(variable) && err.contains(range) && err.contains(flags[1]), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_urls_and_streams_are_refused_without_leaking_passwords() {
+        let mut args = run_args(&[]).unwrap();
+        args.database.database_url = "mysql://u:secret@host/db".into();
+        let err = args.validate().unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL") && !err.contains("secret"), "{err}");
+        let args = run_args(&["--redis-streams", "a,,b"]);
+        let err = args.unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("REDIS_STREAMS"), "{err}");
+        let err = run_args(&["--redis-streams", "a,a"]).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("distinct"), "{err}");
+    }
+
+    #[test]
+    fn settings_table_lists_every_spec_variable() {
+        let table = settings_table();
+        for variable in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "REDIS_STREAMS",
+            "CONSUMER_GROUP",
+            "CONSUMER_NAME",
+            "BATCH_SIZE",
+            "BATCH_TIMEOUT_MS",
+            "HTTP_PORT",
+        ] {
+            assert!(table.contains(&format!("| `{variable}` |")), "{variable} missing");
+        }
+    }
+
+    #[test]
+    fn readme_settings_table_is_current() {
+        let readme = include_str!("../../README.md");
+        let begin = "<!-- settings:begin -->\n";
+        let end = "<!-- settings:end -->";
+        let start = readme.find(begin).expect("README has a settings:begin marker") + begin.len();
+        let stop = readme.find(end).expect("README has a settings:end marker");
+        assert_eq!(
+            &readme[start..stop],
+            settings_table(),
+            "README settings table is stale: regenerate it with `postgres-writer settings`"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! Identifier normalisation (SPEC §2): term ids as lower-case `0x` + 64 hex,
+//! addresses EIP-55 checksummed, atom data as bytes, counter terms by keccak.
+
+use super::FieldError;
+use tiny_keccak::{Hasher, Keccak};
+
+pub fn keccak256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Keccak::v256();
+    for part in parts {
+        hasher.update(part);
+    }
+    let mut out = [0u8; 32];
+    hasher.finalize(&mut out);
+    out
+}
+
+/// Normalises a bytes32 term id: `0x` optional on input, any case, exactly 64
+/// hex digits.
+pub fn term_id(value: &str) -> Result<String, FieldError> {
+    let digits = strip_0x(value);
+    if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(FieldError::Id {
+            value: value.to_string(),
+            expected: "a bytes32 id: 0x followed by 64 hex digits",
+        });
+    }
+    Ok(format!("0x{}", digits.to_ascii_lowercase()))
+}
+
+/// The counter term of a triple: keccak256(keccak256("COUNTER_SALT") ++ termId).
+/// `term_id` must already be normalised.
+pub fn counter_term_id(term_id: &str) -> String {
+    let mut bytes = [0u8; 32];
+    // A normalised term id always decodes; fall back to zeros defensively.
+    let _ = hex::decode_to_slice(&term_id[2..], &mut bytes);
+    let salt = keccak256(&[b"COUNTER_SALT"]);
+    format!("0x{}", hex::encode(keccak256(&[&salt, &bytes])))
+}
+
+/// Normalises an address to its EIP-55 checksummed form. All-lower and
+/// all-upper inputs are accepted; a mixed-case input must carry a valid checksum.
+pub fn address(value: &str) -> Result<String, FieldError> {
+    let digits = strip_0x(value);
+    if digits.len() != 40 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(FieldError::Id {
+            value: value.to_string(),
+            expected: "an address: 0x followed by 40 hex digits",
+        });
+    }
+    let checksummed = checksum(&digits.to_ascii_lowercase());
+    let mixed = digits.bytes().any(|b| b.is_ascii_lowercase()) && digits.bytes().any(|b| b.is_ascii_uppercase());
+    if mixed && checksummed[2..] != *digits {
+        return Err(FieldError::Id {
+            value: value.to_string(),
+            expected: "an address with a valid EIP-55 checksum",
+        });
+    }
+    Ok(checksummed)
+}
+
+fn checksum(lower_hex: &str) -> String {
+    let hash = keccak256(&[lower_hex.as_bytes()]);
+    let mut out = String::with_capacity(42);
+    out.push_str("0x");
+    for (i, c) in lower_hex.chars().enumerate() {
+        let nibble = (hash[i / 2] >> if i % 2 == 0 { 4 } else { 0 }) & 0x0f;
+        if c.is_ascii_alphabetic() && nibble >= 8 {
+            out.push(c.to_ascii_uppercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Decodes hex bytes (with or without `0x`; rindexer writes bare hex).
+pub fn hex_bytes(value: &str) -> Result<Vec<u8>, FieldError> {
+    hex::decode(strip_0x(value)).map_err(|_| FieldError::Id {
+        value: truncate(value),
+        expected: "hex bytes (an even number of hex digits, 0x optional)",
+    })
+}
+
+/// Atom data as text when it is UTF-8 without NUL bytes (SPEC §2).
+pub fn atom_text(bytes: &[u8]) -> Option<String> {
+    if bytes.contains(&0) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+fn strip_0x(value: &str) -> &str {
+    value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+        .unwrap_or(value)
+}
+
+/// Keeps error messages readable when a field holds a huge value.
+pub(crate) fn truncate(value: &str) -> String {
+    const LIMIT: usize = 120;
+    if value.len() <= LIMIT {
+        return value.to_string();
+    }
+    let mut end = LIMIT;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &value[..end], value.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eip55_reference_vectors() {
+        // Vectors from EIP-55.
+        for expected in [
+            "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+            "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+            "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+            "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+        ] {
+            assert_eq!(address(&expected.to_lowercase()).unwrap(), expected);
+            assert_eq!(address(expected).unwrap(), expected);
+            assert_eq!(address(&format!("0x{}", expected[2..].to_uppercase())).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn bad_addresses_are_named() {
+        let err = address("0x5aaeb6053F3E94C9b9A09f33669435E7Ef1BeAed").unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        assert!(address("0x1234").is_err());
+        assert!(address("0xzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz").is_err());
+    }
+
+    #[test]
+    fn term_ids_are_lower_case_with_prefix() {
+        let upper = format!("0x{}", "AB".repeat(32));
+        assert_eq!(term_id(&upper).unwrap(), format!("0x{}", "ab".repeat(32)));
+        assert_eq!(term_id(&"cd".repeat(32)).unwrap(), format!("0x{}", "cd".repeat(32)));
+        assert!(term_id("0x1234").is_err());
+    }
+
+    #[test]
+    fn keccak_and_counter_term() {
+        // keccak256("") is a well-known constant.
+        assert_eq!(
+            hex::encode(keccak256(&[b""])),
+            "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+        );
+        let term = format!("0x{}", "00".repeat(31) + "01");
+        let counter = counter_term_id(&term);
+        assert_eq!(counter.len(), 66);
+        assert_ne!(counter, term);
+        // Independent recomputation of the definition.
+        let salt = keccak256(&[b"COUNTER_SALT"]);
+        let mut id = [0u8; 32];
+        id[31] = 1;
+        assert_eq!(counter, format!("0x{}", hex::encode(keccak256(&[&salt, &id]))));
+    }
+
+    #[test]
+    fn atom_data_text_or_bytes() {
+        assert_eq!(hex_bytes("0x6869").unwrap(), b"hi");
+        assert_eq!(hex_bytes("6869").unwrap(), b"hi");
+        assert!(hex_bytes("686").is_err());
+        assert_eq!(atom_text(b"hi").as_deref(), Some("hi"));
+        assert_eq!(atom_text(&[0xff, 0xfe]), None);
+        assert_eq!(atom_text(b"a\0b"), None);
+    }
+}

@@ -1,0 +1,596 @@
+//! Event decoding: one Redis stream entry (rindexer format, SPEC §2) becomes
+//! validated, normalised events plus dead letters for whatever could not be read.
+//!
+//! Decoding never fails as a whole: a bad entry or a bad array item becomes a
+//! [`DeadLetter`] carrying the exact bytes and a reason naming the field, and
+//! the good items beside it are kept.
+
+pub mod ids;
+pub mod numbers;
+
+use numbers::Spelling;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// 9999-12-31T23:59:59Z: PostgreSQL's timestamptz cannot go much further.
+const MAX_TIMESTAMP: u64 = 253_402_300_799;
+
+/// Field names under which producers put the JSON document (newest first).
+pub const PAYLOAD_FIELDS: [&str; 3] = ["payload", "data", "event_data"];
+
+/// Why one value could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("is missing")]
+    Missing,
+    #[error("expected {expected}, got {value}")]
+    Number { value: String, expected: &'static str },
+    #[error("expected {expected}, got {value:?}")]
+    Id { value: String, expected: &'static str },
+    #[error("expected {expected}, got JSON {value}")]
+    Type { value: String, expected: &'static str },
+}
+
+/// Why an entry or item went to the dead-letter table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("entry was deleted from the stream before it was processed")]
+    Deleted,
+    #[error("entry has none of the fields {PAYLOAD_FIELDS:?} (fields present: {0:?})")]
+    NoPayloadField(Vec<String>),
+    #[error("payload is not UTF-8 (invalid byte at offset {0})")]
+    NotUtf8(usize),
+    #[error("payload is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("payload is not a JSON object with event_name and event_data: {0}")]
+    NotEnvelope(String),
+    #[error("event_data is empty")]
+    EmptyEventData,
+    #[error("{event}: item is not a JSON object: {detail}")]
+    ItemNotObject { event: String, detail: String },
+    #[error("{event}: field `{field}` {error}")]
+    Field {
+        event: String,
+        field: String,
+        error: FieldError,
+    },
+    #[error("{event}: event data contains \\u0000, which PostgreSQL cannot store")]
+    NulCharacter { event: String },
+}
+
+/// Where a decoded item came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub stream: Arc<str>,
+    pub entry_id: Arc<str>,
+    /// Index in the entry's `event_data` array (0 for a single object).
+    pub item_index: i32,
+}
+
+/// The `transaction_information` of an event, normalised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainPosition {
+    pub transaction_hash: String,
+    pub log_index: i64,
+    pub block_number: i64,
+    pub network: String,
+    pub block_hash: Option<String>,
+    /// Unix seconds; `None` when the producer sent null (valid data).
+    pub block_timestamp: Option<i64>,
+    pub transaction_index: Option<i64>,
+    pub contract_address: Option<String>,
+}
+
+impl ChainPosition {
+    /// The primary key of every event table.
+    pub fn key(&self) -> (&str, i64) {
+        (&self.transaction_hash, self.log_index)
+    }
+    /// "Newest" ordering of SPEC §3.
+    pub fn order(&self) -> (i64, i64) {
+        (self.block_number, self.log_index)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtomCreated {
+    pub creator: String,
+    pub term_id: String,
+    pub atom_data: Vec<u8>,
+    pub atom_data_text: Option<String>,
+    pub atom_wallet: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TripleCreated {
+    pub creator: String,
+    pub term_id: String,
+    pub subject_id: String,
+    pub predicate_id: String,
+    pub object_id: String,
+    pub counter_term_id: String,
+}
+
+/// uint256 quantities are canonical decimal text (bound as NUMERIC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deposited {
+    pub sender: String,
+    pub receiver: String,
+    pub term_id: String,
+    pub curve_id: String,
+    pub assets: String,
+    pub assets_after_fees: String,
+    pub shares: String,
+    pub total_shares: String,
+    pub vault_type: i16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redeemed {
+    pub sender: String,
+    pub receiver: String,
+    pub term_id: String,
+    pub curve_id: String,
+    pub shares: String,
+    pub total_shares: String,
+    pub assets: String,
+    pub fees: String,
+    pub vault_type: i16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharePriceChanged {
+    pub term_id: String,
+    pub curve_id: String,
+    pub share_price: String,
+    pub total_assets: String,
+    pub total_shares: String,
+    pub vault_type: i16,
+}
+
+/// Any event without defined effects, stored verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenericEvent {
+    pub event_name: String,
+    pub event_signature_hash: Option<String>,
+    /// The item's JSON exactly as received.
+    pub event_data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBody {
+    AtomCreated(AtomCreated),
+    TripleCreated(TripleCreated),
+    Deposited(Deposited),
+    Redeemed(Redeemed),
+    SharePriceChanged(SharePriceChanged),
+    Generic(GenericEvent),
+}
+
+impl EventBody {
+    /// The event's name as the contract spells it.
+    pub fn name(&self) -> &str {
+        match self {
+            EventBody::Generic(g) => &g.event_name,
+            other => other.kind(),
+        }
+    }
+
+    /// Stable name used in metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::AtomCreated(_) => "AtomCreated",
+            EventBody::TripleCreated(_) => "TripleCreated",
+            EventBody::Deposited(_) => "Deposited",
+            EventBody::Redeemed(_) => "Redeemed",
+            EventBody::SharePriceChanged(_) => "SharePriceChanged",
+            EventBody::Generic(_) => "Generic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedEvent {
+    pub source: Source,
+    pub position: ChainPosition,
+    pub body: EventBody,
+}
+
+/// Input that could not be decoded, with exactly the bytes received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub stream: Arc<str>,
+    pub entry_id: Arc<str>,
+    /// `None` when the whole entry was unreadable.
+    pub item_index: Option<i32>,
+    pub event_name: Option<String>,
+    pub reason: String,
+    pub raw_payload: Vec<u8>,
+}
+
+/// Everything one stream entry turned into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedEntry {
+    pub stream: Arc<str>,
+    pub entry_id: Arc<str>,
+    /// The payload as received (kept so that an entry the database refuses can
+    /// still be dead-lettered whole).
+    pub raw_payload: Vec<u8>,
+    pub events: Vec<DecodedEvent>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl DecodedEntry {
+    /// The whole entry as one dead letter (used when the database refuses it).
+    pub fn into_dead_letter(self, reason: String) -> DeadLetter {
+        let event_name = self
+            .events
+            .first()
+            .map(|e| e.body.name().to_string())
+            .or_else(|| self.dead_letters.first().and_then(|d| d.event_name.clone()));
+        DeadLetter {
+            stream: self.stream,
+            entry_id: self.entry_id,
+            item_index: None,
+            event_name,
+            reason,
+            raw_payload: self.raw_payload,
+        }
+    }
+}
+
+/// Decodes one stream entry given its field/value pairs.
+pub fn decode_entry(stream: &Arc<str>, entry_id: &Arc<str>, fields: &[(String, Vec<u8>)]) -> DecodedEntry {
+    let whole_entry_dead = |reason: DecodeError, raw: Vec<u8>, event_name: Option<String>| DecodedEntry {
+        stream: stream.clone(),
+        entry_id: entry_id.clone(),
+        raw_payload: raw.clone(),
+        events: Vec::new(),
+        dead_letters: vec![DeadLetter {
+            stream: stream.clone(),
+            entry_id: entry_id.clone(),
+            item_index: None,
+            event_name,
+            reason: reason.to_string(),
+            raw_payload: raw,
+        }],
+    };
+
+    if fields.is_empty() {
+        return whole_entry_dead(DecodeError::Deleted, Vec::new(), None);
+    }
+    let Some(raw) = PAYLOAD_FIELDS
+        .iter()
+        .find_map(|name| fields.iter().find(|(f, _)| f == name).map(|(_, v)| v))
+    else {
+        let names = fields.iter().map(|(f, _)| f.clone()).collect();
+        let raw = render_fields(fields);
+        return whole_entry_dead(DecodeError::NoPayloadField(names), raw, None);
+    };
+    let text = match std::str::from_utf8(raw) {
+        Ok(text) => text,
+        Err(e) => return whole_entry_dead(DecodeError::NotUtf8(e.valid_up_to()), raw.clone(), None),
+    };
+    let envelope: HashMap<String, &RawValue> = match serde_json::from_str::<&RawValue>(text) {
+        Err(e) => return whole_entry_dead(DecodeError::NotJson(e.to_string()), raw.clone(), None),
+        Ok(value) => match serde_json::from_str(value.get()) {
+            Ok(map) => map,
+            Err(_) => {
+                let detail = format!("top level is {}", json_kind(value));
+                return whole_entry_dead(DecodeError::NotEnvelope(detail), raw.clone(), None);
+            }
+        },
+    };
+    let event_name = match envelope.get("event_name").map(|v| serde_json::from_str::<String>(v.get())) {
+        Some(Ok(name)) if !name.is_empty() && !name.contains('\0') => name,
+        _ => {
+            let detail = "event_name is missing or not a non-empty string".to_string();
+            return whole_entry_dead(DecodeError::NotEnvelope(detail), raw.clone(), None);
+        }
+    };
+    let Some(event_data) = envelope.get("event_data") else {
+        let detail = "event_data is missing".to_string();
+        return whole_entry_dead(DecodeError::NotEnvelope(detail), raw.clone(), Some(event_name));
+    };
+    let items: Vec<&RawValue> = match event_data.get().trim_start().as_bytes().first() {
+        Some(b'[') => match serde_json::from_str(event_data.get()) {
+            Ok(items) => items,
+            Err(e) => {
+                return whole_entry_dead(DecodeError::NotJson(e.to_string()), raw.clone(), Some(event_name))
+            }
+        },
+        _ => vec![*event_data],
+    };
+    if items.is_empty() {
+        return whole_entry_dead(DecodeError::EmptyEventData, raw.clone(), Some(event_name));
+    }
+    let envelope_context = EnvelopeContext {
+        event_name: &event_name,
+        event_signature_hash: optional_string(&envelope, "event_signature_hash"),
+        network: optional_string(&envelope, "network"),
+    };
+
+    let mut out = DecodedEntry {
+        stream: stream.clone(),
+        entry_id: entry_id.clone(),
+        raw_payload: raw.clone(),
+        events: Vec::with_capacity(items.len()),
+        dead_letters: Vec::new(),
+    };
+    for (index, item) in items.iter().enumerate() {
+        let item_index = i32::try_from(index).unwrap_or(i32::MAX);
+        let source = Source {
+            stream: stream.clone(),
+            entry_id: entry_id.clone(),
+            item_index,
+        };
+        match decode_item(&envelope_context, item) {
+            Ok((position, body)) => out.events.push(DecodedEvent { source, position, body }),
+            Err(reason) => out.dead_letters.push(DeadLetter {
+                stream: stream.clone(),
+                entry_id: entry_id.clone(),
+                item_index: Some(item_index),
+                event_name: Some(event_name.clone()),
+                reason: reason.to_string(),
+                raw_payload: item.get().as_bytes().to_vec(),
+            }),
+        }
+    }
+    out
+}
+
+struct EnvelopeContext<'a> {
+    event_name: &'a str,
+    event_signature_hash: Option<String>,
+    network: Option<String>,
+}
+
+fn optional_string(map: &HashMap<String, &RawValue>, key: &str) -> Option<String> {
+    map.get(key)
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        .filter(|s| !s.is_empty() && !s.contains('\0'))
+}
+
+/// Accessor over one JSON object's fields, producing errors that name the field.
+struct Fields<'a> {
+    event: &'a str,
+    prefix: &'static str,
+    map: HashMap<String, &'a RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    fn error(&self, field: &str, error: FieldError) -> DecodeError {
+        DecodeError::Field {
+            event: self.event.to_string(),
+            field: format!("{}{}", self.prefix, field),
+            error,
+        }
+    }
+
+    /// The raw JSON of a field; `None` when absent or null.
+    fn raw(&self, field: &str) -> Option<&'a RawValue> {
+        self.map.get(field).copied().filter(|v| v.get() != "null")
+    }
+
+    fn string(&self, field: &str) -> Result<String, DecodeError> {
+        let raw = self.raw(field).ok_or_else(|| self.error(field, FieldError::Missing))?;
+        serde_json::from_str::<String>(raw.get()).map_err(|_| {
+            self.error(
+                field,
+                FieldError::Type {
+                    value: ids::truncate(raw.get()),
+                    expected: "a string",
+                },
+            )
+        })
+    }
+
+    fn spelling<T>(&self, field: &str, parse: impl FnOnce(Spelling<'_>) -> Result<T, FieldError>) -> Result<T, DecodeError> {
+        let raw = self.raw(field).ok_or_else(|| self.error(field, FieldError::Missing))?;
+        let text = raw.get();
+        let result = if text.starts_with('"') {
+            let inner: String = serde_json::from_str(text).map_err(|_| {
+                self.error(
+                    field,
+                    FieldError::Type {
+                        value: ids::truncate(text),
+                        expected: "a string",
+                    },
+                )
+            })?;
+            parse(Spelling::Text(&inner))
+        } else if text.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
+            parse(Spelling::Literal(text))
+        } else {
+            Err(FieldError::Type {
+                value: ids::truncate(text),
+                expected: "a number or a numeric string",
+            })
+        };
+        result.map_err(|e| self.error(field, e))
+    }
+
+    fn u256(&self, field: &str) -> Result<String, DecodeError> {
+        self.spelling(field, numbers::parse_u256)
+    }
+
+    fn small(&self, field: &str, max: u64, expected: &'static str) -> Result<i64, DecodeError> {
+        self.spelling(field, |s| numbers::parse_small(s, max, expected))
+    }
+
+    fn optional_small(&self, field: &str, expected: &'static str) -> Result<Option<i64>, DecodeError> {
+        match self.raw(field) {
+            None => Ok(None),
+            Some(_) => self.small(field, i64::MAX as u64, expected).map(Some),
+        }
+    }
+
+    fn vault_type(&self) -> Result<i16, DecodeError> {
+        self.small("vaultType", 2, "a vault type: 0 (Atom), 1 (Triple) or 2 (CounterTriple)")
+            .map(|v| v as i16)
+    }
+
+    fn with<T>(&self, field: &str, f: impl FnOnce(&str) -> Result<T, FieldError>) -> Result<T, DecodeError> {
+        let value = self.string(field)?;
+        f(&value).map_err(|e| self.error(field, e))
+    }
+
+    fn term_id(&self, field: &str) -> Result<String, DecodeError> {
+        self.with(field, ids::term_id)
+    }
+
+    fn address(&self, field: &str) -> Result<String, DecodeError> {
+        self.with(field, ids::address)
+    }
+}
+
+fn object<'a>(event: &'a str, prefix: &'static str, raw: &'a RawValue) -> Result<Fields<'a>, DecodeError> {
+    let map = serde_json::from_str(raw.get()).map_err(|_| DecodeError::ItemNotObject {
+        event: event.to_string(),
+        detail: format!("{}is {}", prefix, json_kind(raw)),
+    })?;
+    Ok(Fields { event, prefix, map })
+}
+
+fn decode_item(envelope: &EnvelopeContext<'_>, item: &RawValue) -> Result<(ChainPosition, EventBody), DecodeError> {
+    let event = envelope.event_name;
+    let fields = object(event, "", item)?;
+    let info_raw = fields
+        .raw("transaction_information")
+        .ok_or_else(|| fields.error("transaction_information", FieldError::Missing))?;
+    let info = object(event, "transaction_information.", info_raw)?;
+
+    let network = match info.raw("network") {
+        Some(_) => info.string("network")?,
+        None => envelope
+            .network
+            .clone()
+            .ok_or_else(|| info.error("network", FieldError::Missing))?,
+    };
+    let position = ChainPosition {
+        transaction_hash: info.with("transaction_hash", |v| {
+            ids::term_id(v).map_err(|_| FieldError::Id {
+                value: ids::truncate(v),
+                expected: "a transaction hash: 0x followed by 64 hex digits",
+            })
+        })?,
+        log_index: info.small("log_index", i64::MAX as u64, "a log index")?,
+        block_number: info.small("block_number", i64::MAX as u64, "a block number")?,
+        network,
+        block_hash: match info.raw("block_hash") {
+            None => None,
+            Some(_) => Some(info.term_id("block_hash")?),
+        },
+        block_timestamp: match info.raw("block_timestamp") {
+            None => None,
+            Some(_) => Some(info.small("block_timestamp", MAX_TIMESTAMP, "a unix timestamp before year 10000")?),
+        },
+        transaction_index: info.optional_small("transaction_index", "a transaction index")?,
+        contract_address: match info.raw("address") {
+            None => None,
+            Some(_) => Some(info.address("address")?),
+        },
+    };
+    if position.network.contains('\0') {
+        return Err(info.error(
+            "network",
+            FieldError::Id {
+                value: position.network.clone(),
+                expected: "a network name without NUL",
+            },
+        ));
+    }
+
+    let body = match event {
+        "AtomCreated" => {
+            let atom_data = fields.with("atomData", ids::hex_bytes)?;
+            EventBody::AtomCreated(AtomCreated {
+                creator: fields.address("creator")?,
+                term_id: fields.term_id("termId")?,
+                atom_data_text: ids::atom_text(&atom_data),
+                atom_data,
+                atom_wallet: fields.address("atomWallet")?,
+            })
+        }
+        "TripleCreated" => {
+            let term_id = fields.term_id("termId")?;
+            EventBody::TripleCreated(TripleCreated {
+                creator: fields.address("creator")?,
+                counter_term_id: ids::counter_term_id(&term_id),
+                term_id,
+                subject_id: fields.term_id("subjectId")?,
+                predicate_id: fields.term_id("predicateId")?,
+                object_id: fields.term_id("objectId")?,
+            })
+        }
+        "Deposited" => EventBody::Deposited(Deposited {
+            sender: fields.address("sender")?,
+            receiver: fields.address("receiver")?,
+            term_id: fields.term_id("termId")?,
+            curve_id: fields.u256("curveId")?,
+            assets: fields.u256("assets")?,
+            assets_after_fees: fields.u256("assetsAfterFees")?,
+            shares: fields.u256("shares")?,
+            total_shares: fields.u256("totalShares")?,
+            vault_type: fields.vault_type()?,
+        }),
+        "Redeemed" => EventBody::Redeemed(Redeemed {
+            sender: fields.address("sender")?,
+            receiver: fields.address("receiver")?,
+            term_id: fields.term_id("termId")?,
+            curve_id: fields.u256("curveId")?,
+            shares: fields.u256("shares")?,
+            total_shares: fields.u256("totalShares")?,
+            assets: fields.u256("assets")?,
+            fees: fields.u256("fees")?,
+            vault_type: fields.vault_type()?,
+        }),
+        "SharePriceChanged" => EventBody::SharePriceChanged(SharePriceChanged {
+            term_id: fields.term_id("termId")?,
+            curve_id: fields.u256("curveId")?,
+            share_price: fields.u256("sharePrice")?,
+            total_assets: fields.u256("totalAssets")?,
+            total_shares: fields.u256("totalShares")?,
+            vault_type: fields.vault_type()?,
+        }),
+        other => {
+            // jsonb cannot hold U+0000; refuse it here rather than fail the batch.
+            if item.get().contains("\\u0000") {
+                return Err(DecodeError::NulCharacter { event: other.to_string() });
+            }
+            EventBody::Generic(GenericEvent {
+                event_name: other.to_string(),
+                event_signature_hash: envelope.event_signature_hash.clone(),
+                event_data: item.get().to_string(),
+            })
+        }
+    };
+    Ok((position, body))
+}
+
+fn json_kind(raw: &RawValue) -> &'static str {
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// The raw bytes of an entry without a payload field: `field=value` lines.
+fn render_fields(fields: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,403 @@
+//! Stream intake: consumer groups on the configured Redis streams (SPEC §4).
+//!
+//! Groups are created at the start of each stream (`0`) so entries written
+//! before the first start are processed. A restarted consumer first re-reads
+//! its own pending entries; entries pending on a dead consumer are taken over
+//! with XAUTOCLAIM after a configurable idle time. Acks happen only after the
+//! caller has committed the batch.
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One raw stream entry.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub stream: Arc<str>,
+    pub id: Arc<str>,
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+/// Per-stream backlog as reported by XINFO GROUPS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamBacklog {
+    pub stream: String,
+    /// Entries not yet delivered to the group (None when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Entries delivered but not acknowledged.
+    pub pending: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("Redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected Redis reply to {command}: {detail}")]
+    Reply { command: &'static str, detail: String },
+}
+
+/// Where a read starts: this consumer's own pending entries, or new entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    OwnPending,
+    New,
+}
+
+pub struct StreamIntake {
+    client: Client,
+    /// Used for blocking XREADGROUP only (a blocking call holds a multiplexed connection).
+    reader: Option<MultiplexedConnection>,
+    /// Acks, claims and introspection.
+    commands: Option<MultiplexedConnection>,
+    streams: Vec<Arc<str>>,
+    group: String,
+    consumer: String,
+    batch_size: usize,
+    block: Duration,
+}
+
+impl StreamIntake {
+    pub fn new(
+        redis_url: &str,
+        streams: &[String],
+        group: &str,
+        consumer: &str,
+        batch_size: usize,
+        block: Duration,
+    ) -> Result<Self, IntakeError> {
+        Ok(Self {
+            client: Client::open(redis_url)?,
+            reader: None,
+            commands: None,
+            streams: streams.iter().map(|s| Arc::from(s.as_str())).collect(),
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+            batch_size,
+            block,
+        })
+    }
+
+    pub fn streams(&self) -> &[Arc<str>] {
+        &self.streams
+    }
+
+    async fn connect(&self, response_timeout: Duration) -> Result<MultiplexedConnection, IntakeError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(response_timeout));
+        Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
+    }
+
+    async fn commands(&mut self) -> Result<MultiplexedConnection, IntakeError> {
+        if self.commands.is_none() {
+            self.commands = Some(self.connect(Duration::from_secs(10)).await?);
+        }
+        Ok(self.commands.clone().expect("connected above"))
+    }
+
+    /// Forgets connections after an error so the next call reconnects.
+    fn reset_on_error<T>(&mut self, result: Result<T, IntakeError>) -> Result<T, IntakeError> {
+        if result.is_err() {
+            self.reader = None;
+            self.commands = None;
+        }
+        result
+    }
+
+    /// Creates the consumer group on every stream (at id 0, creating the stream
+    /// if needed); an existing group is left as it is.
+    pub async fn ensure_groups(&mut self) -> Result<(), IntakeError> {
+        let result = async {
+            let mut con = self.commands().await?;
+            for stream in &self.streams {
+                let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&**stream)
+                    .arg(&self.group)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut con)
+                    .await;
+                match created {
+                    Ok(_) => tracing::info!(stream = %stream, group = %self.group, "created consumer group at 0"),
+                    Err(e) if e.code() == Some("BUSYGROUP") => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.reset_on_error(result)
+    }
+
+    /// Reads up to `batch_size` entries per stream. `New` blocks for at most
+    /// the batch timeout; `OwnPending` returns this consumer's unacknowledged
+    /// entries (after a restart) without blocking.
+    pub async fn read(&mut self, from: ReadFrom) -> Result<Vec<RawEntry>, IntakeError> {
+        let result = async {
+            if self.reader.is_none() {
+                self.reader = Some(self.connect(self.block + Duration::from_secs(10)).await?);
+            }
+            let mut con = self.reader.clone().expect("connected above");
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(self.batch_size);
+            if from == ReadFrom::New {
+                cmd.arg("BLOCK").arg(self.block.as_millis() as u64);
+            }
+            cmd.arg("STREAMS");
+            for stream in &self.streams {
+                cmd.arg(&**stream);
+            }
+            let id = if from == ReadFrom::New { ">" } else { "0" };
+            for _ in &self.streams {
+                cmd.arg(id);
+            }
+            let reply: Value = cmd.query_async(&mut con).await?;
+            parse_read_reply(reply)
+        }
+        .await;
+        self.reset_on_error(result)
+    }
+
+    /// Takes over entries idle for at least `min_idle` on any consumer of the
+    /// group (dead pods), up to `batch_size` per stream. Entries deleted from
+    /// the stream while pending are acknowledged so they stop being retried.
+    pub async fn claim_stale(&mut self, min_idle: Duration) -> Result<Vec<RawEntry>, IntakeError> {
+        let result = async {
+            let mut con = self.commands().await?;
+            let mut claimed = Vec::new();
+            for stream in self.streams.clone() {
+                let reply: Value = redis::cmd("XAUTOCLAIM")
+                    .arg(&*stream)
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(self.batch_size)
+                    .query_async(&mut con)
+                    .await?;
+                let (entries, deleted) = parse_autoclaim_reply(&stream, reply)?;
+                if !deleted.is_empty() {
+                    tracing::warn!(stream = %stream, count = deleted.len(), "pending entries were deleted from the stream; acknowledging them");
+                    let ids: Vec<&str> = deleted.iter().map(|s| s.as_str()).collect();
+                    self.ack_with(&mut con, &stream, &ids).await?;
+                }
+                claimed.extend(entries);
+            }
+            Ok(claimed)
+        }
+        .await;
+        self.reset_on_error(result)
+    }
+
+    /// Acknowledges entries (call only after their transaction committed).
+    pub async fn ack(&mut self, entries: &[(Arc<str>, Arc<str>)]) -> Result<(), IntakeError> {
+        let result = async {
+            let mut con = self.commands().await?;
+            for stream in &self.streams {
+                let ids: Vec<&str> = entries
+                    .iter()
+                    .filter(|(s, _)| s == stream)
+                    .map(|(_, id)| &**id)
+                    .collect();
+                if !ids.is_empty() {
+                    self.ack_with(&mut con, stream, &ids).await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.reset_on_error(result)
+    }
+
+    async fn ack_with(&self, con: &mut MultiplexedConnection, stream: &str, ids: &[&str]) -> Result<(), IntakeError> {
+        let _: i64 = redis::cmd("XACK")
+            .arg(stream)
+            .arg(&self.group)
+            .arg(ids)
+            .query_async(con)
+            .await?;
+        Ok(())
+    }
+
+    /// Lag and pending count of the group on each stream.
+    pub async fn backlog(&mut self) -> Result<Vec<StreamBacklog>, IntakeError> {
+        let result = async {
+            let mut con = self.commands().await?;
+            let mut out = Vec::new();
+            for stream in &self.streams {
+                let reply: Value = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&**stream)
+                    .query_async(&mut con)
+                    .await?;
+                out.push(parse_group_info(stream, &self.group, reply));
+            }
+            Ok(out)
+        }
+        .await;
+        self.reset_on_error(result)
+    }
+
+    /// PING on the command connection.
+    pub async fn ping(&mut self) -> Result<(), IntakeError> {
+        let result = async {
+            let mut con = self.commands().await?;
+            let _: String = redis::cmd("PING").query_async(&mut con).await?;
+            Ok(())
+        }
+        .await;
+        self.reset_on_error(result)
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn bytes(value: Value) -> Vec<u8> {
+    match value {
+        Value::BulkString(bytes) => bytes,
+        Value::SimpleString(s) => s.into_bytes(),
+        Value::VerbatimString { text, .. } => text.into_bytes(),
+        Value::Int(i) => i.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+fn pairs(value: Value) -> Vec<(Value, Value)> {
+    match value {
+        Value::Map(map) => map,
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len() / 2);
+            let mut iter = items.into_iter();
+            while let (Some(k), Some(v)) = (iter.next(), iter.next()) {
+                out.push((k, v));
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn reply_error(command: &'static str, detail: impl Into<String>) -> IntakeError {
+    IntakeError::Reply {
+        command,
+        detail: detail.into(),
+    }
+}
+
+/// Parses `[id, [field, value, …]]` items; an item whose fields are nil
+/// (deleted entry, Redis 6.2) is returned with no fields.
+fn parse_entries(stream: &Arc<str>, items: Value, command: &'static str) -> Result<Vec<RawEntry>, IntakeError> {
+    let Value::Array(items) = items else {
+        return Err(reply_error(command, "entry list is not an array"));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut parts) = item else {
+            return Err(reply_error(command, "entry is not an array"));
+        };
+        if parts.len() != 2 {
+            return Err(reply_error(command, format!("entry has {} parts", parts.len())));
+        }
+        let fields_value = parts.pop().expect("two parts");
+        let id = text(&parts[0]).ok_or_else(|| reply_error(command, "entry id is not a string"))?;
+        let fields = pairs(fields_value)
+            .into_iter()
+            .map(|(k, v)| (text(&k).unwrap_or_default(), bytes(v)))
+            .collect();
+        out.push(RawEntry {
+            stream: stream.clone(),
+            id: Arc::from(id.as_str()),
+            fields,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_read_reply(reply: Value) -> Result<Vec<RawEntry>, IntakeError> {
+    if matches!(reply, Value::Nil) {
+        return Ok(Vec::new());
+    }
+    let streams: Vec<(Value, Value)> = match reply {
+        Value::Map(map) => map,
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let v = kv.pop().expect("two");
+                    let k = kv.pop().expect("two");
+                    Ok((k, v))
+                }
+                _ => Err(reply_error("XREADGROUP", "stream reply is not [name, entries]")),
+            })
+            .collect::<Result<_, _>>()?,
+        other => return Err(reply_error("XREADGROUP", format!("{other:?}"))),
+    };
+    let mut out = Vec::new();
+    for (name, entries) in streams {
+        let name: Arc<str> = Arc::from(text(&name).unwrap_or_default().as_str());
+        out.extend(parse_entries(&name, entries, "XREADGROUP")?);
+    }
+    Ok(out)
+}
+
+fn parse_autoclaim_reply(stream: &Arc<str>, reply: Value) -> Result<(Vec<RawEntry>, Vec<String>), IntakeError> {
+    let Value::Array(mut parts) = reply else {
+        return Err(reply_error("XAUTOCLAIM", "reply is not an array"));
+    };
+    if parts.len() < 2 {
+        return Err(reply_error("XAUTOCLAIM", "reply too short"));
+    }
+    let deleted = if parts.len() >= 3 {
+        match parts.remove(2) {
+            Value::Array(ids) => ids.iter().filter_map(text).collect(),
+            _ => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
+    let entries = parse_entries(stream, parts.remove(1), "XAUTOCLAIM")?;
+    // Redis 6.2 reports deleted entries with nil fields instead.
+    let (present, nil): (Vec<RawEntry>, Vec<RawEntry>) = entries.into_iter().partition(|e| !e.fields.is_empty());
+    let mut deleted = deleted;
+    deleted.extend(nil.into_iter().map(|e| e.id.to_string()));
+    Ok((present, deleted))
+}
+
+fn parse_group_info(stream: &str, group: &str, reply: Value) -> StreamBacklog {
+    let mut backlog = StreamBacklog {
+        stream: stream.to_string(),
+        ..Default::default()
+    };
+    let groups = match reply {
+        Value::Array(groups) => groups,
+        _ => return backlog,
+    };
+    for info in groups {
+        let fields: Vec<(String, Value)> = pairs(info)
+            .into_iter()
+            .filter_map(|(k, v)| text(&k).map(|k| (k, v)))
+            .collect();
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        if get("name").and_then(text).as_deref() != Some(group) {
+            continue;
+        }
+        backlog.pending = get("pending").and_then(text).and_then(|s| s.parse().ok()).unwrap_or(0);
+        backlog.lag = get("lag").and_then(text).and_then(|s| s.parse().ok());
+    }
+    backlog
+}

@@ -1,0 +1,28 @@
+//! postgres-writer: Intuition-protocol events from Redis streams (rindexer)
+//! into an exact, always-current PostgreSQL read model.
+//!
+//! Modules, in the order data flows through them:
+//! - [`intake`]: consumer groups, reads, claims, acks (Redis streams);
+//! - [`decode`]: rindexer entries to validated, normalised events;
+//! - [`persistence`]: one transaction per batch, retries, dead letters;
+//! - [`aggregates`]: base tables, term aggregates, analytics queue;
+//! - [`analytics`]: triple-level analytics from the queue;
+//! - [`verify`]: from-scratch comparison and rebuild;
+//! - [`pipeline`], [`http`], [`health`], [`metrics`]: the running process.
+
+pub mod aggregates;
+pub mod analytics;
+pub mod backoff;
+pub mod config;
+pub mod db;
+pub mod decode;
+pub mod generate;
+pub mod health;
+pub mod http;
+pub mod intake;
+pub mod metrics;
+pub mod persistence;
+pub mod pipeline;
+pub mod queries;
+pub mod ratelimit;
+pub mod verify;

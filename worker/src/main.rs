@@ -1,0 +1,298 @@
+//! The `postgres-writer` binary: subcommands of SPEC §5.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use worker::analytics::{self, AnalyticsSettings};
+use worker::config::{AnalyticsArgs, Cli, Command, DatabaseArgs, HttpArgs, StreamArgs};
+use worker::health::Health;
+use worker::http::{self, AppState};
+use worker::metrics::Metrics;
+use worker::pipeline::Consumer;
+use worker::{db, generate, verify};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => {
+            args.validate()?;
+            serve(args.database, Some(args.streams), args.analytics, args.http).await
+        }
+        Command::Analytics(args) => {
+            args.validate()?;
+            let mut analytics = args.analytics;
+            analytics.analytics_enabled = true;
+            serve(args.database, None, analytics, args.http).await
+        }
+        Command::Migrate(args) => {
+            args.validate()?;
+            let pool = db::pool(&args, "postgres-writer-migrate")?;
+            db::migrate(&pool).await.context("applying migrations")?;
+            println!("migrations applied; schema version {}", db::expected_schema_version());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drain(args) => {
+            args.validate()?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], args.http_port as u16));
+            let timeout = Duration::from_millis(args.drain_timeout_ms);
+            let (status, body) = http::request(addr, "POST", "/drain", timeout)
+                .await
+                .with_context(|| format!("asking the worker on {addr} to drain"))?;
+            if status != 200 {
+                bail!("worker answered {status}: {}", body.trim());
+            }
+            println!("{}", body.trim());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            args.database.validate()?;
+            let pool = db::pool(&args.database, "postgres-writer-verify")?;
+            let report = verify::verify(&pool, args.show).await.context("verifying")?;
+            print!("{}", report.render());
+            Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Rebuild(args) => {
+            args.database.validate()?;
+            let pool = db::pool(&args.database, "postgres-writer-rebuild")?;
+            for (table, rows) in verify::rebuild(&pool, args.analytics_only).await.context("rebuilding")? {
+                println!("{table:<18} {rows:>10} rows");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Summary(args) => {
+            args.validate()?;
+            let pool = db::pool(&args, "postgres-writer-summary")?;
+            for (table, rows) in verify::summary(&pool).await.context("counting rows")? {
+                println!("{table:<28} {rows:>10}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate(args) => {
+            let spec = generate::GeneratorSpec {
+                events: args.events,
+                events_per_entry: args.events_per_entry,
+                seed: args.seed,
+                accounts: args.accounts,
+                curves: args.curves,
+                network: args.network,
+                stream_prefix: args.stream_prefix.clone(),
+            };
+            let entries = generate::generate(&spec);
+            let written = generate::publish(&args.redis_url, &entries)
+                .await
+                .context("writing sample entries to Redis")?;
+            println!(
+                "wrote {written} entries ({} events) to streams: {}",
+                args.events,
+                generate::stream_names(&args.stream_prefix).join(",")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Settings => {
+            print!("{}", worker::config::settings_table());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs the long-lived process: HTTP, monitor, consumer (if `streams`) and
+/// analytics loops, until SIGTERM/SIGINT or a drain; then stops intake,
+/// lets every loop finish its transaction, and exits 0.
+async fn serve(
+    database: DatabaseArgs,
+    streams: Option<StreamArgs>,
+    analytics_args: AnalyticsArgs,
+    http_args: HttpArgs,
+) -> anyhow::Result<ExitCode> {
+    let pool = db::pool(&database, "postgres-writer")?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(streams.is_some(), analytics_args.analytics_enabled));
+    let stop = CancellationToken::new();
+    let drained = CancellationToken::new();
+    let http_shutdown = CancellationToken::new();
+
+    let addr = SocketAddr::new(http_args.http_bind_address, http_args.http_port as u16);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding HTTP_PORT {addr}"))?;
+    tracing::info!(%addr, "HTTP listening");
+    let state = AppState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+        drained: drained.clone(),
+        drain_timeout: Duration::from_millis(http_args.drain_timeout_ms),
+    };
+    let http_task = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
+
+    let work = TaskTracker::new();
+    work.spawn(monitor(pool.clone(), streams.clone(), metrics.clone(), health.clone(), stop.clone()));
+    if let Some(stream_args) = streams {
+        let consumer = Consumer {
+            args: stream_args,
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        let stop = stop.clone();
+        work.spawn(async move {
+            if let Err(error) = consumer.run(stop).await {
+                tracing::error!(%error, "consumer failed");
+            }
+        });
+    }
+    if analytics_args.analytics_enabled {
+        let settings = AnalyticsSettings::from(&analytics_args);
+        for _ in 0..analytics_args.analytics_concurrency {
+            work.spawn(analytics::run_loop(
+                pool.clone(),
+                settings.clone(),
+                metrics.clone(),
+                health.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+    work.close();
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("termination signal: draining"),
+        _ = stop.cancelled() => tracing::info!("drain requested: draining"),
+    }
+    health.draining.store(true, Ordering::Relaxed);
+    stop.cancel();
+    let timeout = Duration::from_millis(http_args.drain_timeout_ms);
+    let finished = tokio::time::timeout(timeout, work.wait()).await.is_ok();
+    drained.cancel();
+    http_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    pool.close().await;
+    if finished {
+        tracing::info!("drained: in-flight work committed and acknowledged");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        // Uncommitted work rolls back and unacknowledged entries are redelivered.
+        tracing::error!(?timeout, "drain timed out; exiting with work unfinished (it will be redelivered)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Every few seconds: reachability of PostgreSQL and Redis, schema version,
+/// stream backlog and analytics queue, into `/health` and the metrics.
+async fn monitor(
+    pool: sqlx::PgPool,
+    streams: Option<StreamArgs>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let mut intake = streams.as_ref().and_then(|s| {
+        worker::intake::StreamIntake::new(
+            &s.redis_url,
+            &s.redis_streams,
+            &s.consumer_group,
+            &s.consumer_name,
+            s.batch_size,
+            Duration::from_millis(s.batch_timeout_ms),
+        )
+        .ok()
+    });
+    let expected = db::expected_schema_version();
+    loop {
+        match db::applied_schema_version(&pool).await {
+            Ok(version) => {
+                health.postgres_ok.store(true, Ordering::Relaxed);
+                let ok = version == Some(expected);
+                if !ok && !health.schema_ok.load(Ordering::Relaxed) {
+                    tracing::warn!(?version, expected, "schema version does not match; run `postgres-writer migrate`");
+                }
+                health.schema_ok.store(ok, Ordering::Relaxed);
+                if ok {
+                    if let Ok((depth, parked, oldest)) = analytics::queue_stats(&pool).await {
+                        metrics.analytics_queue_depth.set(depth);
+                        metrics.analytics_queue_parked.set(parked);
+                        metrics.analytics_oldest_pending_seconds.set(oldest);
+                        let mut a = health.analytics.lock().unwrap_or_else(|e| e.into_inner());
+                        a.queue_depth = depth;
+                        a.parked = parked;
+                        a.oldest_pending_seconds = oldest;
+                    }
+                }
+            }
+            Err(error) => {
+                health.postgres_ok.store(false, Ordering::Relaxed);
+                health.set_error(Some(format!("postgres: {error}")));
+            }
+        }
+        if let Some(intake) = intake.as_mut() {
+            match intake.backlog().await {
+                Ok(backlog) => {
+                    health.redis_ok.store(true, Ordering::Relaxed);
+                    for b in &backlog {
+                        let label = worker::metrics::StreamLabel { stream: b.stream.clone() };
+                        metrics.stream_pending.get_or_create(&label).set(b.pending as i64);
+                        if let Some(lag) = b.lag {
+                            metrics.stream_lag.get_or_create(&label).set(lag as i64);
+                        }
+                    }
+                    *health.backlog.lock().unwrap_or_else(|e| e.into_inner()) = backlog;
+                }
+                Err(error) => {
+                    health.redis_ok.store(false, Ordering::Relaxed);
+                    health.set_error(Some(format!("redis: {error}")));
+                }
+            }
+        }
+        if !worker::pipeline::pause(&stop, Duration::from_secs(2)).await {
+            return;
+        }
+    }
+}

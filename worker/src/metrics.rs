@@ -1,0 +1,133 @@
+//! Prometheus metrics of the worker (SPEC §7), served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    pub stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// Every metric the worker exports. Cheap to clone (handles are shared).
+pub struct Metrics {
+    registry: Registry,
+    pub events_stored: Family<KindLabel, Counter>,
+    pub events_duplicate: Counter,
+    pub entries_processed: Family<StreamLabel, Counter>,
+    pub dead_letters: Counter,
+    pub refused_entries: Counter,
+    pub batches: Counter,
+    pub batch_entries: Histogram,
+    pub batch_events: Histogram,
+    pub batch_duration: Histogram,
+    pub transaction_duration: Histogram,
+    pub transaction_retries: Counter,
+    pub write_failures: Family<OutcomeLabel, Counter>,
+    pub entries_claimed: Counter,
+    pub stream_lag: Family<StreamLabel, Gauge>,
+    pub stream_pending: Family<StreamLabel, Gauge>,
+    pub entry_to_commit_seconds: Histogram,
+    pub block_to_commit_seconds: Histogram,
+    pub analytics_queue_depth: Gauge,
+    pub analytics_queue_parked: Gauge,
+    pub analytics_oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    pub analytics_terms_processed: Counter,
+    pub analytics_batch_terms: Histogram,
+    pub analytics_batch_duration: Histogram,
+    pub analytics_retries: Counter,
+    pub analytics_parked: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~9 h
+    Histogram::new(exponential_buckets(0.001, 2.0, 25))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pgw");
+        let m = Metrics {
+            events_stored: Family::default(),
+            events_duplicate: Counter::default(),
+            entries_processed: Family::default(),
+            dead_letters: Counter::default(),
+            refused_entries: Counter::default(),
+            batches: Counter::default(),
+            batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 18)),
+            batch_duration: latency_histogram(),
+            transaction_duration: latency_histogram(),
+            transaction_retries: Counter::default(),
+            write_failures: Family::default(),
+            entries_claimed: Counter::default(),
+            stream_lag: Family::default(),
+            stream_pending: Family::default(),
+            entry_to_commit_seconds: latency_histogram(),
+            block_to_commit_seconds: latency_histogram(),
+            analytics_queue_depth: Gauge::default(),
+            analytics_queue_parked: Gauge::default(),
+            analytics_oldest_pending_seconds: Gauge::default(),
+            analytics_terms_processed: Counter::default(),
+            analytics_batch_terms: Histogram::new(exponential_buckets(1.0, 2.0, 18)),
+            analytics_batch_duration: latency_histogram(),
+            analytics_retries: Counter::default(),
+            analytics_parked: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("events_stored", "Events newly stored, by event kind", m.events_stored.clone());
+        registry.register("events_duplicate", "Redelivered events skipped without effect", m.events_duplicate.clone());
+        registry.register("entries_processed", "Stream entries committed and acknowledged", m.entries_processed.clone());
+        registry.register("dead_letters", "Entries or items written to dead_letters", m.dead_letters.clone());
+        registry.register("refused_entries", "Entries the database refused, dead-lettered whole", m.refused_entries.clone());
+        registry.register("batches", "Batches committed", m.batches.clone());
+        registry.register("batch_entries", "Stream entries per batch", m.batch_entries.clone());
+        registry.register("batch_events", "Decoded events per batch", m.batch_events.clone());
+        registry.register("batch_duration_seconds", "Time from read to ack of a batch", m.batch_duration.clone());
+        registry.register("transaction_duration_seconds", "Time to write and commit a batch", m.transaction_duration.clone());
+        registry.register("transaction_retries", "Transactions rerun after a deadlock or serialization failure", m.transaction_retries.clone());
+        registry.register("write_failures", "Batch writes that failed, by cause", m.write_failures.clone());
+        registry.register("entries_claimed", "Pending entries taken over from idle consumers", m.entries_claimed.clone());
+        registry.register("stream_lag", "Entries not yet delivered to the consumer group", m.stream_lag.clone());
+        registry.register("stream_pending", "Entries delivered but not acknowledged", m.stream_pending.clone());
+        registry.register("entry_to_commit_seconds", "Time from stream entry creation to commit", m.entry_to_commit_seconds.clone());
+        registry.register("block_to_commit_seconds", "Time from block timestamp to commit", m.block_to_commit_seconds.clone());
+        registry.register("analytics_queue_depth", "Terms waiting in the analytics queue (not parked)", m.analytics_queue_depth.clone());
+        registry.register("analytics_queue_parked", "Terms parked after too many failed attempts", m.analytics_queue_parked.clone());
+        registry.register("analytics_oldest_pending_seconds", "Age of the oldest pending analytics term", m.analytics_oldest_pending_seconds.clone());
+        registry.register("analytics_terms_processed", "Analytics terms processed", m.analytics_terms_processed.clone());
+        registry.register("analytics_batch_terms", "Terms per analytics batch", m.analytics_batch_terms.clone());
+        registry.register("analytics_batch_duration_seconds", "Time to process one analytics batch", m.analytics_batch_duration.clone());
+        registry.register("analytics_retries", "Analytics terms scheduled for retry after a failure", m.analytics_retries.clone());
+        registry.register("analytics_parked", "Analytics terms parked after the last allowed attempt", m.analytics_parked.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,490 @@
+//! Persistence: writes a batch of decoded stream entries in ONE PostgreSQL
+//! transaction (event rows, dead letters, base tables, aggregates and the
+//! analytics queue), retrying deadlocks and serialization failures, and
+//! isolating entries the database refuses so the pipeline never stops.
+
+use crate::aggregates;
+use crate::decode::{DeadLetter, DecodedEntry, DecodedEvent, EventBody};
+use crate::queries;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+/// How a failed transaction should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Deadlock or serialization failure: run the same transaction again.
+    Conflict,
+    /// PostgreSQL unreachable, restarting, or the pool exhausted: wait and retry.
+    Unavailable,
+    /// The database refused the data itself: isolate the entry responsible.
+    Rejected,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("PostgreSQL is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("transaction kept conflicting after {attempts} attempts: {source}")]
+    Conflicts {
+        attempts: u32,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Classifies an error by SQLSTATE class (PostgreSQL appendix A).
+pub fn classify(error: &sqlx::Error) -> FailureKind {
+    match error {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("40001" | "40P01") => FailureKind::Conflict,
+            // 08: connection exception; 57P0x: shutdown/crash recovery; 53: out of resources.
+            Some(code) if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") => {
+                FailureKind::Unavailable
+            }
+            _ => FailureKind::Rejected,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => FailureKind::Unavailable,
+        _ => FailureKind::Rejected,
+    }
+}
+
+/// Retry policy for conflicting transactions.
+#[derive(Debug, Clone, Copy)]
+pub struct ConflictRetry {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+}
+
+impl Default for ConflictRetry {
+    fn default() -> Self {
+        Self {
+            max_attempts: 20,
+            base_delay: Duration::from_millis(5),
+        }
+    }
+}
+
+/// What one committed write did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Newly stored events by kind (AtomCreated, …, Generic).
+    pub new_events: BTreeMap<&'static str, u64>,
+    /// Events already stored (redeliveries), skipped without effect.
+    pub duplicate_events: u64,
+    /// Dead letters written (decode failures and refused entries).
+    pub dead_letters: u64,
+    /// Entries the database refused, dead-lettered whole.
+    pub refused_entries: u64,
+    /// Terms put on the analytics queue.
+    pub terms_enqueued: u64,
+    /// Transactions rolled back on conflict and run again.
+    pub conflict_retries: u64,
+}
+
+impl WriteOutcome {
+    pub fn merge(&mut self, other: WriteOutcome) {
+        for (kind, n) in other.new_events {
+            *self.new_events.entry(kind).or_default() += n;
+        }
+        self.duplicate_events += other.duplicate_events;
+        self.dead_letters += other.dead_letters;
+        self.refused_entries += other.refused_entries;
+        self.terms_enqueued += other.terms_enqueued;
+        self.conflict_retries += other.conflict_retries;
+    }
+
+    pub fn stored_events(&self) -> u64 {
+        self.new_events.values().sum()
+    }
+}
+
+/// Writes the entries; returns once everything is committed (acks may follow).
+///
+/// Normally one transaction. If the database refuses the data, the batch is
+/// split in halves until the refused entry is alone; that entry is then
+/// dead-lettered with the database's message and its neighbours are written.
+pub async fn write_entries(
+    pool: &PgPool,
+    entries: &[DecodedEntry],
+    retry: ConflictRetry,
+    trace_context: Option<&str>,
+) -> Result<WriteOutcome, PersistError> {
+    let mut outcome = WriteOutcome::default();
+    let mut pending: Vec<std::ops::Range<usize>> = vec![0..entries.len()];
+    while let Some(range) = pending.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        let chunk = &entries[range.clone()];
+        match write_with_retries(pool, chunk, retry, trace_context).await {
+            Ok(done) => outcome.merge(done),
+            Err(WriteError::Rejected(error)) if chunk.len() == 1 => {
+                let entry = &chunk[0];
+                tracing::warn!(stream = %entry.stream, entry_id = %entry.entry_id, %error,
+                    "database refused entry; dead-lettering it");
+                let reason = format!("database refused the entry: {}", error.to_string().replace('\0', ""));
+                let letter = entry.clone().into_dead_letter(reason);
+                let dead = DecodedEntry {
+                    stream: letter.stream.clone(),
+                    entry_id: letter.entry_id.clone(),
+                    raw_payload: Vec::new(),
+                    events: Vec::new(),
+                    dead_letters: vec![letter],
+                };
+                match write_with_retries(pool, std::slice::from_ref(&dead), retry, trace_context).await {
+                    Ok(done) => {
+                        outcome.merge(done);
+                        outcome.refused_entries += 1;
+                    }
+                    // Even the dead letter cannot be written: treat as an outage, retry later.
+                    Err(WriteError::Rejected(e)) => return Err(PersistError::Unavailable(e)),
+                    Err(WriteError::Fatal(e)) => return Err(e),
+                }
+            }
+            Err(WriteError::Rejected(error)) => {
+                tracing::info!(entries = chunk.len(), %error, "database refused a batch; splitting it to find the entry");
+                let middle = range.start + range.len() / 2;
+                pending.push(middle..range.end);
+                pending.push(range.start..middle);
+            }
+            Err(WriteError::Fatal(e)) => return Err(e),
+        }
+    }
+    Ok(outcome)
+}
+
+enum WriteError {
+    Rejected(sqlx::Error),
+    Fatal(PersistError),
+}
+
+async fn write_with_retries(
+    pool: &PgPool,
+    entries: &[DecodedEntry],
+    retry: ConflictRetry,
+    trace_context: Option<&str>,
+) -> Result<WriteOutcome, WriteError> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let result = async {
+            let mut tx = pool.begin().await?;
+            let outcome = write_in_transaction(&mut tx, entries, trace_context).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(outcome)
+        }
+        .await;
+        match result {
+            Ok(mut outcome) => {
+                outcome.conflict_retries = u64::from(attempt - 1);
+                return Ok(outcome);
+            }
+            Err(error) => match classify(&error) {
+                FailureKind::Conflict if attempt < retry.max_attempts => {
+                    tracing::debug!(attempt, %error, "transaction conflict; retrying");
+                    tokio::time::sleep(crate::backoff::jittered(retry.base_delay, attempt, Duration::from_secs(1))).await;
+                }
+                FailureKind::Conflict => {
+                    return Err(WriteError::Fatal(PersistError::Conflicts {
+                        attempts: attempt,
+                        source: error,
+                    }))
+                }
+                FailureKind::Unavailable => return Err(WriteError::Fatal(PersistError::Unavailable(error))),
+                FailureKind::Rejected => return Err(WriteError::Rejected(error)),
+            },
+        }
+    }
+}
+
+/// Everything a batch does inside its transaction, in the global lock order:
+/// event tables, dead letters, then the derived tables (see `aggregates`).
+pub async fn write_in_transaction(
+    tx: &mut Transaction<'_, Postgres>,
+    entries: &[DecodedEntry],
+    trace_context: Option<&str>,
+) -> Result<WriteOutcome, sqlx::Error> {
+    let mut outcome = WriteOutcome::default();
+
+    // Deduplicate by primary key (first occurrence wins) and sort by it, so
+    // concurrent batches take unique-index locks in the same order.
+    let mut seen = HashSet::new();
+    let mut events: Vec<&DecodedEvent> = Vec::new();
+    for event in entries.iter().flat_map(|e| e.events.iter()) {
+        if seen.insert(event.position.key()) {
+            events.push(event);
+        } else {
+            outcome.duplicate_events += 1;
+        }
+    }
+    events.sort_by(|a, b| a.position.key().cmp(&b.position.key()));
+
+    let mut new_keys: HashSet<(String, i64)> = HashSet::with_capacity(events.len());
+    for table in EventTable::ALL {
+        let rows: Vec<&DecodedEvent> = events.iter().copied().filter(|e| table.holds(&e.body)).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let inserted = insert_events(tx, table, &rows).await?;
+        outcome.duplicate_events += (rows.len() - inserted.len()) as u64;
+        if !inserted.is_empty() {
+            *outcome.new_events.entry(table.kind()).or_default() += inserted.len() as u64;
+        }
+        new_keys.extend(inserted);
+    }
+    let new_events: Vec<&DecodedEvent> = events
+        .into_iter()
+        .filter(|e| new_keys.contains(&(e.position.transaction_hash.clone(), e.position.log_index)))
+        .collect();
+
+    let dead_letters: Vec<&DeadLetter> = entries.iter().flat_map(|e| e.dead_letters.iter()).collect();
+    if !dead_letters.is_empty() {
+        outcome.dead_letters = insert_dead_letters(tx, &dead_letters).await?;
+    }
+
+    outcome.terms_enqueued = aggregates::apply(tx, &new_events, trace_context).await?;
+    Ok(outcome)
+}
+
+/// The six event tables, in the order a batch writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventTable {
+    AtomCreated,
+    TripleCreated,
+    Deposited,
+    Redeemed,
+    SharePriceChanged,
+    Generic,
+}
+
+impl EventTable {
+    const ALL: [EventTable; 6] = [
+        EventTable::AtomCreated,
+        EventTable::TripleCreated,
+        EventTable::Deposited,
+        EventTable::Redeemed,
+        EventTable::SharePriceChanged,
+        EventTable::Generic,
+    ];
+
+    fn kind(self) -> &'static str {
+        match self {
+            EventTable::AtomCreated => "AtomCreated",
+            EventTable::TripleCreated => "TripleCreated",
+            EventTable::Deposited => "Deposited",
+            EventTable::Redeemed => "Redeemed",
+            EventTable::SharePriceChanged => "SharePriceChanged",
+            EventTable::Generic => "Generic",
+        }
+    }
+
+    fn insert_sql(self) -> &'static str {
+        match self {
+            EventTable::AtomCreated => queries::INSERT_ATOM_CREATED_EVENTS,
+            EventTable::TripleCreated => queries::INSERT_TRIPLE_CREATED_EVENTS,
+            EventTable::Deposited => queries::INSERT_DEPOSITED_EVENTS,
+            EventTable::Redeemed => queries::INSERT_REDEEMED_EVENTS,
+            EventTable::SharePriceChanged => queries::INSERT_SHARE_PRICE_CHANGED_EVENTS,
+            EventTable::Generic => queries::INSERT_GENERIC_EVENTS,
+        }
+    }
+
+    fn holds(self, body: &EventBody) -> bool {
+        body.kind() == self.kind()
+    }
+}
+
+/// One value of an event's own fields, in the column order of its insert statement.
+enum FieldValue<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Bytes(&'a [u8]),
+    SmallInt(i16),
+}
+
+/// The event's own fields as (typed) column values; uint256 values are text
+/// cast to NUMERIC by the statement.
+fn field_values(body: &EventBody) -> Vec<FieldValue<'_>> {
+    use FieldValue::*;
+    match body {
+        EventBody::AtomCreated(a) => vec![
+            Text(&a.creator),
+            Text(&a.term_id),
+            Bytes(&a.atom_data),
+            OptText(a.atom_data_text.as_deref()),
+            Text(&a.atom_wallet),
+        ],
+        EventBody::TripleCreated(t) => vec![
+            Text(&t.creator),
+            Text(&t.term_id),
+            Text(&t.subject_id),
+            Text(&t.predicate_id),
+            Text(&t.object_id),
+            Text(&t.counter_term_id),
+        ],
+        EventBody::Deposited(d) => vec![
+            Text(&d.sender),
+            Text(&d.receiver),
+            Text(&d.term_id),
+            Text(&d.curve_id),
+            Text(&d.assets),
+            Text(&d.assets_after_fees),
+            Text(&d.shares),
+            Text(&d.total_shares),
+            SmallInt(d.vault_type),
+        ],
+        EventBody::Redeemed(r) => vec![
+            Text(&r.sender),
+            Text(&r.receiver),
+            Text(&r.term_id),
+            Text(&r.curve_id),
+            Text(&r.shares),
+            Text(&r.total_shares),
+            Text(&r.assets),
+            Text(&r.fees),
+            SmallInt(r.vault_type),
+        ],
+        EventBody::SharePriceChanged(s) => vec![
+            Text(&s.term_id),
+            Text(&s.curve_id),
+            Text(&s.share_price),
+            Text(&s.total_assets),
+            Text(&s.total_shares),
+            SmallInt(s.vault_type),
+        ],
+        EventBody::Generic(g) => vec![
+            Text(&g.event_name),
+            OptText(g.event_signature_hash.as_deref()),
+            Text(&g.event_data),
+        ],
+    }
+}
+
+/// A column of values bound as one PostgreSQL array parameter.
+enum Column<'a> {
+    Text(Vec<&'a str>),
+    OptText(Vec<Option<&'a str>>),
+    Bytes(Vec<&'a [u8]>),
+    SmallInt(Vec<i16>),
+}
+
+impl<'a> Column<'a> {
+    fn for_value(value: &FieldValue<'a>, capacity: usize) -> Self {
+        match value {
+            FieldValue::Text(_) => Column::Text(Vec::with_capacity(capacity)),
+            FieldValue::OptText(_) => Column::OptText(Vec::with_capacity(capacity)),
+            FieldValue::Bytes(_) => Column::Bytes(Vec::with_capacity(capacity)),
+            FieldValue::SmallInt(_) => Column::SmallInt(Vec::with_capacity(capacity)),
+        }
+    }
+
+    fn push(&mut self, value: FieldValue<'a>) {
+        match (self, value) {
+            (Column::Text(c), FieldValue::Text(v)) => c.push(v),
+            (Column::OptText(c), FieldValue::OptText(v)) => c.push(v),
+            (Column::Bytes(c), FieldValue::Bytes(v)) => c.push(v),
+            (Column::SmallInt(c), FieldValue::SmallInt(v)) => c.push(v),
+            _ => unreachable!("field_values returns the same shape for every event of a kind"),
+        }
+    }
+
+    fn bind<'q>(self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments>
+    where
+        'a: 'q,
+    {
+        match self {
+            Column::Text(c) => query.bind(c),
+            Column::OptText(c) => query.bind(c),
+            Column::Bytes(c) => query.bind(c),
+            Column::SmallInt(c) => query.bind(c),
+        }
+    }
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    table: EventTable,
+    rows: &[&DecodedEvent],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let n = rows.len();
+    let mut tx_hash = Vec::with_capacity(n);
+    let mut log_index = Vec::with_capacity(n);
+    let mut network = Vec::with_capacity(n);
+    let mut block_number = Vec::with_capacity(n);
+    let mut block_hash = Vec::with_capacity(n);
+    let mut block_timestamp = Vec::with_capacity(n);
+    let mut transaction_index = Vec::with_capacity(n);
+    let mut contract_address = Vec::with_capacity(n);
+    let mut stream = Vec::with_capacity(n);
+    let mut entry_id = Vec::with_capacity(n);
+    let mut item_index = Vec::with_capacity(n);
+    let mut columns: Vec<Column<'_>> = Vec::new();
+    for event in rows {
+        let p = &event.position;
+        tx_hash.push(p.transaction_hash.as_str());
+        log_index.push(p.log_index);
+        network.push(p.network.as_str());
+        block_number.push(p.block_number);
+        block_hash.push(p.block_hash.as_deref());
+        block_timestamp.push(p.block_timestamp);
+        transaction_index.push(p.transaction_index);
+        contract_address.push(p.contract_address.as_deref());
+        stream.push(&*event.source.stream);
+        entry_id.push(&*event.source.entry_id);
+        item_index.push(event.source.item_index);
+        let values = field_values(&event.body);
+        if columns.is_empty() {
+            columns = values.iter().map(|v| Column::for_value(v, n)).collect();
+        }
+        for (column, value) in columns.iter_mut().zip(values) {
+            column.push(value);
+        }
+    }
+    let mut query = sqlx::query(table.insert_sql())
+        .bind(tx_hash)
+        .bind(log_index)
+        .bind(network)
+        .bind(block_number)
+        .bind(block_hash)
+        .bind(block_timestamp)
+        .bind(transaction_index)
+        .bind(contract_address)
+        .bind(stream)
+        .bind(entry_id)
+        .bind(item_index);
+    for column in columns {
+        query = column.bind(query);
+    }
+    let inserted = query.fetch_all(&mut **tx).await?;
+    inserted
+        .iter()
+        .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?)))
+        .collect()
+}
+
+async fn insert_dead_letters(tx: &mut Transaction<'_, Postgres>, letters: &[&DeadLetter]) -> Result<u64, sqlx::Error> {
+    let stream: Vec<&str> = letters.iter().map(|d| &*d.stream).collect();
+    let entry_id: Vec<&str> = letters.iter().map(|d| &*d.entry_id).collect();
+    let item_index: Vec<Option<i32>> = letters.iter().map(|d| d.item_index).collect();
+    let event_name: Vec<Option<&str>> = letters.iter().map(|d| d.event_name.as_deref()).collect();
+    let reason: Vec<&str> = letters.iter().map(|d| d.reason.as_str()).collect();
+    let raw: Vec<&[u8]> = letters.iter().map(|d| d.raw_payload.as_slice()).collect();
+    let result = sqlx::query(queries::INSERT_DEAD_LETTERS)
+        .bind(stream)
+        .bind(entry_id)
+        .bind(item_index)
+        .bind(event_name)
+        .bind(reason)
+        .bind(raw)
+        .execute(&mut **tx)
+        .await?;
+    Ok(result.rows_affected())
+}

@@ -1,0 +1,43 @@
+//! Named SQL statements of the write path. Each lives in `src/sql/` with a
+//! comment saying what it maintains and why it is safe under concurrency.
+//! Schema and from-scratch definitions live in `migrations/`.
+
+macro_rules! named_queries {
+    ($($name:ident => $file:literal),* $(,)?) => {
+        $(pub const $name: &str = include_str!(concat!("sql/", $file));)*
+    };
+}
+
+named_queries! {
+    INSERT_ATOM_CREATED_EVENTS => "insert_atom_created_events.sql",
+    INSERT_TRIPLE_CREATED_EVENTS => "insert_triple_created_events.sql",
+    INSERT_DEPOSITED_EVENTS => "insert_deposited_events.sql",
+    INSERT_REDEEMED_EVENTS => "insert_redeemed_events.sql",
+    INSERT_SHARE_PRICE_CHANGED_EVENTS => "insert_share_price_changed_events.sql",
+    INSERT_GENERIC_EVENTS => "insert_generic_events.sql",
+    INSERT_DEAD_LETTERS => "insert_dead_letters.sql",
+    UPSERT_ATOMS => "upsert_atoms.sql",
+    UPSERT_TRIPLES => "upsert_triples.sql",
+    UPSERT_VAULTS => "upsert_vaults.sql",
+    UPSERT_POSITIONS => "upsert_positions.sql",
+    RECOUNT_VAULT_POSITIONS => "recount_vault_positions.sql",
+    UPSERT_TERMS => "upsert_terms.sql",
+    RECOMPUTE_TERM_TOTALS => "recompute_term_totals.sql",
+    ENQUEUE_ANALYTICS => "enqueue_analytics.sql",
+}
+
+named_queries! {
+    CLAIM_ANALYTICS_TERMS => "claim_analytics_terms.sql",
+    ANALYTICS_AFFECTED_TRIPLES => "analytics_affected_triples.sql",
+    LOCK_PREDICATE_OBJECTS => "lock_predicate_objects.sql",
+    LOCK_SUBJECT_PREDICATES => "lock_subject_predicates.sql",
+    DELETE_TRIPLE_ANALYTICS => "delete_triple_analytics.sql",
+    RECOMPUTE_TRIPLE_VAULTS => "recompute_triple_vaults.sql",
+    RECOMPUTE_TRIPLE_TERMS => "recompute_triple_terms.sql",
+    RECOMPUTE_PREDICATE_OBJECTS => "recompute_predicate_objects.sql",
+    RECOMPUTE_SUBJECT_PREDICATES => "recompute_subject_predicates.sql",
+    COMPLETE_ANALYTICS_TERMS => "complete_analytics_terms.sql",
+    FAIL_ANALYTICS_TERMS => "fail_analytics_terms.sql",
+    REQUEUE_PARKED_TERMS => "requeue_parked_terms.sql",
+    ANALYTICS_QUEUE_STATS => "analytics_queue_stats.sql",
+}
