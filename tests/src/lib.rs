@@ -1,0 +1,306 @@
+//! Test support: a fresh database and fresh stream names per test, on the one
+//! PostgreSQL and Redis that `scripts/test.sh` starts (PGW_TEST_DATABASE_URL,
+//! PGW_TEST_REDIS_URL), plus helpers to feed entries, run workers in-process
+//! or as processes, and compare whole read models.
+
+use redis::AsyncConnectionConfig;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use worker::config::StreamArgs;
+use worker::health::Health;
+use worker::metrics::Metrics;
+use worker::pipeline::Consumer;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test.sh, which starts PostgreSQL and Redis")
+    })
+}
+
+/// A name unique to this test run and call.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("{prefix}_{}_{n}_{nanos:x}", std::process::id())
+}
+
+/// A freshly created and migrated database.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin_url = env("PGW_TEST_DATABASE_URL");
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url)
+            .await
+            .expect("connect to the test PostgreSQL");
+        let name = unique("pgw");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("PGW_TEST_DATABASE_URL has no database part"),
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        worker::db::migrate(&pool).await.expect("migrations");
+        TestDb { url, pool }
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Every derived table as sorted text, for comparing two databases.
+    pub async fn snapshot(&self) -> String {
+        let mut out = String::new();
+        for table in worker::verify::DERIVED_TABLES {
+            let cols = table.columns.join(", ");
+            let rows = sqlx::query(&format!(
+                "SELECT row_to_json(x)::text FROM (SELECT {cols} FROM {} ORDER BY {cols}) x",
+                table.name
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+            out.push_str(&format!("## {} ({} rows)\n", table.name, rows.len()));
+            for row in rows {
+                out.push_str(&row.get::<String, _>(0));
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Runs the analytics queue until it is empty.
+    pub async fn drain_analytics(&self) {
+        let settings = test_analytics_settings();
+        loop {
+            let report = worker::analytics::process_batch(&self.pool, &settings).await.unwrap();
+            if report.claimed == 0 {
+                let left: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_queue WHERE parked_at IS NULL")
+                    .fetch_one(&self.pool)
+                    .await
+                    .unwrap();
+                if left == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Asserts `verify` finds no drift (analytics included).
+    pub async fn assert_verified(&self) {
+        let report = worker::verify::verify(&self.pool, 5).await.unwrap();
+        assert!(report.is_clean(), "verify found drift:\n{}", report.render());
+    }
+}
+
+pub fn test_analytics_settings() -> worker::analytics::AnalyticsSettings {
+    worker::analytics::AnalyticsSettings {
+        batch_size: 200,
+        poll_interval: Duration::from_millis(20),
+        max_attempts: 3,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        max_terms_per_second: 0,
+    }
+}
+
+/// Fresh stream names on the test Redis.
+pub struct TestRedis {
+    pub url: String,
+    pub con: redis::aio::MultiplexedConnection,
+}
+
+impl TestRedis {
+    pub async fn new() -> TestRedis {
+        let url = env("PGW_TEST_REDIS_URL");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("connect to the test Redis");
+        TestRedis { url, con }
+    }
+
+    pub async fn xadd(&mut self, stream: &str, field: &str, payload: &[u8]) -> String {
+        redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg(field)
+            .arg(payload)
+            .query_async(&mut self.con)
+            .await
+            .unwrap()
+    }
+
+    pub async fn xadd_all<'a>(&mut self, entries: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut pipe = redis::pipe();
+        let mut n = 0;
+        for (stream, payload) in entries {
+            pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(payload).ignore();
+            n += 1;
+            if n % 500 == 0 {
+                pipe.query_async::<()>(&mut self.con).await.unwrap();
+                pipe = redis::pipe();
+            }
+        }
+        pipe.query_async::<()>(&mut self.con).await.unwrap();
+    }
+
+    /// (lag, pending) of a group on a stream.
+    pub async fn backlog(&mut self, stream: &str, group: &str) -> (Option<u64>, u64) {
+        let mut intake = worker::intake::StreamIntake::new(
+            &self.url,
+            &[stream.to_string()],
+            group,
+            "observer",
+            10,
+            Duration::from_millis(10),
+        )
+        .unwrap();
+        let b = intake.backlog().await.unwrap().remove(0);
+        (b.lag, b.pending)
+    }
+}
+
+/// Settings for a consumer in tests: small batches, quick claims.
+pub fn stream_args(redis_url: &str, streams: &[String], group: &str, consumer: &str) -> StreamArgs {
+    StreamArgs {
+        redis_url: redis_url.to_string(),
+        redis_streams: streams.to_vec(),
+        consumer_group: group.to_string(),
+        consumer_name: consumer.to_string(),
+        batch_size: 50,
+        batch_timeout_ms: 50,
+        claim_idle_ms: 1_000,
+        claim_interval_ms: 200,
+        max_entries_per_second: 0,
+    }
+}
+
+/// In-process consumers on the same group, stopped once every stream is
+/// fully delivered and acknowledged.
+pub async fn consume_until_idle(db: &TestDb, args: Vec<StreamArgs>, timeout: Duration) {
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for a in args.iter().cloned() {
+        let pool = PgPoolOptions::new().max_connections(4).connect(&db.url).await.unwrap();
+        let consumer = Consumer {
+            args: a,
+            pool,
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::new(true, false)),
+        };
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move { consumer.run(stop).await }));
+    }
+    let first = &args[0];
+    let mut redis = TestRedis::new().await;
+    let started = Instant::now();
+    // Let consumers create their groups.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    loop {
+        let mut idle = true;
+        for stream in &first.redis_streams {
+            let (lag, pending) = redis.backlog(stream, &first.consumer_group).await;
+            if lag != Some(0) || pending != 0 {
+                idle = false;
+            }
+        }
+        if idle {
+            break;
+        }
+        assert!(started.elapsed() < timeout, "consumers did not drain the streams within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+}
+
+/// The postgres-writer binary (built by scripts/test.sh).
+pub fn worker_binary() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("POSTGRES_WRITER_BIN") {
+        return path.into();
+    }
+    // target/debug/deps/<test> -> target/debug/postgres-writer
+    let exe = std::env::current_exe().unwrap();
+    let candidate = exe.parent().and_then(|p| p.parent()).map(|p| p.join("postgres-writer"));
+    match candidate {
+        Some(path) if path.exists() => path,
+        _ => panic!("postgres-writer binary not found: run scripts/test.sh (it builds it) or set POSTGRES_WRITER_BIN"),
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Builders of rindexer payloads for hand-written cases.
+pub mod payload {
+    use serde_json::{json, Value};
+
+    pub const ADDR_A: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
+    pub const ADDR_A_CHECKSUM: &str = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+    pub const ADDR_B: &str = "0xfb6916095ca1df60bb79ce92ce3ea74c37c5d359";
+    pub const ADDR_B_CHECKSUM: &str = "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359";
+
+    pub fn term(n: u64) -> String {
+        format!("0x{n:064x}")
+    }
+
+    pub fn tx(n: u64) -> String {
+        format!("0x{:064x}", n + 0xabc000)
+    }
+
+    /// transaction_information with the given chain position.
+    pub fn info(tx_n: u64, block: u64, log_index: u64) -> Value {
+        json!({
+            "address": ADDR_B, "block_hash": term(block + 7), "block_number": block,
+            "block_timestamp": format!("0x{:x}", 1_756_000_000 + block), "log_index": format!("0x{log_index:x}"),
+            "network": "testnet", "transaction_hash": tx(tx_n), "transaction_index": 0
+        })
+    }
+
+    pub fn with_info(mut fields: Value, tx_n: u64, block: u64, log_index: u64) -> Value {
+        fields["transaction_information"] = info(tx_n, block, log_index);
+        fields
+    }
+
+    pub fn envelope(event_name: &str, event_data: Value) -> String {
+        json!({"event_name": event_name, "event_signature_hash": "0x00", "network": "testnet", "event_data": event_data})
+            .to_string()
+    }
+}

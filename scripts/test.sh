@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test: starts one throw-away PostgreSQL and Redis (scripts/services.sh),
+# builds the worker binary the process-level tests spawn, then runs the whole
+# workspace with cargo-nextest (cargo test when nextest is absent).
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -E 'test(crash)' # nextest filter arguments pass through
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dir=$(mktemp -d /tmp/pgw-test.XXXXXX)
+trap 'scripts/services.sh stop "$dir"' EXIT
+eval "$(scripts/services.sh start "$dir")"
+export PGW_TEST_DATABASE_URL=$DATABASE_URL PGW_TEST_REDIS_URL=$REDIS_URL
+unset DATABASE_URL REDIS_URL
+
+cargo build --bin postgres-writer
+export POSTGRES_WRITER_BIN=$PWD/target/debug/postgres-writer
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
