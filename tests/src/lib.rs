@@ -119,6 +119,23 @@ impl TestDb {
     }
 }
 
+/// Asserts two snapshots are equal, showing the first differing line only.
+pub fn assert_same_tables(actual: &str, expected: &str, what: &str) {
+    if actual == expected {
+        return;
+    }
+    let mut section = "";
+    for (a, e) in actual.lines().zip(expected.lines()) {
+        if e.starts_with("## ") {
+            section = e;
+        }
+        if a != e {
+            panic!("{what}: tables differ in {section}\n  got:      {a}\n  expected: {e}");
+        }
+    }
+    panic!("{what}: tables differ in length ({} vs {} lines)", actual.lines().count(), expected.lines().count());
+}
+
 pub fn test_analytics_settings() -> worker::analytics::AnalyticsSettings {
     worker::analytics::AnalyticsSettings {
         batch_size: 200,
@@ -170,7 +187,9 @@ impl TestRedis {
                 pipe = redis::pipe();
             }
         }
-        pipe.query_async::<()>(&mut self.con).await.unwrap();
+        if n % 500 != 0 {
+            pipe.query_async::<()>(&mut self.con).await.unwrap();
+        }
     }
 
     /// (lag, pending) of a group on a stream.
