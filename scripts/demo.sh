@@ -18,7 +18,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-eval "$(scripts/services.sh start "$dir")"
+services_env=$(scripts/services.sh start "$dir")
+eval "$services_env"
 echo "== building postgres-writer"
 cargo build --quiet --release --bin postgres-writer
 bin=target/release/postgres-writer

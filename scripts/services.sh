@@ -11,8 +11,11 @@ set -euo pipefail
 
 cmd=${1:?usage: services.sh start|stop DIR}
 dir=${2:?usage: services.sh start|stop DIR}
-pg_port=${PGW_PG_PORT:-55432}
-redis_port=${PGW_REDIS_PORT:-56379}
+
+# A free loopback port (the kernel picks it), unless the caller fixed one.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 log() { echo "services: $*" >&2; }
 
@@ -60,7 +63,10 @@ as_pg_user() {
 
 start() {
   install_missing
-  local bin
+  local bin pg_port redis_port
+  pg_port=${PGW_PG_PORT:-$(free_port)}
+  redis_port=${PGW_REDIS_PORT:-$(free_port)}
+  echo "$redis_port" >"$dir/redis.port"
   bin=$(pg_bin)
   mkdir -p "$dir/pg"
   chmod 755 "$dir"
@@ -83,11 +89,14 @@ start() {
 }
 
 stop() {
-  local bin
+  local bin redis_port
   if bin=$(pg_bin) && [ -f "$dir/pg/data/postmaster.pid" ]; then
     as_pg_user "$bin/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
-  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  if [ -f "$dir/redis.port" ]; then
+    redis_port=$(cat "$dir/redis.port")
+    redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  fi
 }
 
 case "$cmd" in

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 dir=$(mktemp -d /tmp/pgw-test.XXXXXX)
 trap 'scripts/services.sh stop "$dir"' EXIT
-eval "$(scripts/services.sh start "$dir")"
+services_env=$(scripts/services.sh start "$dir")
+eval "$services_env"
 export PGW_TEST_DATABASE_URL=$DATABASE_URL PGW_TEST_REDIS_URL=$REDIS_URL
 unset DATABASE_URL REDIS_URL
 

@@ -98,12 +98,16 @@ impl TestDb {
     pub async fn drain_analytics(&self) {
         let settings = test_analytics_settings();
         loop {
-            let report = worker::analytics::process_batch(&self.pool, &settings).await.unwrap();
+            let report = worker::analytics::process_batch(&self.pool, &settings)
+                .await
+                .unwrap();
             if report.claimed == 0 {
-                let left: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_queue WHERE parked_at IS NULL")
-                    .fetch_one(&self.pool)
-                    .await
-                    .unwrap();
+                let left: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM analytics_queue WHERE parked_at IS NULL",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
                 if left == 0 {
                     return;
                 }
@@ -115,7 +119,11 @@ impl TestDb {
     /// Asserts `verify` finds no drift (analytics included).
     pub async fn assert_verified(&self) {
         let report = worker::verify::verify(&self.pool, 5).await.unwrap();
-        assert!(report.is_clean(), "verify found drift:\n{}", report.render());
+        assert!(
+            report.is_clean(),
+            "verify found drift:\n{}",
+            report.render()
+        );
     }
 }
 
@@ -133,7 +141,11 @@ pub fn assert_same_tables(actual: &str, expected: &str, what: &str) {
             panic!("{what}: tables differ in {section}\n  got:      {a}\n  expected: {e}");
         }
     }
-    panic!("{what}: tables differ in length ({} vs {} lines)", actual.lines().count(), expected.lines().count());
+    panic!(
+        "{what}: tables differ in length ({} vs {} lines)",
+        actual.lines().count(),
+        expected.lines().count()
+    );
 }
 
 pub fn test_analytics_settings() -> worker::analytics::AnalyticsSettings {
@@ -157,7 +169,8 @@ impl TestRedis {
     pub async fn new() -> TestRedis {
         let url = env("PGW_TEST_REDIS_URL");
         let client = redis::Client::open(url.as_str()).unwrap();
-        let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let config =
+            AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         let con = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -180,7 +193,12 @@ impl TestRedis {
         let mut pipe = redis::pipe();
         let mut n = 0;
         for (stream, payload) in entries {
-            pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(payload).ignore();
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("payload")
+                .arg(payload)
+                .ignore();
             n += 1;
             if n % 500 == 0 {
                 pipe.query_async::<()>(&mut self.con).await.unwrap();
@@ -229,7 +247,11 @@ pub async fn consume_until_idle(db: &TestDb, args: Vec<StreamArgs>, timeout: Dur
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for a in args.iter().cloned() {
-        let pool = PgPoolOptions::new().max_connections(4).connect(&db.url).await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&db.url)
+            .await
+            .unwrap();
         let consumer = Consumer {
             args: a,
             pool,
@@ -255,7 +277,10 @@ pub async fn consume_until_idle(db: &TestDb, args: Vec<StreamArgs>, timeout: Dur
         if idle {
             break;
         }
-        assert!(started.elapsed() < timeout, "consumers did not drain the streams within {timeout:?}");
+        assert!(
+            started.elapsed() < timeout,
+            "consumers did not drain the streams within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.cancel();
@@ -271,7 +296,10 @@ pub fn worker_binary() -> std::path::PathBuf {
     }
     // target/debug/deps/<test> -> target/debug/postgres-writer
     let exe = std::env::current_exe().unwrap();
-    let candidate = exe.parent().and_then(|p| p.parent()).map(|p| p.join("postgres-writer"));
+    let candidate = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("postgres-writer"));
     match candidate {
         Some(path) if path.exists() => path,
         _ => panic!("postgres-writer binary not found: run scripts/test.sh (it builds it) or set POSTGRES_WRITER_BIN"),

@@ -53,10 +53,24 @@ async fn bad_entries_and_items_are_dead_lettered_with_reasons() {
     }
     // A good entry after all the bad ones: the pipeline did not stop.
     redis
-        .xadd(&stream, "payload", envelope("Deposited", deposit(8, json!(7), ADDR_A)).as_bytes())
+        .xadd(
+            &stream,
+            "payload",
+            envelope("Deposited", deposit(8, json!(7), ADDR_A)).as_bytes(),
+        )
         .await;
     let group = unique("group");
-    consume_until_idle(&db, vec![stream_args(&redis.url, std::slice::from_ref(&stream), &group, "c")], Duration::from_secs(30)).await;
+    consume_until_idle(
+        &db,
+        vec![stream_args(
+            &redis.url,
+            std::slice::from_ref(&stream),
+            &group,
+            "c",
+        )],
+        Duration::from_secs(30),
+    )
+    .await;
 
     let rows: Vec<(String, Option<i32>, String, Vec<u8>)> = sqlx::query_as(
         "SELECT entry_id, item_index, reason, raw_payload FROM dead_letters ORDER BY entry_id, item_index",
@@ -93,7 +107,11 @@ async fn bad_entries_and_items_are_dead_lettered_with_reasons() {
         .await
         .unwrap();
     assert_eq!(total, "49"); // 10 + 0x20 + 7
-    assert_eq!(redis.backlog(&stream, &group).await, (Some(0), 0), "every entry acknowledged");
+    assert_eq!(
+        redis.backlog(&stream, &group).await,
+        (Some(0), 0),
+        "every entry acknowledged"
+    );
     db.drain_analytics().await;
     db.assert_verified().await;
 }
@@ -111,9 +129,14 @@ async fn redelivered_bad_entry_is_recorded_once() {
     );
     // Written twice (as after a crash between commit and ack): one row.
     for _ in 0..2 {
-        worker::persistence::write_entries(&db.pool, std::slice::from_ref(&entry), Default::default(), None)
-            .await
-            .unwrap();
+        worker::persistence::write_entries(
+            &db.pool,
+            std::slice::from_ref(&entry),
+            Default::default(),
+            None,
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(db.count("dead_letters").await, 1);
 }
@@ -143,10 +166,14 @@ async fn entry_the_database_refuses_is_isolated() {
         .unwrap();
     assert_eq!(outcome.refused_entries, 1);
     assert_eq!(db.count("deposited_events").await, 8);
-    let (entry_id, reason): (String, String) = sqlx::query_as("SELECT entry_id, reason FROM dead_letters")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let (entry_id, reason): (String, String) =
+        sqlx::query_as("SELECT entry_id, reason FROM dead_letters")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(entry_id, "6-0");
-    assert!(reason.contains("database refused") && reason.contains("small_assets"), "{reason}");
+    assert!(
+        reason.contains("database refused") && reason.contains("small_assets"),
+        "{reason}"
+    );
 }

@@ -18,7 +18,10 @@ async fn feed(db: &TestDb, entries: &[(&str, String)]) {
 }
 
 async fn text(db: &TestDb, sql: &str) -> String {
-    sqlx::query_scalar::<_, String>(sql).fetch_one(&db.pool).await.unwrap()
+    sqlx::query_scalar::<_, String>(sql)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -44,14 +47,34 @@ async fn atoms_store_text_or_bytes_and_newest_wins() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(row, (ADDR_A_CHECKSUM.to_string(), ADDR_B_CHECKSUM.to_string(), Some("ipfs://hello".to_string()), None));
-    let row = sqlx::query_as::<_, (Option<String>, Option<Vec<u8>>)>("SELECT data, raw_data FROM atom WHERE term_id = $1")
-        .bind(term(2))
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        row,
+        (
+            ADDR_A_CHECKSUM.to_string(),
+            ADDR_B_CHECKSUM.to_string(),
+            Some("ipfs://hello".to_string()),
+            None
+        )
+    );
+    let row = sqlx::query_as::<_, (Option<String>, Option<Vec<u8>>)>(
+        "SELECT data, raw_data FROM atom WHERE term_id = $1",
+    )
+    .bind(term(2))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(row, (None, Some(vec![0xff, 0xfe, 0x00, 0x41])));
-    assert_eq!(text(&db, &format!("SELECT type || ':' || atom_id FROM term WHERE id = '{}'", term(2))).await, format!("Atom:{}", term(2)));
+    assert_eq!(
+        text(
+            &db,
+            &format!(
+                "SELECT type || ':' || atom_id FROM term WHERE id = '{}'",
+                term(2)
+            )
+        )
+        .await,
+        format!("Atom:{}", term(2))
+    );
     // Chain position of the event: hex timestamp, hex log index.
     let (block, log_index, ts): (i64, i64, i64) = sqlx::query_as(
         "SELECT block_number, log_index, extract(epoch FROM block_timestamp)::int8 FROM atom_created_events WHERE term_id = $1 AND block_number = 100",
@@ -79,11 +102,29 @@ async fn triples_link_counter_terms_and_fix_unknown_types() {
         ],
     )
     .await;
-    assert_eq!(text(&db, &format!("SELECT type FROM term WHERE id = '{counter}'")).await, "Unknown");
+    assert_eq!(
+        text(
+            &db,
+            &format!("SELECT type FROM term WHERE id = '{counter}'")
+        )
+        .await,
+        "Unknown"
+    );
     feed(
         &db,
-        &[("payload", envelope("TripleCreated", with_info(json!({"creator": ADDR_B, "termId": triple.to_uppercase().replace("0X", "0x"),
-            "subjectId": term(1), "predicateId": term(2), "objectId": term(3)}), 2, 60, 3)))],
+        &[(
+            "payload",
+            envelope(
+                "TripleCreated",
+                with_info(
+                    json!({"creator": ADDR_B, "termId": triple.to_uppercase().replace("0X", "0x"),
+            "subjectId": term(1), "predicateId": term(2), "objectId": term(3)}),
+                    2,
+                    60,
+                    3,
+                ),
+            ),
+        )],
     )
     .await;
     let row = sqlx::query_as::<_, (String, String, String, String, String)>(
@@ -93,9 +134,32 @@ async fn triples_link_counter_terms_and_fix_unknown_types() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(row, (term(1), term(2), term(3), ADDR_B_CHECKSUM.to_string(), counter.clone()));
-    assert_eq!(text(&db, &format!("SELECT type || ':' || triple_id FROM term WHERE id = '{triple}'")).await, format!("Triple:{triple}"));
-    assert_eq!(text(&db, &format!("SELECT type || ':' || triple_id FROM term WHERE id = '{counter}'")).await, format!("CounterTriple:{triple}"));
+    assert_eq!(
+        row,
+        (
+            term(1),
+            term(2),
+            term(3),
+            ADDR_B_CHECKSUM.to_string(),
+            counter.clone()
+        )
+    );
+    assert_eq!(
+        text(
+            &db,
+            &format!("SELECT type || ':' || triple_id FROM term WHERE id = '{triple}'")
+        )
+        .await,
+        format!("Triple:{triple}")
+    );
+    assert_eq!(
+        text(
+            &db,
+            &format!("SELECT type || ':' || triple_id FROM term WHERE id = '{counter}'")
+        )
+        .await,
+        format!("CounterTriple:{triple}")
+    );
     db.drain_analytics().await;
     // The counter vault feeds the triple's analytics.
     let (count, shares): (i64, String) = sqlx::query_as("SELECT position_count, total_shares::text FROM triple_vault WHERE term_id = $1 AND curve_id = '1'")
@@ -145,10 +209,11 @@ async fn deposits_redeems_and_prices_with_uint256_values() {
     )
     .await;
     assert_eq!(db.count("deposited_events").await, 5);
-    let stored: String = sqlx::query_scalar("SELECT assets::text FROM deposited_events WHERE block_number = 10")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let stored: String =
+        sqlx::query_scalar("SELECT assets::text FROM deposited_events WHERE block_number = 10")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(stored, "18446744073709551616");
 
     let position = |account: &'static str| {
@@ -167,8 +232,18 @@ async fn deposits_redeems_and_prices_with_uint256_values() {
         }
     };
     // 2^128+1 + 16 + 1
-    assert_eq!(position(ADDR_A_CHECKSUM).await, ("3000".into(), "340282366920938463463374607431768211474".into(), "0".into()));
-    assert_eq!(position(ADDR_B_CHECKSUM).await, ("0".into(), "40".into(), "39".into()));
+    assert_eq!(
+        position(ADDR_A_CHECKSUM).await,
+        (
+            "3000".into(),
+            "340282366920938463463374607431768211474".into(),
+            "0".into()
+        )
+    );
+    assert_eq!(
+        position(ADDR_B_CHECKSUM).await,
+        ("0".into(), "40".into(), "39".into())
+    );
 
     let vault = |curve: &'static str| {
         let pool = db.pool.clone();
@@ -185,9 +260,30 @@ async fn deposits_redeems_and_prices_with_uint256_values() {
             .unwrap()
         }
     };
-    assert_eq!(vault("1").await, ("3".into(), big.into(), "500000000000000001".into(), "1".into(), 1));
-    assert_eq!(vault("2").await, ("5000000000000000000".into(), "10".into(), "2000000000000000000".into(), "10000000000000000000".into(), 0));
-    assert_eq!(vault("3").await, ("0".into(), "0".into(), "0".into(), "0".into(), 1));
+    assert_eq!(
+        vault("1").await,
+        (
+            "3".into(),
+            big.into(),
+            "500000000000000001".into(),
+            "1".into(),
+            1
+        )
+    );
+    assert_eq!(
+        vault("2").await,
+        (
+            "5000000000000000000".into(),
+            "10".into(),
+            "2000000000000000000".into(),
+            "10000000000000000000".into(),
+            0
+        )
+    );
+    assert_eq!(
+        vault("3").await,
+        ("0".into(), "0".into(), "0".into(), "0".into(), 1)
+    );
 
     let (total_assets, market_cap): (String, String) =
         sqlx::query_as("SELECT total_assets::text, total_market_cap::text FROM term WHERE id = $1")
@@ -206,13 +302,20 @@ async fn other_events_are_stored_verbatim() {
     let db = TestDb::new().await;
     feed(
         &db,
-        &[("payload", envelope("Paused", with_info(json!({"account": ADDR_A, "note": "ünïcode"}), 1, 1, 0)))],
+        &[(
+            "payload",
+            envelope(
+                "Paused",
+                with_info(json!({"account": ADDR_A, "note": "ünïcode"}), 1, 1, 0),
+            ),
+        )],
     )
     .await;
-    let (name, account): (String, String) = sqlx::query_as("SELECT event_name, event_data->>'account' FROM generic_events")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let (name, account): (String, String) =
+        sqlx::query_as("SELECT event_name, event_data->>'account' FROM generic_events")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!((name.as_str(), account.as_str()), ("Paused", ADDR_A));
     assert_eq!(db.count("term").await, 0);
 }

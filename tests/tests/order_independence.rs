@@ -4,7 +4,9 @@
 
 use serde_json::Value;
 use std::time::Duration;
-use system_tests::{assert_same_tables, consume_until_idle, stream_args, unique, TestDb, TestRedis};
+use system_tests::{
+    assert_same_tables, consume_until_idle, stream_args, unique, TestDb, TestRedis,
+};
 use worker::generate::{generate, GeneratorSpec};
 
 /// Deterministic shuffle (xorshift), no extra dependency.
@@ -39,11 +41,18 @@ async fn load(payloads: &[String], workers: usize) -> TestDb {
     let db = TestDb::new().await;
     let mut redis = TestRedis::new().await;
     let stream = unique("mixed");
-    redis.xadd_all(payloads.iter().map(|p| (stream.as_str(), p.as_str()))).await;
+    redis
+        .xadd_all(payloads.iter().map(|p| (stream.as_str(), p.as_str())))
+        .await;
     let group = unique("group");
     let args = (0..workers)
         .map(|i| {
-            let mut a = stream_args(&redis.url, std::slice::from_ref(&stream), &group, &format!("worker-{i}"));
+            let mut a = stream_args(
+                &redis.url,
+                std::slice::from_ref(&stream),
+                &group,
+                &format!("worker-{i}"),
+            );
             a.batch_size = 25;
             a
         })
@@ -71,9 +80,24 @@ async fn same_events_any_delivery_same_tables() {
         let db = TestDb::new().await;
         let mut redis = TestRedis::new().await;
         let prefix = unique("typed");
-        let entries = generate(&GeneratorSpec { events_per_entry: 10, stream_prefix: prefix.clone(), ..spec.clone() });
-        redis.xadd_all(entries.iter().map(|e| (e.stream.as_str(), e.payload.as_str()))).await;
-        let args = stream_args(&redis.url, &worker::generate::stream_names(&prefix), &unique("group"), "solo");
+        let entries = generate(&GeneratorSpec {
+            events_per_entry: 10,
+            stream_prefix: prefix.clone(),
+            ..spec.clone()
+        });
+        redis
+            .xadd_all(
+                entries
+                    .iter()
+                    .map(|e| (e.stream.as_str(), e.payload.as_str())),
+            )
+            .await;
+        let args = stream_args(
+            &redis.url,
+            &worker::generate::stream_names(&prefix),
+            &unique("group"),
+            "solo",
+        );
         consume_until_idle(&db, vec![args], Duration::from_secs(120)).await;
         db.drain_analytics().await;
         db
@@ -84,13 +108,21 @@ async fn same_events_any_delivery_same_tables() {
 
     let ordered = load(&in_order, 1).await;
     ordered.assert_verified().await;
-    assert_same_tables(&ordered.snapshot().await, &reference, "in-order delivery differs");
+    assert_same_tables(
+        &ordered.snapshot().await,
+        &reference,
+        "in-order delivery differs",
+    );
 
     let mut shuffled = in_order.clone();
     shuffle(&mut shuffled, 7);
     let db = load(&shuffled, 1).await;
     db.assert_verified().await;
-    assert_same_tables(&db.snapshot().await, &reference, "shuffled delivery differs");
+    assert_same_tables(
+        &db.snapshot().await,
+        &reference,
+        "shuffled delivery differs",
+    );
 
     // Every fifth event delivered twice, the copies shuffled in.
     let mut duplicated = shuffled.clone();
@@ -98,11 +130,22 @@ async fn same_events_any_delivery_same_tables() {
     shuffle(&mut duplicated, 11);
     let db = load(&duplicated, 1).await;
     db.assert_verified().await;
-    assert_same_tables(&db.snapshot().await, &reference, "delivery with duplicates differs");
-    assert_eq!(db.count("deposited_events").await, batched.count("deposited_events").await);
+    assert_same_tables(
+        &db.snapshot().await,
+        &reference,
+        "delivery with duplicates differs",
+    );
+    assert_eq!(
+        db.count("deposited_events").await,
+        batched.count("deposited_events").await
+    );
 
     // Three concurrent workers on one consumer group, duplicates included.
     let db = load(&duplicated, 3).await;
     db.assert_verified().await;
-    assert_same_tables(&db.snapshot().await, &reference, "three concurrent workers differ");
+    assert_same_tables(
+        &db.snapshot().await,
+        &reference,
+        "three concurrent workers differ",
+    );
 }

@@ -76,13 +76,19 @@ impl<'a> Plan<'a> {
             match &event.body {
                 EventBody::AtomCreated(a) => {
                     plan.atoms.push(event);
-                    plan.term_claims.push((&a.term_id, "Atom", Some(&a.term_id), None));
+                    plan.term_claims
+                        .push((&a.term_id, "Atom", Some(&a.term_id), None));
                 }
                 EventBody::TripleCreated(t) => {
                     plan.triples.push(event);
-                    plan.term_claims.push((&t.term_id, "Triple", None, Some(&t.term_id)));
                     plan.term_claims
-                        .push((&t.counter_term_id, "CounterTriple", None, Some(&t.term_id)));
+                        .push((&t.term_id, "Triple", None, Some(&t.term_id)));
+                    plan.term_claims.push((
+                        &t.counter_term_id,
+                        "CounterTriple",
+                        None,
+                        Some(&t.term_id),
+                    ));
                     plan.analytics.insert(&t.term_id);
                 }
                 EventBody::Deposited(d) => {
@@ -149,20 +155,60 @@ impl<'a> Plan<'a> {
             })
             .collect();
         sqlx::query(queries::UPSERT_ATOMS)
-            .bind(atoms.iter().map(|(_, a)| a.term_id.as_str()).collect::<Vec<_>>())
-            .bind(atoms.iter().map(|(_, a)| a.creator.as_str()).collect::<Vec<_>>())
-            .bind(atoms.iter().map(|(_, a)| a.atom_wallet.as_str()).collect::<Vec<_>>())
-            .bind(atoms.iter().map(|(_, a)| a.atom_data_text.as_deref()).collect::<Vec<_>>())
+            .bind(
+                atoms
+                    .iter()
+                    .map(|(_, a)| a.term_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                atoms
+                    .iter()
+                    .map(|(_, a)| a.creator.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                atoms
+                    .iter()
+                    .map(|(_, a)| a.atom_wallet.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                atoms
+                    .iter()
+                    .map(|(_, a)| a.atom_data_text.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(
                 atoms
                     .iter()
                     .map(|(_, a)| a.atom_data_text.is_none().then_some(a.atom_data.as_slice()))
                     .collect::<Vec<_>>(),
             )
-            .bind(atoms.iter().map(|(e, _)| e.position.block_number).collect::<Vec<_>>())
-            .bind(atoms.iter().map(|(e, _)| e.position.log_index).collect::<Vec<_>>())
-            .bind(atoms.iter().map(|(e, _)| e.position.transaction_hash.as_str()).collect::<Vec<_>>())
-            .bind(atoms.iter().map(|(e, _)| e.position.block_timestamp).collect::<Vec<_>>())
+            .bind(
+                atoms
+                    .iter()
+                    .map(|(e, _)| e.position.block_number)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                atoms
+                    .iter()
+                    .map(|(e, _)| e.position.log_index)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                atoms
+                    .iter()
+                    .map(|(e, _)| e.position.transaction_hash.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                atoms
+                    .iter()
+                    .map(|(e, _)| e.position.block_timestamp)
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -181,16 +227,66 @@ impl<'a> Plan<'a> {
             })
             .collect();
         sqlx::query(queries::UPSERT_TRIPLES)
-            .bind(triples.iter().map(|(_, t)| t.term_id.as_str()).collect::<Vec<_>>())
-            .bind(triples.iter().map(|(_, t)| t.subject_id.as_str()).collect::<Vec<_>>())
-            .bind(triples.iter().map(|(_, t)| t.predicate_id.as_str()).collect::<Vec<_>>())
-            .bind(triples.iter().map(|(_, t)| t.object_id.as_str()).collect::<Vec<_>>())
-            .bind(triples.iter().map(|(_, t)| t.creator.as_str()).collect::<Vec<_>>())
-            .bind(triples.iter().map(|(_, t)| t.counter_term_id.as_str()).collect::<Vec<_>>())
-            .bind(triples.iter().map(|(e, _)| e.position.block_number).collect::<Vec<_>>())
-            .bind(triples.iter().map(|(e, _)| e.position.log_index).collect::<Vec<_>>())
-            .bind(triples.iter().map(|(e, _)| e.position.transaction_hash.as_str()).collect::<Vec<_>>())
-            .bind(triples.iter().map(|(e, _)| e.position.block_timestamp).collect::<Vec<_>>())
+            .bind(
+                triples
+                    .iter()
+                    .map(|(_, t)| t.term_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                triples
+                    .iter()
+                    .map(|(_, t)| t.subject_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                triples
+                    .iter()
+                    .map(|(_, t)| t.predicate_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                triples
+                    .iter()
+                    .map(|(_, t)| t.object_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                triples
+                    .iter()
+                    .map(|(_, t)| t.creator.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                triples
+                    .iter()
+                    .map(|(_, t)| t.counter_term_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                triples
+                    .iter()
+                    .map(|(e, _)| e.position.block_number)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                triples
+                    .iter()
+                    .map(|(e, _)| e.position.log_index)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                triples
+                    .iter()
+                    .map(|(e, _)| e.position.transaction_hash.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                triples
+                    .iter()
+                    .map(|(e, _)| e.position.block_timestamp)
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -207,8 +303,16 @@ impl<'a> Plan<'a> {
         sqlx::query(queries::UPSERT_VAULTS)
             .bind(t.iter().map(|v| v.term_id).collect::<Vec<_>>())
             .bind(t.iter().map(|v| v.curve_id).collect::<Vec<_>>())
-            .bind(t.iter().map(|v| v.price.map(|(e, _)| e.position.block_number)).collect::<Vec<_>>())
-            .bind(t.iter().map(|v| v.price.map(|(e, _)| e.position.log_index)).collect::<Vec<_>>())
+            .bind(
+                t.iter()
+                    .map(|v| v.price.map(|(e, _)| e.position.block_number))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                t.iter()
+                    .map(|v| v.price.map(|(e, _)| e.position.log_index))
+                    .collect::<Vec<_>>(),
+            )
             .bind(
                 t.iter()
                     .map(|v| v.price.map(|(e, _)| e.position.transaction_hash.as_str()))
@@ -217,13 +321,20 @@ impl<'a> Plan<'a> {
             .bind(price(|s| &s.total_shares))
             .bind(price(|s| &s.total_assets))
             .bind(price(|s| &s.share_price))
-            .bind(t.iter().map(|v| v.price.map(|(_, s)| s.vault_type)).collect::<Vec<_>>())
+            .bind(
+                t.iter()
+                    .map(|v| v.price.map(|(_, s)| s.vault_type))
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut **tx)
             .await?;
         Ok(())
     }
 
-    async fn upsert_positions(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    async fn upsert_positions(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<(), sqlx::Error> {
         if self.moves.is_empty() {
             return Ok(());
         }
@@ -232,9 +343,21 @@ impl<'a> Plan<'a> {
             .bind(m.iter().map(|m| m.account_id).collect::<Vec<_>>())
             .bind(m.iter().map(|m| m.term_id).collect::<Vec<_>>())
             .bind(m.iter().map(|m| m.curve_id).collect::<Vec<_>>())
-            .bind(m.iter().map(|m| m.event.position.block_number).collect::<Vec<_>>())
-            .bind(m.iter().map(|m| m.event.position.log_index).collect::<Vec<_>>())
-            .bind(m.iter().map(|m| m.event.position.transaction_hash.as_str()).collect::<Vec<_>>())
+            .bind(
+                m.iter()
+                    .map(|m| m.event.position.block_number)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                m.iter()
+                    .map(|m| m.event.position.log_index)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                m.iter()
+                    .map(|m| m.event.position.transaction_hash.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .bind(m.iter().map(|m| m.total_shares).collect::<Vec<_>>())
             .bind(m.iter().map(|m| m.deposited).collect::<Vec<_>>())
             .bind(m.iter().map(|m| m.redeemed).collect::<Vec<_>>())

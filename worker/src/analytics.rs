@@ -67,7 +67,10 @@ struct Claimed {
 
 /// Claims and processes one batch. Returns a report with `claimed == 0` when
 /// nothing was due.
-pub async fn process_batch(pool: &PgPool, settings: &AnalyticsSettings) -> Result<BatchReport, sqlx::Error> {
+pub async fn process_batch(
+    pool: &PgPool,
+    settings: &AnalyticsSettings,
+) -> Result<BatchReport, sqlx::Error> {
     let mut conflicts = 0u32;
     loop {
         let mut tx = pool.begin().await?;
@@ -92,7 +95,12 @@ pub async fn process_batch(pool: &PgPool, settings: &AnalyticsSettings) -> Resul
                 match classify(&error) {
                     FailureKind::Conflict if conflicts < 10 => {
                         conflicts += 1;
-                        tokio::time::sleep(backoff::jittered(Duration::from_millis(5), conflicts, Duration::from_millis(500))).await;
+                        tokio::time::sleep(backoff::jittered(
+                            Duration::from_millis(5),
+                            conflicts,
+                            Duration::from_millis(500),
+                        ))
+                        .await;
                     }
                     FailureKind::Unavailable => return Err(error),
                     _ => {
@@ -141,9 +149,17 @@ async fn process_individually(
                 if classify(&error) == FailureKind::Unavailable {
                     return Err(error);
                 }
-                let delay = backoff::jittered(settings.backoff_base, (attempts + 1) as u32, settings.backoff_max);
+                let delay = backoff::jittered(
+                    settings.backoff_base,
+                    (attempts + 1) as u32,
+                    settings.backoff_max,
+                );
                 tracing::warn!(term, %error, attempt = attempts + 1, "analytics failed for term");
-                failed.push((term.clone(), error.to_string().replace('\0', ""), delay.as_millis() as i64));
+                failed.push((
+                    term.clone(),
+                    error.to_string().replace('\0', ""),
+                    delay.as_millis() as i64,
+                ));
             }
         }
     }
@@ -166,7 +182,10 @@ async fn process_individually(
     Ok(report)
 }
 
-async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
     let rows = sqlx::query(queries::CLAIM_ANALYTICS_TERMS)
         .bind(limit)
         .fetch_all(&mut **tx)
@@ -182,7 +201,10 @@ async fn claim(tx: &mut Transaction<'_, Postgres>, limit: i64) -> Result<Vec<Cla
 
 /// Recomputes every analytics row that depends on `terms` and deletes their
 /// queue rows. Returns the number of triples recomputed.
-pub async fn recompute_terms(tx: &mut Transaction<'_, Postgres>, terms: &[&str]) -> Result<usize, sqlx::Error> {
+pub async fn recompute_terms(
+    tx: &mut Transaction<'_, Postgres>,
+    terms: &[&str],
+) -> Result<usize, sqlx::Error> {
     let rows = sqlx::query(queries::ANALYTICS_AFFECTED_TRIPLES)
         .bind(terms)
         .fetch_all(&mut **tx)
@@ -203,10 +225,14 @@ pub async fn recompute_terms(tx: &mut Transaction<'_, Postgres>, terms: &[&str])
         }
     }
     if !triples.is_empty() {
-        let (po_p, po_o): (Vec<&str>, Vec<&str>) =
-            predicate_objects.iter().map(|(p, o)| (p.as_str(), o.as_str())).unzip();
-        let (sp_s, sp_p): (Vec<&str>, Vec<&str>) =
-            subject_predicates.iter().map(|(s, p)| (s.as_str(), p.as_str())).unzip();
+        let (po_p, po_o): (Vec<&str>, Vec<&str>) = predicate_objects
+            .iter()
+            .map(|(p, o)| (p.as_str(), o.as_str()))
+            .unzip();
+        let (sp_s, sp_p): (Vec<&str>, Vec<&str>) = subject_predicates
+            .iter()
+            .map(|(s, p)| (s.as_str(), p.as_str()))
+            .unzip();
         let triple_ids: Vec<&str> = triples.iter().map(String::as_str).collect();
         // Lock order: predicate_object, then subject_predicate, each in key order.
         sqlx::query(queries::LOCK_PREDICATE_OBJECTS)
@@ -224,7 +250,10 @@ pub async fn recompute_terms(tx: &mut Transaction<'_, Postgres>, terms: &[&str])
             queries::RECOMPUTE_TRIPLE_VAULTS,
             queries::RECOMPUTE_TRIPLE_TERMS,
         ] {
-            sqlx::query(statement).bind(&triple_ids).execute(&mut **tx).await?;
+            sqlx::query(statement)
+                .bind(&triple_ids)
+                .execute(&mut **tx)
+                .await?;
         }
         sqlx::query(queries::RECOMPUTE_PREDICATE_OBJECTS)
             .bind(&po_p)
@@ -255,8 +284,14 @@ pub async fn requeue_parked(pool: &PgPool, terms: Option<&[String]>) -> Result<u
 
 /// Queue depth, parked terms and the oldest pending age in seconds.
 pub async fn queue_stats(pool: &PgPool) -> Result<(i64, i64, f64), sqlx::Error> {
-    let row = sqlx::query(queries::ANALYTICS_QUEUE_STATS).fetch_one(pool).await?;
-    Ok((row.try_get("depth")?, row.try_get("parked")?, row.try_get("oldest_seconds")?))
+    let row = sqlx::query(queries::ANALYTICS_QUEUE_STATS)
+        .fetch_one(pool)
+        .await?;
+    Ok((
+        row.try_get("depth")?,
+        row.try_get("parked")?,
+        row.try_get("oldest_seconds")?,
+    ))
 }
 
 /// The analytics loop: runs until `stop`, never interrupting a transaction.
@@ -278,9 +313,13 @@ pub async fn run_loop(
             }
             Ok(report) => {
                 failures = 0;
-                metrics.analytics_terms_processed.inc_by(report.completed as u64);
+                metrics
+                    .analytics_terms_processed
+                    .inc_by(report.completed as u64);
                 metrics.analytics_batch_terms.observe(report.claimed as f64);
-                metrics.analytics_batch_duration.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .analytics_batch_duration
+                    .observe(started.elapsed().as_secs_f64());
                 metrics.analytics_retries.inc_by(report.retried as u64);
                 metrics.analytics_parked.inc_by(report.parked as u64);
                 if report.retried + report.parked > 0 {
@@ -296,8 +335,20 @@ pub async fn run_loop(
             Err(error) => {
                 failures += 1;
                 tracing::warn!(%error, "analytics batch could not run; retrying");
-                health.analytics.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(error.to_string());
-                crate::pipeline::pause(&stop, backoff::jittered(Duration::from_millis(200), failures, Duration::from_secs(30))).await;
+                health
+                    .analytics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_error = Some(error.to_string());
+                crate::pipeline::pause(
+                    &stop,
+                    backoff::jittered(
+                        Duration::from_millis(200),
+                        failures,
+                        Duration::from_secs(30),
+                    ),
+                )
+                .await;
             }
         }
     }

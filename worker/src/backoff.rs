@@ -46,6 +46,10 @@ mod tests {
                 distinct.insert(d);
             }
         }
-        assert!(distinct.len() > 100, "jitter should vary: {}", distinct.len());
+        assert!(
+            distinct.len() > 100,
+            "jitter should vary: {}",
+            distinct.len()
+        );
     }
 }

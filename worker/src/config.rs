@@ -9,7 +9,11 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "postgres-writer", version, about = "Intuition events from Redis streams into an exact PostgreSQL read model")]
+#[command(
+    name = "postgres-writer",
+    version,
+    about = "Intuition events from Redis streams into an exact PostgreSQL read model"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -56,7 +60,12 @@ pub struct DatabaseArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StreamArgs {
     /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
     /// Comma-separated stream names.
     #[arg(long, env = "REDIS_STREAMS", value_delimiter = ',', required = true)]
@@ -178,7 +187,12 @@ pub struct RebuildArgs {
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
     /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
     pub redis_url: String,
     /// Prefix of the generated streams (`<prefix>_atom_created`, `<prefix>_deposited`, …).
     #[arg(long, default_value = "intuition_testnet")]
@@ -235,7 +249,12 @@ fn in_range<T: PartialOrd + Display + Copy>(
     }
 }
 
-fn invalid(variable: &'static str, flag: &'static str, value: impl Display, allowed: &str) -> InvalidSetting {
+fn invalid(
+    variable: &'static str,
+    flag: &'static str,
+    value: impl Display,
+    allowed: &str,
+) -> InvalidSetting {
     InvalidSetting {
         variable,
         flag,
@@ -246,7 +265,9 @@ fn invalid(variable: &'static str, flag: &'static str, value: impl Display, allo
 
 impl DatabaseArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
             return Err(invalid(
                 "DATABASE_URL",
                 "database-url",
@@ -254,14 +275,24 @@ impl DatabaseArgs {
                 "must start with postgres:// or postgresql://",
             ));
         }
-        in_range("DB_POOL_MAX_CONNECTIONS", "db-pool-max-connections", self.db_pool_max_connections, 1..=1000)?;
+        in_range(
+            "DB_POOL_MAX_CONNECTIONS",
+            "db-pool-max-connections",
+            self.db_pool_max_connections,
+            1..=1000,
+        )?;
         in_range(
             "DB_POOL_MIN_CONNECTIONS",
             "db-pool-min-connections",
             self.db_pool_min_connections,
             0..=self.db_pool_max_connections,
         )?;
-        in_range("DB_ACQUIRE_TIMEOUT_MS", "db-acquire-timeout-ms", self.db_acquire_timeout_ms, 100..=600_000)
+        in_range(
+            "DB_ACQUIRE_TIMEOUT_MS",
+            "db-acquire-timeout-ms",
+            self.db_acquire_timeout_ms,
+            100..=600_000,
+        )
     }
 
     pub fn acquire_timeout(&self) -> Duration {
@@ -281,37 +312,97 @@ impl StreamArgs {
         }
         let streams = self.redis_streams.join(",");
         if self.redis_streams.is_empty() || self.redis_streams.iter().any(|s| s.trim().is_empty()) {
-            return Err(invalid("REDIS_STREAMS", "redis-streams", format!("{streams:?}"), "a comma-separated list of non-empty stream names"));
+            return Err(invalid(
+                "REDIS_STREAMS",
+                "redis-streams",
+                format!("{streams:?}"),
+                "a comma-separated list of non-empty stream names",
+            ));
         }
         let mut unique = self.redis_streams.clone();
         unique.sort();
         unique.dedup();
         if unique.len() != self.redis_streams.len() {
-            return Err(invalid("REDIS_STREAMS", "redis-streams", format!("{streams:?}"), "stream names must be distinct"));
+            return Err(invalid(
+                "REDIS_STREAMS",
+                "redis-streams",
+                format!("{streams:?}"),
+                "stream names must be distinct",
+            ));
         }
         for (variable, flag, value) in [
             ("CONSUMER_GROUP", "consumer-group", &self.consumer_group),
             ("CONSUMER_NAME", "consumer-name", &self.consumer_name),
         ] {
             if value.trim().is_empty() || value.len() > 200 || value.chars().any(char::is_control) {
-                return Err(invalid(variable, flag, format!("{value:?}"), "1 to 200 printable characters"));
+                return Err(invalid(
+                    variable,
+                    flag,
+                    format!("{value:?}"),
+                    "1 to 200 printable characters",
+                ));
             }
         }
         in_range("BATCH_SIZE", "batch-size", self.batch_size, 1..=10_000)?;
-        in_range("BATCH_TIMEOUT_MS", "batch-timeout-ms", self.batch_timeout_ms, 1..=60_000)?;
-        in_range("CLAIM_IDLE_MS", "claim-idle-ms", self.claim_idle_ms, 1_000..=86_400_000)?;
-        in_range("CLAIM_INTERVAL_MS", "claim-interval-ms", self.claim_interval_ms, 100..=3_600_000)?;
-        in_range("MAX_ENTRIES_PER_SECOND", "max-entries-per-second", self.max_entries_per_second, 0..=10_000_000)
+        in_range(
+            "BATCH_TIMEOUT_MS",
+            "batch-timeout-ms",
+            self.batch_timeout_ms,
+            1..=60_000,
+        )?;
+        in_range(
+            "CLAIM_IDLE_MS",
+            "claim-idle-ms",
+            self.claim_idle_ms,
+            1_000..=86_400_000,
+        )?;
+        in_range(
+            "CLAIM_INTERVAL_MS",
+            "claim-interval-ms",
+            self.claim_interval_ms,
+            100..=3_600_000,
+        )?;
+        in_range(
+            "MAX_ENTRIES_PER_SECOND",
+            "max-entries-per-second",
+            self.max_entries_per_second,
+            0..=10_000_000,
+        )
     }
 }
 
 impl AnalyticsArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        in_range("ANALYTICS_CONCURRENCY", "analytics-concurrency", self.analytics_concurrency, 1..=64)?;
-        in_range("ANALYTICS_BATCH_SIZE", "analytics-batch-size", self.analytics_batch_size, 1..=100_000)?;
-        in_range("ANALYTICS_POLL_INTERVAL_MS", "analytics-poll-interval-ms", self.analytics_poll_interval_ms, 10..=60_000)?;
-        in_range("ANALYTICS_MAX_ATTEMPTS", "analytics-max-attempts", self.analytics_max_attempts, 1..=1_000)?;
-        in_range("ANALYTICS_BACKOFF_BASE_MS", "analytics-backoff-base-ms", self.analytics_backoff_base_ms, 1..=3_600_000)?;
+        in_range(
+            "ANALYTICS_CONCURRENCY",
+            "analytics-concurrency",
+            self.analytics_concurrency,
+            1..=64,
+        )?;
+        in_range(
+            "ANALYTICS_BATCH_SIZE",
+            "analytics-batch-size",
+            self.analytics_batch_size,
+            1..=100_000,
+        )?;
+        in_range(
+            "ANALYTICS_POLL_INTERVAL_MS",
+            "analytics-poll-interval-ms",
+            self.analytics_poll_interval_ms,
+            10..=60_000,
+        )?;
+        in_range(
+            "ANALYTICS_MAX_ATTEMPTS",
+            "analytics-max-attempts",
+            self.analytics_max_attempts,
+            1..=1_000,
+        )?;
+        in_range(
+            "ANALYTICS_BACKOFF_BASE_MS",
+            "analytics-backoff-base-ms",
+            self.analytics_backoff_base_ms,
+            1..=3_600_000,
+        )?;
         in_range(
             "ANALYTICS_BACKOFF_MAX_MS",
             "analytics-backoff-max-ms",
@@ -330,14 +421,24 @@ impl AnalyticsArgs {
 impl HttpArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         in_range("HTTP_PORT", "http-port", self.http_port, 1..=65_535)?;
-        in_range("DRAIN_TIMEOUT_MS", "drain-timeout-ms", self.drain_timeout_ms, 1_000..=3_600_000)
+        in_range(
+            "DRAIN_TIMEOUT_MS",
+            "drain-timeout-ms",
+            self.drain_timeout_ms,
+            1_000..=3_600_000,
+        )
     }
 }
 
 impl DrainArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         in_range("HTTP_PORT", "http-port", self.http_port, 1..=65_535)?;
-        in_range("DRAIN_TIMEOUT_MS", "drain-timeout-ms", self.drain_timeout_ms, 1_000..=3_600_000)
+        in_range(
+            "DRAIN_TIMEOUT_MS",
+            "drain-timeout-ms",
+            self.drain_timeout_ms,
+            1_000..=3_600_000,
+        )
     }
 }
 
@@ -364,7 +465,12 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let credentials = &url[scheme + 3..at];
             match credentials.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &credentials[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }
@@ -385,7 +491,10 @@ pub fn settings_table() -> String {
                 row.4.push(sub.get_name().to_string());
                 continue;
             }
-            let flag = arg.get_long().map(|l| format!("`--{l}`")).unwrap_or_default();
+            let flag = arg
+                .get_long()
+                .map(|l| format!("`--{l}`"))
+                .unwrap_or_default();
             let default = arg
                 .get_default_values()
                 .iter()
@@ -401,9 +510,13 @@ pub fn settings_table() -> String {
             rows.push((env, flag, default, help, vec![sub.get_name().to_string()]));
         }
     }
-    let mut out = String::from("| variable | flag | default | meaning | read by |\n|---|---|---|---|---|\n");
+    let mut out =
+        String::from("| variable | flag | default | meaning | read by |\n|---|---|---|---|---|\n");
     for (env, flag, default, help, subs) in rows {
-        out.push_str(&format!("| `{env}` | {flag} | {default} | {help} | {} |\n", subs.join(", ")));
+        out.push_str(&format!(
+            "| `{env}` | {flag} | {default} | {help} | {} |\n",
+            subs.join(", ")
+        ));
     }
     out.push_str("| `RUST_LOG` |  | `info,sqlx=warn` | Log filter (tracing EnvFilter syntax), logs go to stderr. | all |\n");
     out
@@ -423,7 +536,10 @@ mod tests {
             "a,b",
         ];
         argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
             Command::Run(args) => Ok(args),
             _ => unreachable!(),
         }
@@ -442,13 +558,28 @@ mod tests {
         let cases: [(&[&str], &str, &str); 5] = [
             (&["--batch-size", "0"], "BATCH_SIZE", "1..=10000"),
             (&["--http-port", "70000"], "HTTP_PORT", "1..=65535"),
-            (&["--db-pool-max-connections", "0"], "DB_POOL_MAX_CONNECTIONS", "1..=1000"),
-            (&["--db-pool-min-connections", "20"], "DB_POOL_MIN_CONNECTIONS", "0..=10"),
-            (&["--analytics-concurrency", "100"], "ANALYTICS_CONCURRENCY", "1..=64"),
+            (
+                &["--db-pool-max-connections", "0"],
+                "DB_POOL_MAX_CONNECTIONS",
+                "1..=1000",
+            ),
+            (
+                &["--db-pool-min-connections", "20"],
+                "DB_POOL_MIN_CONNECTIONS",
+                "0..=10",
+            ),
+            (
+                &["--analytics-concurrency", "100"],
+                "ANALYTICS_CONCURRENCY",
+                "1..=64",
+            ),
         ];
         for (flags, variable, range) in cases {
             let err = run_args(flags).unwrap().validate().unwrap_err().to_string();
-            assert!(err.contains(variable) && err.contains(range) && err.contains(flags[1]), "{err}");
+            assert!(
+                err.contains(variable) && err.contains(range) && err.contains(flags[1]),
+                "{err}"
+            );
         }
     }
 
@@ -457,11 +588,18 @@ mod tests {
         let mut args = run_args(&[]).unwrap();
         args.database.database_url = "mysql://u:secret@host/db".into();
         let err = args.validate().unwrap_err().to_string();
-        assert!(err.contains("DATABASE_URL") && !err.contains("secret"), "{err}");
+        assert!(
+            err.contains("DATABASE_URL") && !err.contains("secret"),
+            "{err}"
+        );
         let args = run_args(&["--redis-streams", "a,,b"]);
         let err = args.unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("REDIS_STREAMS"), "{err}");
-        let err = run_args(&["--redis-streams", "a,a"]).unwrap().validate().unwrap_err().to_string();
+        let err = run_args(&["--redis-streams", "a,a"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("distinct"), "{err}");
     }
 
@@ -478,7 +616,10 @@ mod tests {
             "BATCH_TIMEOUT_MS",
             "HTTP_PORT",
         ] {
-            assert!(table.contains(&format!("| `{variable}` |")), "{variable} missing");
+            assert!(
+                table.contains(&format!("| `{variable}` |")),
+                "{variable} missing"
+            );
         }
     }
 
@@ -487,7 +628,10 @@ mod tests {
         let readme = include_str!("../../README.md");
         let begin = "<!-- settings:begin -->\n";
         let end = "<!-- settings:end -->";
-        let start = readme.find(begin).expect("README has a settings:begin marker") + begin.len();
+        let start = readme
+            .find(begin)
+            .expect("README has a settings:begin marker")
+            + begin.len();
         let stop = readme.find(end).expect("README has a settings:end marker");
         assert_eq!(
             &readme[start..stop],

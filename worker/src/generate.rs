@@ -41,7 +41,10 @@ pub const STREAM_SUFFIXES: [(&str, &str); 6] = [
 ];
 
 pub fn stream_names(prefix: &str) -> Vec<String> {
-    STREAM_SUFFIXES.iter().map(|(_, s)| format!("{prefix}_{s}")).collect()
+    STREAM_SUFFIXES
+        .iter()
+        .map(|(_, s)| format!("{prefix}_{s}"))
+        .collect()
 }
 
 /// splitmix64: small, fast, deterministic.
@@ -168,7 +171,11 @@ impl<'a> Sim<'a> {
 
     fn transaction(&mut self) -> String {
         self.tx_counter += 1;
-        let hash = ids::keccak256(&[b"tx", &self.spec.seed.to_be_bytes(), &self.tx_counter.to_be_bytes()]);
+        let hash = ids::keccak256(&[
+            b"tx",
+            &self.spec.seed.to_be_bytes(),
+            &self.tx_counter.to_be_bytes(),
+        ]);
         format!("0x{}", hex::encode(hash))
     }
 
@@ -209,11 +216,17 @@ impl<'a> Sim<'a> {
     }
 
     fn flush(&mut self, kind: &'static str) {
-        let Some(items) = self.buffers.remove(kind) else { return };
+        let Some(items) = self.buffers.remove(kind) else {
+            return;
+        };
         if items.is_empty() {
             return;
         }
-        let suffix = STREAM_SUFFIXES.iter().find(|(k, _)| *k == kind).map(|(_, s)| *s).unwrap_or("other");
+        let suffix = STREAM_SUFFIXES
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, s)| *s)
+            .unwrap_or("other");
         // Single items alternate between a bare object and a one-element array
         // (both occur in the wild); decided without the RNG so that the events
         // do not depend on how they are grouped into entries.
@@ -245,7 +258,14 @@ impl<'a> Sim<'a> {
 
     fn create_atom(&mut self) {
         let n = self.atoms.len() as u64;
-        let term = format!("0x{}", hex::encode(ids::keccak256(&[b"atom", &self.spec.seed.to_be_bytes(), &n.to_be_bytes()])));
+        let term = format!(
+            "0x{}",
+            hex::encode(ids::keccak256(&[
+                b"atom",
+                &self.spec.seed.to_be_bytes(),
+                &n.to_be_bytes()
+            ]))
+        );
         let data: Vec<u8> = if self.rng.chance(85) {
             format!("ipfs://bafkrei{:020x}{n}", self.rng.next()).into_bytes()
         } else {
@@ -264,14 +284,23 @@ impl<'a> Sim<'a> {
     }
 
     fn create_triple(&mut self) {
-        let pick = |rng: &mut Rng, atoms: &Vec<String>| atoms[rng.below(atoms.len() as u64) as usize].clone();
+        let pick = |rng: &mut Rng, atoms: &Vec<String>| {
+            atoms[rng.below(atoms.len() as u64) as usize].clone()
+        };
         let (s, p, o) = (
             pick(&mut self.rng, &self.atoms),
             pick(&mut self.rng, &self.atoms),
             pick(&mut self.rng, &self.atoms),
         );
         let n = self.triples.len() as u64;
-        let term = format!("0x{}", hex::encode(ids::keccak256(&[b"triple", &self.spec.seed.to_be_bytes(), &n.to_be_bytes()])));
+        let term = format!(
+            "0x{}",
+            hex::encode(ids::keccak256(&[
+                b"triple",
+                &self.spec.seed.to_be_bytes(),
+                &n.to_be_bytes()
+            ]))
+        );
         let counter = ids::counter_term_id(&term);
         let creator = self.account();
         let tx = self.transaction();
@@ -286,14 +315,18 @@ impl<'a> Sim<'a> {
     /// A term to trade: atoms, triples and (less often) counter triples.
     fn vault_term(&mut self) -> (String, u8) {
         if !self.triples.is_empty() && self.rng.chance(40) {
-            let (term, counter) = self.triples[self.rng.below(self.triples.len() as u64) as usize].clone();
+            let (term, counter) =
+                self.triples[self.rng.below(self.triples.len() as u64) as usize].clone();
             if self.rng.chance(30) {
                 (counter, 2)
             } else {
                 (term, 1)
             }
         } else {
-            (self.atoms[self.rng.below(self.atoms.len() as u64) as usize].clone(), 0)
+            (
+                self.atoms[self.rng.below(self.atoms.len() as u64) as usize].clone(),
+                0,
+            )
         }
     }
 
@@ -301,26 +334,46 @@ impl<'a> Sim<'a> {
         let (term, vault_type) = self.vault_term();
         let curve = self.curve();
         let receiver = self.account();
-        let sender = if self.rng.chance(90) { receiver.clone() } else { self.account() };
+        let sender = if self.rng.chance(90) {
+            receiver.clone()
+        } else {
+            self.account()
+        };
         // 0.001 .. ~10 ETH, and now and then a whale above 2^64 wei.
         let mut assets: u128 = (1 + u128::from(self.rng.below(10_000))) * 1_000_000_000_000_000;
         if self.rng.chance(2) {
             assets *= 10_000;
         }
         let after_fees = assets - assets / 100;
-        let vault = self.vaults.entry((term.clone(), curve)).or_default().clone();
+        let vault = self
+            .vaults
+            .entry((term.clone(), curve))
+            .or_default()
+            .clone();
         let price = vault.price(curve);
         let price = price.max(1);
-        let shares = after_fees.checked_mul(E18).map_or(after_fees / price * E18, |x| x / price);
-        let position = self.positions.entry((receiver.clone(), term.clone(), curve)).or_default();
+        let shares = after_fees
+            .checked_mul(E18)
+            .map_or(after_fees / price * E18, |x| x / price);
+        let position = self
+            .positions
+            .entry((receiver.clone(), term.clone(), curve))
+            .or_default();
         *position += shares;
         let position_total = *position;
-        let vault = self.vaults.get_mut(&(term.clone(), curve)).expect("inserted above");
+        let vault = self
+            .vaults
+            .get_mut(&(term.clone(), curve))
+            .expect("inserted above");
         vault.total_shares += shares;
         vault.total_assets += after_fees;
         let vault = vault.clone();
         let tx = self.transaction();
-        let curve_value = if self.rng.chance(50) { json!(curve) } else { json!(curve.to_string()) };
+        let curve_value = if self.rng.chance(50) {
+            json!(curve)
+        } else {
+            json!(curve.to_string())
+        };
         self.emit(
             "Deposited",
             json!({"sender": sender, "receiver": receiver, "termId": term, "curveId": curve_value,
@@ -344,13 +397,18 @@ impl<'a> Sim<'a> {
         }
         let (account, term, curve) = holders[self.rng.below(holders.len() as u64) as usize].clone();
         let held = self.positions[&(account.clone(), term.clone(), curve)];
-        let shares = if self.rng.chance(30) { held } else { (held / 100) * (1 + u128::from(self.rng.below(99))) };
+        let shares = if self.rng.chance(30) {
+            held
+        } else {
+            (held / 100) * (1 + u128::from(self.rng.below(99)))
+        };
         let vault = self.vaults[&(term.clone(), curve)].clone();
         let gross = shares.saturating_mul(vault.total_assets) / vault.total_shares.max(1);
         let fees = gross / 100;
         let assets = gross - fees;
         let remaining = held - shares;
-        self.positions.insert((account.clone(), term.clone(), curve), remaining);
+        self.positions
+            .insert((account.clone(), term.clone(), curve), remaining);
         let v = self.vaults.get_mut(&(term.clone(), curve)).expect("exists");
         v.total_shares -= shares;
         v.total_assets -= gross.min(v.total_assets);
@@ -373,7 +431,14 @@ impl<'a> Sim<'a> {
         self.price_changed(&term, curve, vault_type, &vault, &tx);
     }
 
-    fn price_changed(&mut self, term: &str, curve: u32, vault_type: u8, vault: &VaultState, tx: &str) {
+    fn price_changed(
+        &mut self,
+        term: &str,
+        curve: u32,
+        vault_type: u8,
+        vault: &VaultState,
+        tx: &str,
+    ) {
         let price = vault.price(curve);
         self.emit(
             "SharePriceChanged",
@@ -397,14 +462,25 @@ impl<'a> Sim<'a> {
 }
 
 /// Writes entries with XADD (pipelined). Returns the number written.
-pub async fn publish(redis_url: &str, entries: &[GeneratedEntry]) -> Result<usize, redis::RedisError> {
+pub async fn publish(
+    redis_url: &str,
+    entries: &[GeneratedEntry],
+) -> Result<usize, redis::RedisError> {
     let client = redis::Client::open(redis_url)?;
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(30)));
-    let mut con = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)));
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     for chunk in entries.chunks(500) {
         let mut pipe = redis::pipe();
         for entry in chunk {
-            pipe.cmd("XADD").arg(&entry.stream).arg("*").arg("payload").arg(&entry.payload).ignore();
+            pipe.cmd("XADD")
+                .arg(&entry.stream)
+                .arg("*")
+                .arg("payload")
+                .arg(&entry.payload)
+                .ignore();
         }
         pipe.query_async::<()>(&mut con).await?;
     }
@@ -441,7 +517,11 @@ mod tests {
                 &Arc::from("1-0"),
                 &[("payload".to_string(), entry.payload.clone().into_bytes())],
             );
-            assert!(decoded.dead_letters.is_empty(), "{:?}", decoded.dead_letters);
+            assert!(
+                decoded.dead_letters.is_empty(),
+                "{:?}",
+                decoded.dead_letters
+            );
             for e in decoded.events {
                 total += 1;
                 *kinds.entry(e.body.kind()).or_default() += 1;
@@ -451,8 +531,18 @@ mod tests {
             }
         }
         assert!(total >= 2_000, "{total}");
-        for kind in ["AtomCreated", "TripleCreated", "Deposited", "Redeemed", "SharePriceChanged", "Generic"] {
-            assert!(kinds.get(kind).copied().unwrap_or(0) > 0, "no {kind}: {kinds:?}");
+        for kind in [
+            "AtomCreated",
+            "TripleCreated",
+            "Deposited",
+            "Redeemed",
+            "SharePriceChanged",
+            "Generic",
+        ] {
+            assert!(
+                kinds.get(kind).copied().unwrap_or(0) > 0,
+                "no {kind}: {kinds:?}"
+            );
         }
         // Deposits, redeems and price changes dominate, as on chain.
         let trading = kinds["Deposited"] + kinds["Redeemed"] + kinds["SharePriceChanged"];

@@ -68,7 +68,8 @@ impl Health {
     }
 
     pub fn report(&self) -> HealthReport {
-        let postgres = self.postgres_ok.load(Ordering::Relaxed) && self.schema_ok.load(Ordering::Relaxed);
+        let postgres =
+            self.postgres_ok.load(Ordering::Relaxed) && self.schema_ok.load(Ordering::Relaxed);
         let redis = !self.consumes_streams || self.redis_ok.load(Ordering::Relaxed);
         let ready = self.ready();
         let last_commit = self.last_commit_unix_ms.load(Ordering::Relaxed);
@@ -80,9 +81,21 @@ impl Health {
             schema_version_ok: self.schema_ok.load(Ordering::Relaxed),
             draining: self.draining.load(Ordering::Relaxed),
             last_commit_unix_ms: (last_commit > 0).then_some(last_commit),
-            streams: self.backlog.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            analytics: self.analytics.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            streams: self
+                .backlog
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            analytics: self
+                .analytics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }

@@ -56,22 +56,36 @@ async fn health(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()
 }
 
 /// Stops intake and answers once the in-flight batch is committed and acked.
-async fn drain(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+async fn drain(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
     if !peer.ip().is_loopback() {
-        return (StatusCode::FORBIDDEN, "drain is accepted from the pod itself only\n").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "drain is accepted from the pod itself only\n",
+        )
+            .into_response();
     }
     tracing::info!("drain requested");
     state.stop.cancel();
     match tokio::time::timeout(state.drain_timeout, state.drained.cancelled()).await {
         Ok(()) => (StatusCode::OK, "drained\n").into_response(),
-        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "drain did not finish in time\n").into_response(),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "drain did not finish in time\n",
+        )
+            .into_response(),
     }
 }
 
@@ -90,7 +104,12 @@ pub async fn serve(
 }
 
 /// Minimal HTTP/1.1 request to a local server: returns (status, body).
-pub async fn request(addr: SocketAddr, method: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -102,8 +121,13 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, timeout: Durati
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+            .ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response")
+            })?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((status, body))
     };
     tokio::time::timeout(timeout, exchange)

@@ -34,7 +34,10 @@ pub enum IntakeError {
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("unexpected Redis reply to {command}: {detail}")]
-    Reply { command: &'static str, detail: String },
+    Reply {
+        command: &'static str,
+        detail: String,
+    },
 }
 
 /// Where a read starts: this consumer's own pending entries, or new entries.
@@ -82,11 +85,17 @@ impl StreamIntake {
         &self.streams
     }
 
-    async fn connect(&self, response_timeout: Duration) -> Result<MultiplexedConnection, IntakeError> {
+    async fn connect(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<MultiplexedConnection, IntakeError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(response_timeout));
-        Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 
     async fn commands(&mut self) -> Result<MultiplexedConnection, IntakeError> {
@@ -216,7 +225,12 @@ impl StreamIntake {
         self.reset_on_error(result)
     }
 
-    async fn ack_with(&self, con: &mut MultiplexedConnection, stream: &str, ids: &[&str]) -> Result<(), IntakeError> {
+    async fn ack_with(
+        &self,
+        con: &mut MultiplexedConnection,
+        stream: &str,
+        ids: &[&str],
+    ) -> Result<(), IntakeError> {
         let _: i64 = redis::cmd("XACK")
             .arg(stream)
             .arg(&self.group)
@@ -301,7 +315,11 @@ fn reply_error(command: &'static str, detail: impl Into<String>) -> IntakeError 
 
 /// Parses `[id, [field, value, …]]` items; an item whose fields are nil
 /// (deleted entry, Redis 6.2) is returned with no fields.
-fn parse_entries(stream: &Arc<str>, items: Value, command: &'static str) -> Result<Vec<RawEntry>, IntakeError> {
+fn parse_entries(
+    stream: &Arc<str>,
+    items: Value,
+    command: &'static str,
+) -> Result<Vec<RawEntry>, IntakeError> {
     let Value::Array(items) = items else {
         return Err(reply_error(command, "entry list is not an array"));
     };
@@ -311,7 +329,10 @@ fn parse_entries(stream: &Arc<str>, items: Value, command: &'static str) -> Resu
             return Err(reply_error(command, "entry is not an array"));
         };
         if parts.len() != 2 {
-            return Err(reply_error(command, format!("entry has {} parts", parts.len())));
+            return Err(reply_error(
+                command,
+                format!("entry has {} parts", parts.len()),
+            ));
         }
         let fields_value = parts.pop().expect("two parts");
         let id = text(&parts[0]).ok_or_else(|| reply_error(command, "entry id is not a string"))?;
@@ -342,7 +363,10 @@ fn parse_read_reply(reply: Value) -> Result<Vec<RawEntry>, IntakeError> {
                     let k = kv.pop().expect("two");
                     Ok((k, v))
                 }
-                _ => Err(reply_error("XREADGROUP", "stream reply is not [name, entries]")),
+                _ => Err(reply_error(
+                    "XREADGROUP",
+                    "stream reply is not [name, entries]",
+                )),
             })
             .collect::<Result<_, _>>()?,
         other => return Err(reply_error("XREADGROUP", format!("{other:?}"))),
@@ -355,7 +379,10 @@ fn parse_read_reply(reply: Value) -> Result<Vec<RawEntry>, IntakeError> {
     Ok(out)
 }
 
-fn parse_autoclaim_reply(stream: &Arc<str>, reply: Value) -> Result<(Vec<RawEntry>, Vec<String>), IntakeError> {
+fn parse_autoclaim_reply(
+    stream: &Arc<str>,
+    reply: Value,
+) -> Result<(Vec<RawEntry>, Vec<String>), IntakeError> {
     let Value::Array(mut parts) = reply else {
         return Err(reply_error("XAUTOCLAIM", "reply is not an array"));
     };
@@ -372,7 +399,8 @@ fn parse_autoclaim_reply(stream: &Arc<str>, reply: Value) -> Result<(Vec<RawEntr
     };
     let entries = parse_entries(stream, parts.remove(1), "XAUTOCLAIM")?;
     // Redis 6.2 reports deleted entries with nil fields instead.
-    let (present, nil): (Vec<RawEntry>, Vec<RawEntry>) = entries.into_iter().partition(|e| !e.fields.is_empty());
+    let (present, nil): (Vec<RawEntry>, Vec<RawEntry>) =
+        entries.into_iter().partition(|e| !e.fields.is_empty());
     let mut deleted = deleted;
     deleted.extend(nil.into_iter().map(|e| e.id.to_string()));
     Ok((present, deleted))
@@ -396,7 +424,10 @@ fn parse_group_info(stream: &str, group: &str, reply: Value) -> StreamBacklog {
         if get("name").and_then(text).as_deref() != Some(group) {
             continue;
         }
-        backlog.pending = get("pending").and_then(text).and_then(|s| s.parse().ok()).unwrap_or(0);
+        backlog.pending = get("pending")
+            .and_then(text)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         backlog.lag = get("lag").and_then(text).and_then(|s| s.parse().ok());
     }
     backlog

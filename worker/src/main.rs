@@ -26,7 +26,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -58,7 +61,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             args.validate()?;
             let pool = db::pool(&args, "postgres-writer-migrate")?;
             db::migrate(&pool).await.context("applying migrations")?;
-            println!("migrations applied; schema version {}", db::expected_schema_version());
+            println!(
+                "migrations applied; schema version {}",
+                db::expected_schema_version()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Drain(args) => {
@@ -77,14 +83,23 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-verify")?;
-            let report = verify::verify(&pool, args.show).await.context("verifying")?;
+            let report = verify::verify(&pool, args.show)
+                .await
+                .context("verifying")?;
             print!("{}", report.render());
-            Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Rebuild(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-rebuild")?;
-            for (table, rows) in verify::rebuild(&pool, args.analytics_only).await.context("rebuilding")? {
+            for (table, rows) in verify::rebuild(&pool, args.analytics_only)
+                .await
+                .context("rebuilding")?
+            {
                 println!("{table:<18} {rows:>10} rows");
             }
             Ok(ExitCode::SUCCESS)
@@ -136,7 +151,10 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     let pool = db::pool(&database, "postgres-writer")?;
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(streams.is_some(), analytics_args.analytics_enabled));
+    let health = Arc::new(Health::new(
+        streams.is_some(),
+        analytics_args.analytics_enabled,
+    ));
     let stop = CancellationToken::new();
     let drained = CancellationToken::new();
     let http_shutdown = CancellationToken::new();
@@ -156,7 +174,13 @@ async fn serve(
     let http_task = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
 
     let work = TaskTracker::new();
-    work.spawn(monitor(pool.clone(), streams.clone(), metrics.clone(), health.clone(), stop.clone()));
+    work.spawn(monitor(
+        pool.clone(),
+        streams.clone(),
+        metrics.clone(),
+        health.clone(),
+        stop.clone(),
+    ));
     if let Some(stream_args) = streams {
         let consumer = Consumer {
             args: stream_args,
@@ -202,7 +226,10 @@ async fn serve(
         Ok(ExitCode::SUCCESS)
     } else {
         // Uncommitted work rolls back and unacknowledged entries are redelivered.
-        tracing::error!(?timeout, "drain timed out; exiting with work unfinished (it will be redelivered)");
+        tracing::error!(
+            ?timeout,
+            "drain timed out; exiting with work unfinished (it will be redelivered)"
+        );
         Ok(ExitCode::FAILURE)
     }
 }
@@ -210,10 +237,11 @@ async fn serve(
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
@@ -252,7 +280,11 @@ async fn monitor(
                 health.postgres_ok.store(true, Ordering::Relaxed);
                 let ok = version == Some(expected);
                 if !ok && !health.schema_ok.load(Ordering::Relaxed) {
-                    tracing::warn!(?version, expected, "schema version does not match; run `postgres-writer migrate`");
+                    tracing::warn!(
+                        ?version,
+                        expected,
+                        "schema version does not match; run `postgres-writer migrate`"
+                    );
                 }
                 health.schema_ok.store(ok, Ordering::Relaxed);
                 if ok {
@@ -277,8 +309,13 @@ async fn monitor(
                 Ok(backlog) => {
                     health.redis_ok.store(true, Ordering::Relaxed);
                     for b in &backlog {
-                        let label = worker::metrics::StreamLabel { stream: b.stream.clone() };
-                        metrics.stream_pending.get_or_create(&label).set(b.pending as i64);
+                        let label = worker::metrics::StreamLabel {
+                            stream: b.stream.clone(),
+                        };
+                        metrics
+                            .stream_pending
+                            .get_or_create(&label)
+                            .set(b.pending as i64);
                         if let Some(lag) = b.lag {
                             metrics.stream_lag.get_or_create(&label).set(lag as i64);
                         }

@@ -95,31 +95,127 @@ impl Metrics {
             analytics_parked: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("events_stored", "Events newly stored, by event kind", m.events_stored.clone());
-        registry.register("events_duplicate", "Redelivered events skipped without effect", m.events_duplicate.clone());
-        registry.register("entries_processed", "Stream entries committed and acknowledged", m.entries_processed.clone());
-        registry.register("dead_letters", "Entries or items written to dead_letters", m.dead_letters.clone());
-        registry.register("refused_entries", "Entries the database refused, dead-lettered whole", m.refused_entries.clone());
+        registry.register(
+            "events_stored",
+            "Events newly stored, by event kind",
+            m.events_stored.clone(),
+        );
+        registry.register(
+            "events_duplicate",
+            "Redelivered events skipped without effect",
+            m.events_duplicate.clone(),
+        );
+        registry.register(
+            "entries_processed",
+            "Stream entries committed and acknowledged",
+            m.entries_processed.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Entries or items written to dead_letters",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "refused_entries",
+            "Entries the database refused, dead-lettered whole",
+            m.refused_entries.clone(),
+        );
         registry.register("batches", "Batches committed", m.batches.clone());
-        registry.register("batch_entries", "Stream entries per batch", m.batch_entries.clone());
-        registry.register("batch_events", "Decoded events per batch", m.batch_events.clone());
-        registry.register("batch_duration_seconds", "Time from read to ack of a batch", m.batch_duration.clone());
-        registry.register("transaction_duration_seconds", "Time to write and commit a batch", m.transaction_duration.clone());
-        registry.register("transaction_retries", "Transactions rerun after a deadlock or serialization failure", m.transaction_retries.clone());
-        registry.register("write_failures", "Batch writes that failed, by cause", m.write_failures.clone());
-        registry.register("entries_claimed", "Pending entries taken over from idle consumers", m.entries_claimed.clone());
-        registry.register("stream_lag", "Entries not yet delivered to the consumer group", m.stream_lag.clone());
-        registry.register("stream_pending", "Entries delivered but not acknowledged", m.stream_pending.clone());
-        registry.register("entry_to_commit_seconds", "Time from stream entry creation to commit", m.entry_to_commit_seconds.clone());
-        registry.register("block_to_commit_seconds", "Time from block timestamp to commit", m.block_to_commit_seconds.clone());
-        registry.register("analytics_queue_depth", "Terms waiting in the analytics queue (not parked)", m.analytics_queue_depth.clone());
-        registry.register("analytics_queue_parked", "Terms parked after too many failed attempts", m.analytics_queue_parked.clone());
-        registry.register("analytics_oldest_pending_seconds", "Age of the oldest pending analytics term", m.analytics_oldest_pending_seconds.clone());
-        registry.register("analytics_terms_processed", "Analytics terms processed", m.analytics_terms_processed.clone());
-        registry.register("analytics_batch_terms", "Terms per analytics batch", m.analytics_batch_terms.clone());
-        registry.register("analytics_batch_duration_seconds", "Time to process one analytics batch", m.analytics_batch_duration.clone());
-        registry.register("analytics_retries", "Analytics terms scheduled for retry after a failure", m.analytics_retries.clone());
-        registry.register("analytics_parked", "Analytics terms parked after the last allowed attempt", m.analytics_parked.clone());
+        registry.register(
+            "batch_entries",
+            "Stream entries per batch",
+            m.batch_entries.clone(),
+        );
+        registry.register(
+            "batch_events",
+            "Decoded events per batch",
+            m.batch_events.clone(),
+        );
+        registry.register(
+            "batch_duration_seconds",
+            "Time from read to ack of a batch",
+            m.batch_duration.clone(),
+        );
+        registry.register(
+            "transaction_duration_seconds",
+            "Time to write and commit a batch",
+            m.transaction_duration.clone(),
+        );
+        registry.register(
+            "transaction_retries",
+            "Transactions rerun after a deadlock or serialization failure",
+            m.transaction_retries.clone(),
+        );
+        registry.register(
+            "write_failures",
+            "Batch writes that failed, by cause",
+            m.write_failures.clone(),
+        );
+        registry.register(
+            "entries_claimed",
+            "Pending entries taken over from idle consumers",
+            m.entries_claimed.clone(),
+        );
+        registry.register(
+            "stream_lag",
+            "Entries not yet delivered to the consumer group",
+            m.stream_lag.clone(),
+        );
+        registry.register(
+            "stream_pending",
+            "Entries delivered but not acknowledged",
+            m.stream_pending.clone(),
+        );
+        registry.register(
+            "entry_to_commit_seconds",
+            "Time from stream entry creation to commit",
+            m.entry_to_commit_seconds.clone(),
+        );
+        registry.register(
+            "block_to_commit_seconds",
+            "Time from block timestamp to commit",
+            m.block_to_commit_seconds.clone(),
+        );
+        registry.register(
+            "analytics_queue_depth",
+            "Terms waiting in the analytics queue (not parked)",
+            m.analytics_queue_depth.clone(),
+        );
+        registry.register(
+            "analytics_queue_parked",
+            "Terms parked after too many failed attempts",
+            m.analytics_queue_parked.clone(),
+        );
+        registry.register(
+            "analytics_oldest_pending_seconds",
+            "Age of the oldest pending analytics term",
+            m.analytics_oldest_pending_seconds.clone(),
+        );
+        registry.register(
+            "analytics_terms_processed",
+            "Analytics terms processed",
+            m.analytics_terms_processed.clone(),
+        );
+        registry.register(
+            "analytics_batch_terms",
+            "Terms per analytics batch",
+            m.analytics_batch_terms.clone(),
+        );
+        registry.register(
+            "analytics_batch_duration_seconds",
+            "Time to process one analytics batch",
+            m.analytics_batch_duration.clone(),
+        );
+        registry.register(
+            "analytics_retries",
+            "Analytics terms scheduled for retry after a failure",
+            m.analytics_retries.clone(),
+        );
+        registry.register(
+            "analytics_parked",
+            "Analytics terms parked after the last allowed attempt",
+            m.analytics_parked.clone(),
+        );
         Metrics { registry, ..m }
     }
 

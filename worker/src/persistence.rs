@@ -41,7 +41,9 @@ pub fn classify(error: &sqlx::Error) -> FailureKind {
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some("40001" | "40P01") => FailureKind::Conflict,
             // 08: connection exception; 57P0x: shutdown/crash recovery; 53: out of resources.
-            Some(code) if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") => {
+            Some(code)
+                if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") =>
+            {
                 FailureKind::Unavailable
             }
             _ => FailureKind::Rejected,
@@ -118,7 +120,9 @@ pub async fn write_entries(
     trace_context: Option<&str>,
 ) -> Result<WriteOutcome, PersistError> {
     let mut outcome = WriteOutcome::default();
-    let mut pending: Vec<std::ops::Range<usize>> = vec![0..entries.len()];
+    // Ranges of `entries` still to write; split in halves when refused.
+    let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
+    pending.push(0..entries.len());
     while let Some(range) = pending.pop() {
         if range.is_empty() {
             continue;
@@ -130,7 +134,10 @@ pub async fn write_entries(
                 let entry = &chunk[0];
                 tracing::warn!(stream = %entry.stream, entry_id = %entry.entry_id, %error,
                     "database refused entry; dead-lettering it");
-                let reason = format!("database refused the entry: {}", error.to_string().replace('\0', ""));
+                let reason = format!(
+                    "database refused the entry: {}",
+                    error.to_string().replace('\0', "")
+                );
                 let letter = entry.clone().into_dead_letter(reason);
                 let dead = DecodedEntry {
                     stream: letter.stream.clone(),
@@ -139,7 +146,9 @@ pub async fn write_entries(
                     events: Vec::new(),
                     dead_letters: vec![letter],
                 };
-                match write_with_retries(pool, std::slice::from_ref(&dead), retry, trace_context).await {
+                match write_with_retries(pool, std::slice::from_ref(&dead), retry, trace_context)
+                    .await
+                {
                     Ok(done) => {
                         outcome.merge(done);
                         outcome.refused_entries += 1;
@@ -190,7 +199,12 @@ async fn write_with_retries(
             Err(error) => match classify(&error) {
                 FailureKind::Conflict if attempt < retry.max_attempts => {
                     tracing::debug!(attempt, %error, "transaction conflict; retrying");
-                    tokio::time::sleep(crate::backoff::jittered(retry.base_delay, attempt, Duration::from_secs(1))).await;
+                    tokio::time::sleep(crate::backoff::jittered(
+                        retry.base_delay,
+                        attempt,
+                        Duration::from_secs(1),
+                    ))
+                    .await;
                 }
                 FailureKind::Conflict => {
                     return Err(WriteError::Fatal(PersistError::Conflicts {
@@ -198,7 +212,9 @@ async fn write_with_retries(
                         source: error,
                     }))
                 }
-                FailureKind::Unavailable => return Err(WriteError::Fatal(PersistError::Unavailable(error))),
+                FailureKind::Unavailable => {
+                    return Err(WriteError::Fatal(PersistError::Unavailable(error)))
+                }
                 FailureKind::Rejected => return Err(WriteError::Rejected(error)),
             },
         }
@@ -229,7 +245,11 @@ pub async fn write_in_transaction(
 
     let mut new_keys: HashSet<(String, i64)> = HashSet::with_capacity(events.len());
     for table in EventTable::ALL {
-        let rows: Vec<&DecodedEvent> = events.iter().copied().filter(|e| table.holds(&e.body)).collect();
+        let rows: Vec<&DecodedEvent> = events
+            .iter()
+            .copied()
+            .filter(|e| table.holds(&e.body))
+            .collect();
         if rows.is_empty() {
             continue;
         }
@@ -245,7 +265,8 @@ pub async fn write_in_transaction(
         .filter(|e| new_keys.contains(&(e.position.transaction_hash.clone(), e.position.log_index)))
         .collect();
 
-    let dead_letters: Vec<&DeadLetter> = entries.iter().flat_map(|e| e.dead_letters.iter()).collect();
+    let dead_letters: Vec<&DeadLetter> =
+        entries.iter().flat_map(|e| e.dead_letters.iter()).collect();
     if !dead_letters.is_empty() {
         outcome.dead_letters = insert_dead_letters(tx, &dead_letters).await?;
     }
@@ -470,7 +491,10 @@ async fn insert_events(
         .collect()
 }
 
-async fn insert_dead_letters(tx: &mut Transaction<'_, Postgres>, letters: &[&DeadLetter]) -> Result<u64, sqlx::Error> {
+async fn insert_dead_letters(
+    tx: &mut Transaction<'_, Postgres>,
+    letters: &[&DeadLetter],
+) -> Result<u64, sqlx::Error> {
     let stream: Vec<&str> = letters.iter().map(|d| &*d.stream).collect();
     let entry_id: Vec<&str> = letters.iter().map(|d| &*d.entry_id).collect();
     let item_index: Vec<Option<i32>> = letters.iter().map(|d| d.item_index).collect();

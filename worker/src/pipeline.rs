@@ -4,6 +4,7 @@
 //! Stopping (SIGTERM or drain) is checked only between batches: a batch that
 //! was read is always committed and acknowledged before the loop returns.
 
+use crate::backoff;
 use crate::config::StreamArgs;
 use crate::decode::{decode_entry, DecodedEntry};
 use crate::health::Health;
@@ -11,7 +12,6 @@ use crate::intake::{RawEntry, ReadFrom, StreamIntake};
 use crate::metrics::{Metrics, OutcomeLabel, StreamLabel};
 use crate::persistence::{self, ConflictRetry, PersistError};
 use crate::ratelimit::RateLimit;
-use crate::backoff;
 use sqlx::PgPool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,7 +45,12 @@ impl Consumer {
         while let Err(e) = intake.ensure_groups().await {
             self.redis_down(&e.to_string());
             failures += 1;
-            if !pause(&stop, backoff::jittered(Duration::from_millis(200), failures, MAX_OUTAGE_BACKOFF)).await {
+            if !pause(
+                &stop,
+                backoff::jittered(Duration::from_millis(200), failures, MAX_OUTAGE_BACKOFF),
+            )
+            .await
+            {
                 return Ok(());
             }
         }
@@ -75,7 +80,11 @@ impl Consumer {
                 Err(e) => {
                     self.redis_down(&e.to_string());
                     failures += 1;
-                    pause(&stop, backoff::jittered(Duration::from_millis(200), failures, MAX_OUTAGE_BACKOFF)).await;
+                    pause(
+                        &stop,
+                        backoff::jittered(Duration::from_millis(200), failures, MAX_OUTAGE_BACKOFF),
+                    )
+                    .await;
                     continue;
                 }
             };
@@ -87,7 +96,10 @@ impl Consumer {
                 continue;
             }
             if claiming {
-                tracing::info!(entries = entries.len(), "took over pending entries of idle consumers");
+                tracing::info!(
+                    entries = entries.len(),
+                    "took over pending entries of idle consumers"
+                );
                 self.metrics.entries_claimed.inc_by(entries.len() as u64);
             }
             let count = entries.len();
@@ -106,7 +118,12 @@ impl Consumer {
 
     /// Decodes, commits and acknowledges one batch. Keeps retrying while
     /// PostgreSQL is unavailable: nothing is acknowledged before it commits.
-    async fn process(&self, intake: &mut StreamIntake, raw: Vec<RawEntry>, stop: &CancellationToken) {
+    async fn process(
+        &self,
+        intake: &mut StreamIntake,
+        raw: Vec<RawEntry>,
+        stop: &CancellationToken,
+    ) {
         let started = Instant::now();
         let entries: Vec<DecodedEntry> = raw
             .iter()
@@ -118,9 +135,13 @@ impl Consumer {
         let mut failures = 0u32;
         let outcome = loop {
             let tx_started = Instant::now();
-            match persistence::write_entries(&self.pool, &entries, ConflictRetry::default(), None).await {
+            match persistence::write_entries(&self.pool, &entries, ConflictRetry::default(), None)
+                .await
+            {
                 Ok(outcome) => {
-                    self.metrics.transaction_duration.observe(tx_started.elapsed().as_secs_f64());
+                    self.metrics
+                        .transaction_duration
+                        .observe(tx_started.elapsed().as_secs_f64());
                     break outcome;
                 }
                 Err(error) => {
@@ -131,7 +152,9 @@ impl Consumer {
                     };
                     self.metrics
                         .write_failures
-                        .get_or_create(&OutcomeLabel { outcome: cause.into() })
+                        .get_or_create(&OutcomeLabel {
+                            outcome: cause.into(),
+                        })
                         .inc();
                     if matches!(error, PersistError::Unavailable(_)) {
                         self.health.postgres_ok.store(false, Ordering::Relaxed);
@@ -139,7 +162,8 @@ impl Consumer {
                     self.health.set_error(Some(format!("postgres: {error}")));
                     tracing::warn!(%error, attempt = failures, entries = entries.len(),
                         "batch not committed; retrying (nothing was acknowledged)");
-                    let delay = backoff::jittered(Duration::from_millis(100), failures, MAX_OUTAGE_BACKOFF);
+                    let delay =
+                        backoff::jittered(Duration::from_millis(100), failures, MAX_OUTAGE_BACKOFF);
                     // Keep the batch even when stopping: the process's drain timeout bounds this.
                     tokio::time::sleep(delay).await;
                 }
@@ -147,11 +171,19 @@ impl Consumer {
         };
         self.health.postgres_ok.store(true, Ordering::Relaxed);
         let committed_at = SystemTime::now();
-        let now_ms = committed_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        self.health.last_commit_unix_ms.store(now_ms, Ordering::Relaxed);
+        let now_ms = committed_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.health
+            .last_commit_unix_ms
+            .store(now_ms, Ordering::Relaxed);
         self.record(&entries, &outcome, event_count, now_ms);
 
-        let keys: Vec<(Arc<str>, Arc<str>)> = entries.iter().map(|e| (e.stream.clone(), e.entry_id.clone())).collect();
+        let keys: Vec<(Arc<str>, Arc<str>)> = entries
+            .iter()
+            .map(|e| (e.stream.clone(), e.entry_id.clone()))
+            .collect();
         let mut failures = 0u32;
         loop {
             match intake.ack(&keys).await {
@@ -165,23 +197,46 @@ impl Consumer {
                         tracing::warn!(%error, "could not acknowledge committed entries before stopping; they will be redelivered as no-ops");
                         break;
                     }
-                    tokio::time::sleep(backoff::jittered(Duration::from_millis(100), failures, Duration::from_secs(5))).await;
+                    tokio::time::sleep(backoff::jittered(
+                        Duration::from_millis(100),
+                        failures,
+                        Duration::from_secs(5),
+                    ))
+                    .await;
                 }
             }
         }
         self.health.set_error(None);
-        self.metrics.batch_duration.observe(started.elapsed().as_secs_f64());
-        tracing::debug!(entries = entries.len(), events = event_count, stored = outcome.stored_events(),
-            duplicates = outcome.duplicate_events, dead_letters = outcome.dead_letters, "batch committed");
+        self.metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            entries = entries.len(),
+            events = event_count,
+            stored = outcome.stored_events(),
+            duplicates = outcome.duplicate_events,
+            dead_letters = outcome.dead_letters,
+            "batch committed"
+        );
     }
 
-    fn record(&self, entries: &[DecodedEntry], outcome: &persistence::WriteOutcome, event_count: usize, now_ms: u64) {
+    fn record(
+        &self,
+        entries: &[DecodedEntry],
+        outcome: &persistence::WriteOutcome,
+        event_count: usize,
+        now_ms: u64,
+    ) {
         let m = &self.metrics;
         m.batches.inc();
         m.batch_entries.observe(entries.len() as f64);
         m.batch_events.observe(event_count as f64);
         for (kind, n) in &outcome.new_events {
-            m.events_stored.get_or_create(&crate::metrics::KindLabel { kind: (*kind).into() }).inc_by(*n);
+            m.events_stored
+                .get_or_create(&crate::metrics::KindLabel {
+                    kind: (*kind).into(),
+                })
+                .inc_by(*n);
         }
         m.events_duplicate.inc_by(outcome.duplicate_events);
         m.dead_letters.inc_by(outcome.dead_letters);
@@ -189,7 +244,9 @@ impl Consumer {
         m.transaction_retries.inc_by(outcome.conflict_retries);
         for entry in entries {
             m.entries_processed
-                .get_or_create(&StreamLabel { stream: entry.stream.to_string() })
+                .get_or_create(&StreamLabel {
+                    stream: entry.stream.to_string(),
+                })
                 .inc();
             if let Some(created_ms) = entry_time_ms(&entry.entry_id) {
                 m.entry_to_commit_seconds

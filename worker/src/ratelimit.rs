@@ -48,6 +48,9 @@ mod tests {
         let mut limited = RateLimit::new(100);
         assert_eq!(limited.reserve(100), Duration::ZERO);
         let wait = limited.reserve(50);
-        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
     }
 }

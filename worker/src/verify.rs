@@ -24,47 +24,122 @@ impl DerivedTable {
 pub const DERIVED_TABLES: &[DerivedTable] = &[
     DerivedTable {
         name: "atom",
-        columns: &["term_id", "creator_id", "wallet_id", "data", "raw_data", "block_number", "log_index", "transaction_hash", "created_at"],
+        columns: &[
+            "term_id",
+            "creator_id",
+            "wallet_id",
+            "data",
+            "raw_data",
+            "block_number",
+            "log_index",
+            "transaction_hash",
+            "created_at",
+        ],
         analytics: false,
     },
     DerivedTable {
         name: "triple",
-        columns: &["term_id", "subject_id", "predicate_id", "object_id", "creator_id", "counter_term_id", "block_number", "log_index", "transaction_hash", "created_at"],
+        columns: &[
+            "term_id",
+            "subject_id",
+            "predicate_id",
+            "object_id",
+            "creator_id",
+            "counter_term_id",
+            "block_number",
+            "log_index",
+            "transaction_hash",
+            "created_at",
+        ],
         analytics: false,
     },
     DerivedTable {
         name: "position",
-        columns: &["account_id", "term_id", "curve_id", "shares", "total_deposit_assets_after_total_fees", "total_redeem_assets_for_receiver", "block_number", "log_index", "transaction_hash"],
+        columns: &[
+            "account_id",
+            "term_id",
+            "curve_id",
+            "shares",
+            "total_deposit_assets_after_total_fees",
+            "total_redeem_assets_for_receiver",
+            "block_number",
+            "log_index",
+            "transaction_hash",
+        ],
         analytics: false,
     },
     DerivedTable {
         name: "vault",
-        columns: &["term_id", "curve_id", "total_shares", "total_assets", "current_share_price", "vault_type", "position_count", "price_block_number", "price_log_index", "price_transaction_hash"],
+        columns: &[
+            "term_id",
+            "curve_id",
+            "total_shares",
+            "total_assets",
+            "current_share_price",
+            "vault_type",
+            "position_count",
+            "price_block_number",
+            "price_log_index",
+            "price_transaction_hash",
+        ],
         analytics: false,
     },
     DerivedTable {
         name: "term",
-        columns: &["id", "type", "atom_id", "triple_id", "total_assets", "total_market_cap"],
+        columns: &[
+            "id",
+            "type",
+            "atom_id",
+            "triple_id",
+            "total_assets",
+            "total_market_cap",
+        ],
         analytics: false,
     },
     DerivedTable {
         name: "triple_vault",
-        columns: &["term_id", "counter_term_id", "curve_id", "total_shares", "total_assets", "position_count", "market_cap"],
+        columns: &[
+            "term_id",
+            "counter_term_id",
+            "curve_id",
+            "total_shares",
+            "total_assets",
+            "position_count",
+            "market_cap",
+        ],
         analytics: true,
     },
     DerivedTable {
         name: "triple_term",
-        columns: &["term_id", "counter_term_id", "total_assets", "total_market_cap", "total_position_count"],
+        columns: &[
+            "term_id",
+            "counter_term_id",
+            "total_assets",
+            "total_market_cap",
+            "total_position_count",
+        ],
         analytics: true,
     },
     DerivedTable {
         name: "predicate_object",
-        columns: &["predicate_id", "object_id", "triple_count", "total_position_count", "total_market_cap"],
+        columns: &[
+            "predicate_id",
+            "object_id",
+            "triple_count",
+            "total_position_count",
+            "total_market_cap",
+        ],
         analytics: true,
     },
     DerivedTable {
         name: "subject_predicate",
-        columns: &["subject_id", "predicate_id", "triple_count", "total_position_count", "total_market_cap"],
+        columns: &[
+            "subject_id",
+            "predicate_id",
+            "triple_count",
+            "total_position_count",
+            "total_market_cap",
+        ],
         analytics: true,
     },
 ];
@@ -102,7 +177,10 @@ impl VerifyReport {
     }
 
     pub fn render(&self) -> String {
-        let mut out = format!("{:<18} {:>10} {:>10} {:>9} {:>10}\n", "table", "live", "expected", "missing", "unexpected");
+        let mut out = format!(
+            "{:<18} {:>10} {:>10} {:>9} {:>10}\n",
+            "table", "live", "expected", "missing", "unexpected"
+        );
         for t in &self.tables {
             out.push_str(&format!(
                 "{:<18} {:>10} {:>10} {:>9} {:>10}{}\n",
@@ -116,7 +194,10 @@ impl VerifyReport {
         }
         for t in self.tables.iter().filter(|t| !t.is_clean()) {
             for row in &t.missing_examples {
-                out.push_str(&format!("{}: expected but missing or different: {row}\n", t.table));
+                out.push_str(&format!(
+                    "{}: expected but missing or different: {row}\n",
+                    t.table
+                ));
             }
             for row in &t.unexpected_examples {
                 out.push_str(&format!("{}: present but not expected: {row}\n", t.table));
@@ -128,7 +209,11 @@ impl VerifyReport {
                 self.analytics_pending
             ));
         }
-        out.push_str(if self.is_clean() { "verify: OK, no drift\n" } else { "verify: DRIFT found\n" });
+        out.push_str(if self.is_clean() {
+            "verify: OK, no drift\n"
+        } else {
+            "verify: DRIFT found\n"
+        });
         out
     }
 }
@@ -144,9 +229,14 @@ pub async fn verify(pool: &PgPool, show: i64) -> Result<VerifyReport, sqlx::Erro
         let cols = table.columns.join(", ");
         let expected = table.expected_view();
         let count = |from: &str| format!("SELECT count(*) FROM {from}");
-        let diff = |a: &str, b: &str| format!("SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b}");
-        let live_rows: i64 = sqlx::query_scalar(&count(table.name)).fetch_one(&mut *tx).await?;
-        let expected_rows: i64 = sqlx::query_scalar(&count(&expected)).fetch_one(&mut *tx).await?;
+        let diff =
+            |a: &str, b: &str| format!("SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b}");
+        let live_rows: i64 = sqlx::query_scalar(&count(table.name))
+            .fetch_one(&mut *tx)
+            .await?;
+        let expected_rows: i64 = sqlx::query_scalar(&count(&expected))
+            .fetch_one(&mut *tx)
+            .await?;
         let missing_sql = diff(&expected, table.name);
         let unexpected_sql = diff(table.name, &expected);
         let mut drift = TableDrift {
@@ -156,17 +246,27 @@ pub async fn verify(pool: &PgPool, show: i64) -> Result<VerifyReport, sqlx::Erro
             ..Default::default()
         };
         for (sql, total, examples) in [
-            (&missing_sql, &mut drift.missing, &mut drift.missing_examples),
-            (&unexpected_sql, &mut drift.unexpected, &mut drift.unexpected_examples),
+            (
+                &missing_sql,
+                &mut drift.missing,
+                &mut drift.missing_examples,
+            ),
+            (
+                &unexpected_sql,
+                &mut drift.unexpected,
+                &mut drift.unexpected_examples,
+            ),
         ] {
             *total = sqlx::query_scalar(&format!("SELECT count(*) FROM ({sql}) d"))
                 .fetch_one(&mut *tx)
                 .await?;
             if *total > 0 {
-                let rows = sqlx::query(&format!("SELECT row_to_json(d)::text FROM ({sql}) d LIMIT $1"))
-                    .bind(show)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                let rows = sqlx::query(&format!(
+                    "SELECT row_to_json(d)::text FROM ({sql}) d LIMIT $1"
+                ))
+                .bind(show)
+                .fetch_all(&mut *tx)
+                .await?;
                 for row in rows {
                     examples.push(row.try_get(0)?);
                 }
@@ -184,16 +284,22 @@ pub async fn verify(pool: &PgPool, show: i64) -> Result<VerifyReport, sqlx::Erro
 /// Rewrites derived tables from their definitions in one transaction. Writers
 /// keep running: the exclusive locks make them wait, and their changes apply
 /// on top of the rebuilt rows after the commit.
-pub async fn rebuild(pool: &PgPool, analytics_only: bool) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+pub async fn rebuild(
+    pool: &PgPool,
+    analytics_only: bool,
+) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
     let tables: Vec<&DerivedTable> = DERIVED_TABLES
         .iter()
         .filter(|t| t.analytics || !analytics_only)
         .collect();
     let mut tx = pool.begin().await?;
     let names: Vec<&str> = tables.iter().map(|t| t.name).collect();
-    sqlx::query(&format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", names.join(", ")))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        names.join(", ")
+    ))
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(&format!("TRUNCATE {}", names.join(", ")))
         .execute(&mut *tx)
         .await?;
@@ -201,7 +307,10 @@ pub async fn rebuild(pool: &PgPool, analytics_only: bool) -> Result<Vec<(&'stati
     for table in tables {
         // triple_term also stores the pairs it is counted under.
         let (cols, select) = if table.name == "triple_term" {
-            let cols = format!("{}, subject_id, predicate_id, object_id", table.columns.join(", "));
+            let cols = format!(
+                "{}, subject_id, predicate_id, object_id",
+                table.columns.join(", ")
+            );
             let select = format!(
                 "SELECT {} , t.subject_id, t.predicate_id, t.object_id FROM triple_term_expected e JOIN triple_expected t USING (term_id, counter_term_id)",
                 table.columns.iter().map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
@@ -219,7 +328,9 @@ pub async fn rebuild(pool: &PgPool, analytics_only: bool) -> Result<Vec<(&'stati
     }
     // The rebuilt analytics reflect every change committed before this
     // transaction, so the queued terms are done.
-    sqlx::query("DELETE FROM analytics_queue").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM analytics_queue")
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(written)
 }

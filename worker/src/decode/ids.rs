@@ -48,7 +48,8 @@ pub fn address(value: &str) -> Result<String, FieldError> {
         });
     }
     let checksummed = checksum(&digits.to_ascii_lowercase());
-    let mixed = digits.bytes().any(|b| b.is_ascii_lowercase()) && digits.bytes().any(|b| b.is_ascii_uppercase());
+    let mixed = digits.bytes().any(|b| b.is_ascii_lowercase())
+        && digits.bytes().any(|b| b.is_ascii_uppercase());
     if mixed && checksummed[2..] != *digits {
         return Err(FieldError::Id {
             value: value.to_string(),
@@ -124,13 +125,18 @@ mod tests {
         ] {
             assert_eq!(address(&expected.to_lowercase()).unwrap(), expected);
             assert_eq!(address(expected).unwrap(), expected);
-            assert_eq!(address(&format!("0x{}", expected[2..].to_uppercase())).unwrap(), expected);
+            assert_eq!(
+                address(&format!("0x{}", expected[2..].to_uppercase())).unwrap(),
+                expected
+            );
         }
     }
 
     #[test]
     fn bad_addresses_are_named() {
-        let err = address("0x5aaeb6053F3E94C9b9A09f33669435E7Ef1BeAed").unwrap_err().to_string();
+        let err = address("0x5aaeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("checksum"), "{err}");
         assert!(address("0x1234").is_err());
         assert!(address("0xzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz").is_err());
@@ -140,7 +146,10 @@ mod tests {
     fn term_ids_are_lower_case_with_prefix() {
         let upper = format!("0x{}", "AB".repeat(32));
         assert_eq!(term_id(&upper).unwrap(), format!("0x{}", "ab".repeat(32)));
-        assert_eq!(term_id(&"cd".repeat(32)).unwrap(), format!("0x{}", "cd".repeat(32)));
+        assert_eq!(
+            term_id(&"cd".repeat(32)).unwrap(),
+            format!("0x{}", "cd".repeat(32))
+        );
         assert!(term_id("0x1234").is_err());
     }
 
@@ -159,7 +168,10 @@ mod tests {
         let salt = keccak256(&[b"COUNTER_SALT"]);
         let mut id = [0u8; 32];
         id[31] = 1;
-        assert_eq!(counter, format!("0x{}", hex::encode(keccak256(&[&salt, &id]))));
+        assert_eq!(
+            counter,
+            format!("0x{}", hex::encode(keccak256(&[&salt, &id])))
+        );
     }
 
     #[test]

@@ -25,11 +25,20 @@ pub enum FieldError {
     #[error("is missing")]
     Missing,
     #[error("expected {expected}, got {value}")]
-    Number { value: String, expected: &'static str },
+    Number {
+        value: String,
+        expected: &'static str,
+    },
     #[error("expected {expected}, got {value:?}")]
-    Id { value: String, expected: &'static str },
+    Id {
+        value: String,
+        expected: &'static str,
+    },
     #[error("expected {expected}, got JSON {value}")]
-    Type { value: String, expected: &'static str },
+    Type {
+        value: String,
+        expected: &'static str,
+    },
 }
 
 /// Why an entry or item went to the dead-letter table.
@@ -241,21 +250,26 @@ impl DecodedEntry {
 }
 
 /// Decodes one stream entry given its field/value pairs.
-pub fn decode_entry(stream: &Arc<str>, entry_id: &Arc<str>, fields: &[(String, Vec<u8>)]) -> DecodedEntry {
-    let whole_entry_dead = |reason: DecodeError, raw: Vec<u8>, event_name: Option<String>| DecodedEntry {
-        stream: stream.clone(),
-        entry_id: entry_id.clone(),
-        raw_payload: raw.clone(),
-        events: Vec::new(),
-        dead_letters: vec![DeadLetter {
+pub fn decode_entry(
+    stream: &Arc<str>,
+    entry_id: &Arc<str>,
+    fields: &[(String, Vec<u8>)],
+) -> DecodedEntry {
+    let whole_entry_dead =
+        |reason: DecodeError, raw: Vec<u8>, event_name: Option<String>| DecodedEntry {
             stream: stream.clone(),
             entry_id: entry_id.clone(),
-            item_index: None,
-            event_name,
-            reason: reason.to_string(),
-            raw_payload: raw,
-        }],
-    };
+            raw_payload: raw.clone(),
+            events: Vec::new(),
+            dead_letters: vec![DeadLetter {
+                stream: stream.clone(),
+                entry_id: entry_id.clone(),
+                item_index: None,
+                event_name,
+                reason: reason.to_string(),
+                raw_payload: raw,
+            }],
+        };
 
     if fields.is_empty() {
         return whole_entry_dead(DecodeError::Deleted, Vec::new(), None);
@@ -270,7 +284,9 @@ pub fn decode_entry(stream: &Arc<str>, entry_id: &Arc<str>, fields: &[(String, V
     };
     let text = match std::str::from_utf8(raw) {
         Ok(text) => text,
-        Err(e) => return whole_entry_dead(DecodeError::NotUtf8(e.valid_up_to()), raw.clone(), None),
+        Err(e) => {
+            return whole_entry_dead(DecodeError::NotUtf8(e.valid_up_to()), raw.clone(), None)
+        }
     };
     let envelope: HashMap<String, &RawValue> = match serde_json::from_str::<&RawValue>(text) {
         Err(e) => return whole_entry_dead(DecodeError::NotJson(e.to_string()), raw.clone(), None),
@@ -282,7 +298,10 @@ pub fn decode_entry(stream: &Arc<str>, entry_id: &Arc<str>, fields: &[(String, V
             }
         },
     };
-    let event_name = match envelope.get("event_name").map(|v| serde_json::from_str::<String>(v.get())) {
+    let event_name = match envelope
+        .get("event_name")
+        .map(|v| serde_json::from_str::<String>(v.get()))
+    {
         Some(Ok(name)) if !name.is_empty() && !name.contains('\0') => name,
         _ => {
             let detail = "event_name is missing or not a non-empty string".to_string();
@@ -291,13 +310,21 @@ pub fn decode_entry(stream: &Arc<str>, entry_id: &Arc<str>, fields: &[(String, V
     };
     let Some(event_data) = envelope.get("event_data") else {
         let detail = "event_data is missing".to_string();
-        return whole_entry_dead(DecodeError::NotEnvelope(detail), raw.clone(), Some(event_name));
+        return whole_entry_dead(
+            DecodeError::NotEnvelope(detail),
+            raw.clone(),
+            Some(event_name),
+        );
     };
     let items: Vec<&RawValue> = match event_data.get().trim_start().as_bytes().first() {
         Some(b'[') => match serde_json::from_str(event_data.get()) {
             Ok(items) => items,
             Err(e) => {
-                return whole_entry_dead(DecodeError::NotJson(e.to_string()), raw.clone(), Some(event_name))
+                return whole_entry_dead(
+                    DecodeError::NotJson(e.to_string()),
+                    raw.clone(),
+                    Some(event_name),
+                )
             }
         },
         _ => vec![*event_data],
@@ -326,7 +353,11 @@ pub fn decode_entry(stream: &Arc<str>, entry_id: &Arc<str>, fields: &[(String, V
             item_index,
         };
         match decode_item(&envelope_context, item) {
-            Ok((position, body)) => out.events.push(DecodedEvent { source, position, body }),
+            Ok((position, body)) => out.events.push(DecodedEvent {
+                source,
+                position,
+                body,
+            }),
             Err(reason) => out.dead_letters.push(DeadLetter {
                 stream: stream.clone(),
                 entry_id: entry_id.clone(),
@@ -374,7 +405,9 @@ impl<'a> Fields<'a> {
     }
 
     fn string(&self, field: &str) -> Result<String, DecodeError> {
-        let raw = self.raw(field).ok_or_else(|| self.error(field, FieldError::Missing))?;
+        let raw = self
+            .raw(field)
+            .ok_or_else(|| self.error(field, FieldError::Missing))?;
         serde_json::from_str::<String>(raw.get()).map_err(|_| {
             self.error(
                 field,
@@ -386,8 +419,14 @@ impl<'a> Fields<'a> {
         })
     }
 
-    fn spelling<T>(&self, field: &str, parse: impl FnOnce(Spelling<'_>) -> Result<T, FieldError>) -> Result<T, DecodeError> {
-        let raw = self.raw(field).ok_or_else(|| self.error(field, FieldError::Missing))?;
+    fn spelling<T>(
+        &self,
+        field: &str,
+        parse: impl FnOnce(Spelling<'_>) -> Result<T, FieldError>,
+    ) -> Result<T, DecodeError> {
+        let raw = self
+            .raw(field)
+            .ok_or_else(|| self.error(field, FieldError::Missing))?;
         let text = raw.get();
         let result = if text.starts_with('"') {
             let inner: String = serde_json::from_str(text).map_err(|_| {
@@ -419,7 +458,11 @@ impl<'a> Fields<'a> {
         self.spelling(field, |s| numbers::parse_small(s, max, expected))
     }
 
-    fn optional_small(&self, field: &str, expected: &'static str) -> Result<Option<i64>, DecodeError> {
+    fn optional_small(
+        &self,
+        field: &str,
+        expected: &'static str,
+    ) -> Result<Option<i64>, DecodeError> {
         match self.raw(field) {
             None => Ok(None),
             Some(_) => self.small(field, i64::MAX as u64, expected).map(Some),
@@ -427,11 +470,19 @@ impl<'a> Fields<'a> {
     }
 
     fn vault_type(&self) -> Result<i16, DecodeError> {
-        self.small("vaultType", 2, "a vault type: 0 (Atom), 1 (Triple) or 2 (CounterTriple)")
-            .map(|v| v as i16)
+        self.small(
+            "vaultType",
+            2,
+            "a vault type: 0 (Atom), 1 (Triple) or 2 (CounterTriple)",
+        )
+        .map(|v| v as i16)
     }
 
-    fn with<T>(&self, field: &str, f: impl FnOnce(&str) -> Result<T, FieldError>) -> Result<T, DecodeError> {
+    fn with<T>(
+        &self,
+        field: &str,
+        f: impl FnOnce(&str) -> Result<T, FieldError>,
+    ) -> Result<T, DecodeError> {
         let value = self.string(field)?;
         f(&value).map_err(|e| self.error(field, e))
     }
@@ -445,7 +496,11 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn object<'a>(event: &'a str, prefix: &'static str, raw: &'a RawValue) -> Result<Fields<'a>, DecodeError> {
+fn object<'a>(
+    event: &'a str,
+    prefix: &'static str,
+    raw: &'a RawValue,
+) -> Result<Fields<'a>, DecodeError> {
     let map = serde_json::from_str(raw.get()).map_err(|_| DecodeError::ItemNotObject {
         event: event.to_string(),
         detail: format!("{}is {}", prefix, json_kind(raw)),
@@ -453,7 +508,10 @@ fn object<'a>(event: &'a str, prefix: &'static str, raw: &'a RawValue) -> Result
     Ok(Fields { event, prefix, map })
 }
 
-fn decode_item(envelope: &EnvelopeContext<'_>, item: &RawValue) -> Result<(ChainPosition, EventBody), DecodeError> {
+fn decode_item(
+    envelope: &EnvelopeContext<'_>,
+    item: &RawValue,
+) -> Result<(ChainPosition, EventBody), DecodeError> {
     let event = envelope.event_name;
     let fields = object(event, "", item)?;
     let info_raw = fields
@@ -484,7 +542,11 @@ fn decode_item(envelope: &EnvelopeContext<'_>, item: &RawValue) -> Result<(Chain
         },
         block_timestamp: match info.raw("block_timestamp") {
             None => None,
-            Some(_) => Some(info.small("block_timestamp", MAX_TIMESTAMP, "a unix timestamp before year 10000")?),
+            Some(_) => Some(info.small(
+                "block_timestamp",
+                MAX_TIMESTAMP,
+                "a unix timestamp before year 10000",
+            )?),
         },
         transaction_index: info.optional_small("transaction_index", "a transaction index")?,
         contract_address: match info.raw("address") {
@@ -557,7 +619,9 @@ fn decode_item(envelope: &EnvelopeContext<'_>, item: &RawValue) -> Result<(Chain
         other => {
             // jsonb cannot hold U+0000; refuse it here rather than fail the batch.
             if item.get().contains("\\u0000") {
-                return Err(DecodeError::NulCharacter { event: other.to_string() });
+                return Err(DecodeError::NulCharacter {
+                    event: other.to_string(),
+                });
             }
             EventBody::Generic(GenericEvent {
                 event_name: other.to_string(),

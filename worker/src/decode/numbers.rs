@@ -55,7 +55,11 @@ pub fn parse_u256(spelling: Spelling<'_>) -> Result<String, FieldError> {
 /// Parses an unsigned integer that must fit in `max` (block numbers, log
 /// indexes, timestamps, vault types). Returned as i64 because PostgreSQL
 /// stores them as BIGINT.
-pub fn parse_small(spelling: Spelling<'_>, max: u64, expected: &'static str) -> Result<i64, FieldError> {
+pub fn parse_small(
+    spelling: Spelling<'_>,
+    max: u64,
+    expected: &'static str,
+) -> Result<i64, FieldError> {
     let bad = || FieldError::Number {
         value: spelling.describe(),
         expected,
@@ -162,7 +166,10 @@ mod tests {
 
     #[test]
     fn values_above_2_pow_64_are_exact() {
-        assert_eq!(u256(Spelling::Text("0x10000000000000000")), "18446744073709551616");
+        assert_eq!(
+            u256(Spelling::Text("0x10000000000000000")),
+            "18446744073709551616"
+        );
         assert_eq!(
             u256(Spelling::Literal("340282366920938463463374607431768211457")),
             "340282366920938463463374607431768211457"
@@ -189,7 +196,10 @@ mod tests {
 
     #[test]
     fn small_numbers_respect_their_bound() {
-        assert_eq!(parse_small(Spelling::Text("0x68b18674"), u64::MAX, "x").unwrap(), 1756464756);
+        assert_eq!(
+            parse_small(Spelling::Text("0x68b18674"), u64::MAX, "x").unwrap(),
+            1756464756
+        );
         assert_eq!(parse_small(Spelling::Literal("2"), 2, "x").unwrap(), 2);
         assert!(parse_small(Spelling::Literal("3"), 2, "a vault type").is_err());
         assert!(parse_small(Spelling::Text("99999999999999999999"), u64::MAX, "x").is_err());

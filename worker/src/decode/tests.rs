@@ -5,7 +5,11 @@ const TX: &str = "0x111111111111111111111111111111111111111111111111111111111111
 const ADDR: &str = "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed";
 
 fn entry(field: &str, payload: &str) -> DecodedEntry {
-    decode_entry(&Arc::from("s"), &Arc::from("1-0"), &[(field.to_string(), payload.as_bytes().to_vec())])
+    decode_entry(
+        &Arc::from("s"),
+        &Arc::from("1-0"),
+        &[(field.to_string(), payload.as_bytes().to_vec())],
+    )
 }
 
 fn tx_info(log_index: &str) -> String {
@@ -27,16 +31,27 @@ fn deposit(assets: &str, log_index: &str) -> String {
 #[test]
 fn accepts_all_three_payload_field_names_and_number_spellings() {
     for field in PAYLOAD_FIELDS {
-        let payload = format!(r#"{{"event_name":"Deposited","network":"base","event_data":{}}}"#, deposit("100", "\"0xd6\""));
+        let payload = format!(
+            r#"{{"event_name":"Deposited","network":"base","event_data":{}}}"#,
+            deposit("100", "\"0xd6\"")
+        );
         let out = entry(field, &payload);
         assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
         let event = &out.events[0];
         assert_eq!(event.position.log_index, 214);
         assert_eq!(event.position.block_number, 16);
         assert_eq!(event.position.block_timestamp, None);
-        assert_eq!(event.position.contract_address.as_deref(), Some("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"));
-        let EventBody::Deposited(d) = &event.body else { panic!("not a deposit") };
-        assert_eq!((d.assets.as_str(), d.shares.as_str(), d.curve_id.as_str()), ("100", "90", "1"));
+        assert_eq!(
+            event.position.contract_address.as_deref(),
+            Some("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
+        );
+        let EventBody::Deposited(d) = &event.body else {
+            panic!("not a deposit")
+        };
+        assert_eq!(
+            (d.assets.as_str(), d.shares.as_str(), d.curve_id.as_str()),
+            ("100", "90", "1")
+        );
         assert_eq!(d.receiver, "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed");
     }
 }
@@ -44,9 +59,14 @@ fn accepts_all_three_payload_field_names_and_number_spellings() {
 #[test]
 fn big_json_number_literals_stay_exact() {
     let big = "123456789012345678901234567890123456789";
-    let payload = format!(r#"{{"event_name":"Deposited","event_data":{}}}"#, deposit(big, "1"));
+    let payload = format!(
+        r#"{{"event_name":"Deposited","event_data":{}}}"#,
+        deposit(big, "1")
+    );
     let out = entry("payload", &payload);
-    let EventBody::Deposited(d) = &out.events[0].body else { panic!() };
+    let EventBody::Deposited(d) = &out.events[0].body else {
+        panic!()
+    };
     assert_eq!(d.assets, big);
 }
 
@@ -63,9 +83,15 @@ fn one_bad_item_keeps_its_neighbours() {
     assert_eq!(out.dead_letters.len(), 1);
     let dead = &out.dead_letters[0];
     assert_eq!(dead.item_index, Some(1));
-    assert!(dead.reason.contains("Deposited: field `assets`"), "{}", dead.reason);
+    assert!(
+        dead.reason.contains("Deposited: field `assets`"),
+        "{}",
+        dead.reason
+    );
     assert!(dead.reason.contains("\"12x\""), "{}", dead.reason);
-    assert!(std::str::from_utf8(&dead.raw_payload).unwrap().contains("12x"));
+    assert!(std::str::from_utf8(&dead.raw_payload)
+        .unwrap()
+        .contains("12x"));
 }
 
 #[test]
@@ -74,18 +100,34 @@ fn whole_entry_failures_are_named() {
         ("payload", "not json", "not valid JSON"),
         ("payload", "[1,2]", "top level is an array"),
         ("payload", r#"{"event_data":{}}"#, "event_name"),
-        ("payload", r#"{"event_name":"Deposited"}"#, "event_data is missing"),
-        ("payload", r#"{"event_name":"Deposited","event_data":[]}"#, "event_data is empty"),
+        (
+            "payload",
+            r#"{"event_name":"Deposited"}"#,
+            "event_data is missing",
+        ),
+        (
+            "payload",
+            r#"{"event_name":"Deposited","event_data":[]}"#,
+            "event_data is empty",
+        ),
         ("other", "{}", "none of the fields"),
     ];
     for (field, payload, needle) in cases {
         let out = entry(field, payload);
         assert!(out.events.is_empty());
         assert_eq!(out.dead_letters.len(), 1, "{payload}");
-        assert!(out.dead_letters[0].reason.contains(needle), "{payload}: {}", out.dead_letters[0].reason);
+        assert!(
+            out.dead_letters[0].reason.contains(needle),
+            "{payload}: {}",
+            out.dead_letters[0].reason
+        );
         assert_eq!(out.dead_letters[0].item_index, None);
     }
-    let out = decode_entry(&Arc::from("s"), &Arc::from("1-0"), &[("payload".into(), vec![0xff, 0xfe])]);
+    let out = decode_entry(
+        &Arc::from("s"),
+        &Arc::from("1-0"),
+        &[("payload".into(), vec![0xff, 0xfe])],
+    );
     assert!(out.dead_letters[0].reason.contains("not UTF-8"));
     assert_eq!(out.dead_letters[0].raw_payload, vec![0xff, 0xfe]);
 }
@@ -94,18 +136,37 @@ fn whole_entry_failures_are_named() {
 fn missing_and_malformed_fields_are_named() {
     let missing_tx = r#"{"event_name":"SharePriceChanged","event_data":{"termId":"0x01"}}"#;
     let out = entry("payload", missing_tx);
-    assert!(out.dead_letters[0].reason.contains("transaction_information` is missing"), "{}", out.dead_letters[0].reason);
+    assert!(
+        out.dead_letters[0]
+            .reason
+            .contains("transaction_information` is missing"),
+        "{}",
+        out.dead_letters[0].reason
+    );
 
     let bad_term = format!(
         r#"{{"event_name":"SharePriceChanged","event_data":{{"termId":"0x01","curveId":1,"sharePrice":1,"totalAssets":1,"totalShares":1,"vaultType":0,"transaction_information":{}}}}}"#,
         tx_info("1")
     );
     let out = entry("payload", &bad_term);
-    assert!(out.dead_letters[0].reason.contains("field `termId` expected a bytes32 id"), "{}", out.dead_letters[0].reason);
+    assert!(
+        out.dead_letters[0]
+            .reason
+            .contains("field `termId` expected a bytes32 id"),
+        "{}",
+        out.dead_letters[0].reason
+    );
 
     let bad_vault_type = deposit("1", "1").replace("\"vaultType\":0", "\"vaultType\":7");
-    let out = entry("payload", &format!(r#"{{"event_name":"Deposited","event_data":{bad_vault_type}}}"#));
-    assert!(out.dead_letters[0].reason.contains("vaultType"), "{}", out.dead_letters[0].reason);
+    let out = entry(
+        "payload",
+        &format!(r#"{{"event_name":"Deposited","event_data":{bad_vault_type}}}"#),
+    );
+    assert!(
+        out.dead_letters[0].reason.contains("vaultType"),
+        "{}",
+        out.dead_letters[0].reason
+    );
 }
 
 #[test]
@@ -117,11 +178,18 @@ fn atom_data_utf8_and_binary() {
         )
     };
     let out = entry("payload", &atom("68656c6c6f"));
-    let EventBody::AtomCreated(a) = &out.events[0].body else { panic!() };
+    let EventBody::AtomCreated(a) = &out.events[0].body else {
+        panic!()
+    };
     assert_eq!(a.atom_data_text.as_deref(), Some("hello"));
     let out = entry("payload", &atom("0xfffe00"));
-    let EventBody::AtomCreated(a) = &out.events[0].body else { panic!() };
-    assert_eq!((a.atom_data.as_slice(), a.atom_data_text.as_deref()), (&[0xff, 0xfe, 0][..], None));
+    let EventBody::AtomCreated(a) = &out.events[0].body else {
+        panic!()
+    };
+    assert_eq!(
+        (a.atom_data.as_slice(), a.atom_data_text.as_deref()),
+        (&[0xff, 0xfe, 0][..], None)
+    );
 }
 
 #[test]
@@ -131,7 +199,9 @@ fn unknown_events_are_generic_and_nul_is_refused() {
         tx_info("1")
     );
     let out = entry("payload", &generic);
-    let EventBody::Generic(g) = &out.events[0].body else { panic!() };
+    let EventBody::Generic(g) = &out.events[0].body else {
+        panic!()
+    };
     assert_eq!(g.event_name, "Paused");
     assert_eq!(g.event_signature_hash.as_deref(), Some("0xabc"));
     let nul = generic.replace("\"account\"", "\"note\":\"a\\u0000b\",\"account\"");

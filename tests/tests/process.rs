@@ -1,0 +1,356 @@
+//! The worker as a process: crash safety under SIGKILL, HTTP endpoints,
+//! SIGTERM and `postgres-writer drain` shutdown, start-up validation.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use system_tests::{free_port, unique, worker_binary, TestDb, TestRedis};
+use worker::generate::{generate, stream_names, GeneratorSpec};
+
+struct WorkerProcess {
+    child: Child,
+    port: u16,
+}
+
+impl WorkerProcess {
+    fn start(
+        db: &TestDb,
+        redis_url: &str,
+        streams: &[String],
+        group: &str,
+        consumer: &str,
+    ) -> WorkerProcess {
+        let port = free_port();
+        let child = Command::new(worker_binary())
+            .arg("run")
+            .env("DATABASE_URL", &db.url)
+            .env("REDIS_URL", redis_url)
+            .env("REDIS_STREAMS", streams.join(","))
+            .env("CONSUMER_GROUP", group)
+            .env("CONSUMER_NAME", consumer)
+            .env("BATCH_SIZE", "20")
+            .env("BATCH_TIMEOUT_MS", "50")
+            .env("HTTP_PORT", port.to_string())
+            .env("HTTP_BIND_ADDRESS", "127.0.0.1")
+            .env("ANALYTICS_POLL_INTERVAL_MS", "50")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn postgres-writer");
+        WorkerProcess { child, port }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        worker::http::request(addr, "GET", path, Duration::from_secs(2))
+            .await
+            .ok()
+    }
+
+    async fn wait_http(&self) {
+        let started = Instant::now();
+        while self.get("/livez").await.is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "worker HTTP did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "worker did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(prefix: &str, events: u64) -> GeneratorSpec {
+    GeneratorSpec {
+        events,
+        events_per_entry: 4,
+        seed: 99,
+        accounts: 15,
+        curves: 2,
+        network: "testnet".into(),
+        stream_prefix: prefix.into(),
+    }
+}
+
+async fn wait_until_idle(
+    redis: &mut TestRedis,
+    streams: &[String],
+    group: &str,
+    timeout: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let mut idle = true;
+        for s in streams {
+            if redis.backlog(s, group).await != (Some(0), 0) {
+                idle = false;
+            }
+        }
+        if idle {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "streams not drained within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing_and_double_counts_nothing() {
+    let prefix = unique("crash");
+    let entries = generate(&spec(&prefix, 6_000));
+    let streams = stream_names(&prefix);
+    let group = unique("group");
+
+    // Reference: the same entries processed without interruption.
+    let reference = TestDb::new().await;
+    let mut redis = TestRedis::new().await;
+    let ref_prefix = unique("ref");
+    let ref_streams = stream_names(&ref_prefix);
+    redis
+        .xadd_all(
+            entries
+                .iter()
+                .map(|e| (e.stream.replace(&prefix, &ref_prefix), e.payload.as_str()))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|(s, p)| (s.as_str(), *p)),
+        )
+        .await;
+    system_tests::consume_until_idle(
+        &reference,
+        vec![system_tests::stream_args(
+            &redis.url,
+            &ref_streams,
+            &group,
+            "ref",
+        )],
+        Duration::from_secs(120),
+    )
+    .await;
+    reference.drain_analytics().await;
+
+    let db = TestDb::new().await;
+    redis
+        .xadd_all(
+            entries
+                .iter()
+                .map(|e| (e.stream.as_str(), e.payload.as_str())),
+        )
+        .await;
+    let mut kills = 0;
+    for round in 0..3 {
+        let mut worker = WorkerProcess::start(&db, &redis.url, &streams, &group, "pod-a");
+        worker.wait_http().await;
+        // Let it commit some batches, then kill it without warning.
+        let target = db.count("share_price_changed_events").await + 300;
+        let started = Instant::now();
+        while db.count("share_price_changed_events").await < target
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if round < 2 {
+            worker.signal("KILL");
+            let status = worker.wait_exit(Duration::from_secs(10)).await;
+            assert!(
+                !status.success(),
+                "SIGKILL should not look like a clean exit"
+            );
+            let stored = db.count("share_price_changed_events").await;
+            let all = reference.count("share_price_changed_events").await;
+            assert!(
+                stored < all,
+                "the kill must land mid-run ({stored} of {all} stored)"
+            );
+            kills += 1;
+        } else {
+            // The last incarnation (same consumer name) finishes its own pending entries and the rest.
+            wait_until_idle(&mut redis, &streams, &group, Duration::from_secs(120)).await;
+            worker.signal("TERM");
+            assert!(worker.wait_exit(Duration::from_secs(30)).await.success());
+        }
+    }
+    assert_eq!(kills, 2);
+    db.drain_analytics().await;
+    db.assert_verified().await;
+    system_tests::assert_same_tables(
+        &db.snapshot().await,
+        &reference.snapshot().await,
+        "after two SIGKILLs",
+    );
+    for table in [
+        "deposited_events",
+        "redeemed_events",
+        "share_price_changed_events",
+        "generic_events",
+    ] {
+        assert_eq!(
+            db.count(table).await,
+            reference.count(table).await,
+            "{table}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints_and_drain_command() {
+    let db = TestDb::new().await;
+    let mut redis = TestRedis::new().await;
+    let prefix = unique("http");
+    let streams = stream_names(&prefix);
+    let group = unique("group");
+    let entries = generate(&spec(&prefix, 500));
+    redis
+        .xadd_all(
+            entries
+                .iter()
+                .map(|e| (e.stream.as_str(), e.payload.as_str())),
+        )
+        .await;
+    let mut worker = WorkerProcess::start(&db, &redis.url, &streams, &group, "pod-h");
+    worker.wait_http().await;
+    wait_until_idle(&mut redis, &streams, &group, Duration::from_secs(60)).await;
+    // Readiness comes from the monitor (every 2 s).
+    let started = Instant::now();
+    while worker.get("/readyz").await.map(|r| r.0) != Some(200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(worker.get("/livez").await.unwrap().0, 200);
+    let (status, body) = worker.get("/health").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["postgres_sync_healthy"], true);
+    assert_eq!(health["redis_consumer_healthy"], true);
+    assert!(!body.to_lowercase().contains("surreal"));
+    let (status, metrics) = worker.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for name in [
+        "pgw_events_stored_total",
+        "pgw_batches_total",
+        "pgw_entry_to_commit_seconds",
+        "pgw_stream_pending",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(
+        metrics.contains("pgw_events_stored_total{kind=\"Deposited\"}"),
+        "{metrics}"
+    );
+
+    // preStop: `postgres-writer drain` stops intake, waits for the flush, and the worker exits 0.
+    let drain = Command::new(worker_binary())
+        .arg("drain")
+        .env("HTTP_PORT", worker.port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        drain.status.success(),
+        "drain failed: {}",
+        String::from_utf8_lossy(&drain.stderr)
+    );
+    assert!(String::from_utf8_lossy(&drain.stdout).contains("drained"));
+    let status = worker.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "worker exit after drain: {status:?}");
+    let (lag, pending) = redis.backlog(&streams[2], &group).await;
+    assert_eq!((lag, pending), (Some(0), 0));
+}
+
+#[tokio::test]
+async fn sigterm_during_load_commits_in_flight_work_and_exits_zero() {
+    let db = TestDb::new().await;
+    let mut redis = TestRedis::new().await;
+    let prefix = unique("term");
+    let streams = stream_names(&prefix);
+    let group = unique("group");
+    let entries = generate(&spec(&prefix, 4_000));
+    redis
+        .xadd_all(
+            entries
+                .iter()
+                .map(|e| (e.stream.as_str(), e.payload.as_str())),
+        )
+        .await;
+    let mut worker = WorkerProcess::start(&db, &redis.url, &streams, &group, "pod-t");
+    worker.wait_http().await;
+    while db.count("share_price_changed_events").await < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.signal("TERM");
+    assert!(worker.wait_exit(Duration::from_secs(30)).await.success());
+    // Nothing delivered to this consumer is left unacknowledged.
+    for s in &streams {
+        assert_eq!(
+            redis.backlog(s, &group).await.1,
+            0,
+            "pending entries left on {s}"
+        );
+    }
+    // What was committed is consistent.
+    db.drain_analytics().await;
+    db.assert_verified().await;
+}
+
+#[test]
+fn invalid_settings_stop_start_up_with_a_message() {
+    let out = Command::new(worker_binary())
+        .args(["run", "--redis-streams", "a"])
+        .env("DATABASE_URL", "postgres://localhost/x")
+        .env("BATCH_SIZE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("BATCH_SIZE") && stderr.contains("= 0") && stderr.contains("1..=10000"),
+        "{stderr}"
+    );
+
+    let out = Command::new(worker_binary())
+        .args(["run", "--redis-streams", "a"])
+        .env("DATABASE_URL", "postgres://localhost/x")
+        .env("HTTP_PORT", "not-a-port")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--http-port") && stderr.contains("not-a-port"),
+        "{stderr}"
+    );
+}
