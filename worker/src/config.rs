@@ -35,6 +35,8 @@ pub enum Command {
     Rebuild(RebuildArgs),
     /// Write realistic sample rindexer entries to Redis streams.
     Generate(GenerateArgs),
+    /// Give parked analytics terms a fresh set of attempts (all, or the listed ones).
+    Requeue(RequeueArgs),
     /// Print row counts of the read model.
     Summary(DatabaseArgs),
     /// Print the settings table (Markdown) documented in the README.
@@ -182,6 +184,15 @@ pub struct RebuildArgs {
     /// Rebuild only the analytics tables.
     #[arg(long)]
     pub analytics_only: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RequeueArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Term ids to requeue (default: every parked term).
+    #[arg(long = "term")]
+    pub terms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
