@@ -73,9 +73,12 @@ start() {
   if [ ! -f "$dir/pg/data/PG_VERSION" ]; then
     as_pg_user "$bin/initdb" -D "$dir/pg/data" -U postgres --auth=trust --no-sync >/dev/null
   fi
-  # Throw-away instance: durability off for speed (never do this in production).
+  # Tests and the demo run without durability for speed (never do this in
+  # production); PGW_DURABLE=1 (the benchmark) keeps PostgreSQL's defaults.
+  local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [ "${PGW_DURABLE:-0}" = 1 ] && durability=""
   as_pg_user "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 start \
-    -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 -c shared_buffers=256MB" >/dev/null
+    -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 $durability -c max_connections=400 -c shared_buffers=256MB" >/dev/null
   redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --dir "$dir" \
     --save "" --appendonly no --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
   for _ in $(seq 1 50); do

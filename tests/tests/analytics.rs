@@ -19,7 +19,10 @@ async fn write(db: &TestDb, events: &[(&str, Value)]) {
             decode_entry(
                 &Arc::from("s"),
                 &Arc::from(format!("{}-{i}", rand_ms()).as_str()),
-                &[("payload".to_string(), envelope(name, data.clone()).into_bytes())],
+                &[(
+                    "payload".to_string(),
+                    envelope(name, data.clone()).into_bytes(),
+                )],
             )
         })
         .collect();
@@ -32,7 +35,10 @@ async fn write(db: &TestDb, events: &[(&str, Value)]) {
 }
 
 fn rand_ms() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 struct Chain {
@@ -42,7 +48,10 @@ struct Chain {
 
 impl Chain {
     fn new() -> Self {
-        Chain { tx: 0, block: 1_000 }
+        Chain {
+            tx: 0,
+            block: 1_000,
+        }
     }
     fn next(&mut self) -> (u64, u64) {
         self.tx += 1;
@@ -51,33 +60,85 @@ impl Chain {
     }
     fn atom(&mut self, n: u64) -> (&'static str, Value) {
         let (tx, block) = self.next();
-        ("AtomCreated", with_info(json!({"creator": ADDR_A, "termId": term(n), "atomData": "6869", "atomWallet": ADDR_B}), tx, block, 0))
+        (
+            "AtomCreated",
+            with_info(
+                json!({"creator": ADDR_A, "termId": term(n), "atomData": "6869", "atomWallet": ADDR_B}),
+                tx,
+                block,
+                0,
+            ),
+        )
     }
     fn triple(&mut self, n: u64, s: u64, p: u64, o: u64) -> (&'static str, Value) {
         let (tx, block) = self.next();
-        ("TripleCreated", with_info(json!({"creator": ADDR_A, "termId": term(n), "subjectId": term(s), "predicateId": term(p), "objectId": term(o)}), tx, block, 0))
+        (
+            "TripleCreated",
+            with_info(
+                json!({"creator": ADDR_A, "termId": term(n), "subjectId": term(s), "predicateId": term(p), "objectId": term(o)}),
+                tx,
+                block,
+                0,
+            ),
+        )
     }
     /// A deposit by `account` followed by the vault's new price and totals.
-    fn deposit(&mut self, term_id: &str, curve: u32, account: &str, shares: u64, price: &str) -> Vec<(&'static str, Value)> {
+    fn deposit(
+        &mut self,
+        term_id: &str,
+        curve: u32,
+        account: &str,
+        shares: u64,
+        price: &str,
+    ) -> Vec<(&'static str, Value)> {
         let (tx, block) = self.next();
         vec![
-            ("Deposited", with_info(json!({"sender": account, "receiver": account, "termId": term_id, "curveId": curve.to_string(),
+            (
+                "Deposited",
+                with_info(
+                    json!({"sender": account, "receiver": account, "termId": term_id, "curveId": curve.to_string(),
                 "assets": shares.to_string(), "assetsAfterFees": shares.to_string(), "shares": shares.to_string(),
-                "totalShares": shares.to_string(), "vaultType": 1}), tx, block, 0)),
-            ("SharePriceChanged", with_info(json!({"termId": term_id, "curveId": curve.to_string(), "sharePrice": price,
-                "totalAssets": (shares * 2).to_string(), "totalShares": (shares * 3).to_string(), "vaultType": 1}), tx, block, 1)),
+                "totalShares": shares.to_string(), "vaultType": 1}),
+                    tx,
+                    block,
+                    0,
+                ),
+            ),
+            (
+                "SharePriceChanged",
+                with_info(
+                    json!({"termId": term_id, "curveId": curve.to_string(), "sharePrice": price,
+                "totalAssets": (shares * 2).to_string(), "totalShares": (shares * 3).to_string(), "vaultType": 1}),
+                    tx,
+                    block,
+                    1,
+                ),
+            ),
         ]
     }
     fn price(&mut self, term_id: &str, curve: u32, price: &str) -> (&'static str, Value) {
         let (tx, block) = self.next();
-        ("SharePriceChanged", with_info(json!({"termId": term_id, "curveId": curve.to_string(), "sharePrice": price,
-            "totalAssets": "777", "totalShares": "3000000000000000000", "vaultType": 0}), tx, block, 0))
+        (
+            "SharePriceChanged",
+            with_info(
+                json!({"termId": term_id, "curveId": curve.to_string(), "sharePrice": price,
+            "totalAssets": "777", "totalShares": "3000000000000000000", "vaultType": 0}),
+                tx,
+                block,
+                0,
+            ),
+        )
     }
 }
 
 async fn row(db: &TestDb, sql: &str, key: &str) -> Vec<String> {
-    let r: Option<(String,)> = sqlx::query_as(sql).bind(key).fetch_optional(&db.pool).await.unwrap();
-    r.map(|(s,)| s.split('|').map(str::to_string).collect()).unwrap_or_default()
+    let r: Option<(String,)> = sqlx::query_as(sql)
+        .bind(key)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+    r.map(|(s,)| s.split('|').map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -88,11 +149,25 @@ async fn triple_created_before_and_after_its_deposits() {
     write(&db, &atoms).await;
     // Triple 10 exists before its deposits.
     write(&db, &[c.triple(10, 1, 2, 3)]).await;
-    write(&db, &c.deposit(&term(10), 1, ADDR_A, 100, "1000000000000000000")).await;
+    write(
+        &db,
+        &c.deposit(&term(10), 1, ADDR_A, 100, "1000000000000000000"),
+    )
+    .await;
     // Triple 11: deposits first (term still Unknown), creation afterwards.
-    write(&db, &c.deposit(&term(11), 1, ADDR_B, 50, "2000000000000000000")).await;
+    write(
+        &db,
+        &c.deposit(&term(11), 1, ADDR_B, 50, "2000000000000000000"),
+    )
+    .await;
     db.drain_analytics().await;
-    assert!(row(&db, "SELECT total_assets::text FROM triple_term WHERE term_id = $1", &term(11)).await.is_empty());
+    assert!(row(
+        &db,
+        "SELECT total_assets::text FROM triple_term WHERE term_id = $1",
+        &term(11)
+    )
+    .await
+    .is_empty());
     write(&db, &[c.triple(11, 1, 2, 3)]).await;
     db.drain_analytics().await;
     db.assert_verified().await;
@@ -115,10 +190,26 @@ async fn deposits_on_the_counter_vault_only_and_several_curves() {
     events.push(c.triple(20, 1, 2, 3));
     write(&db, &events).await;
     let counter = counter_term_id(&term(20));
-    write(&db, &c.deposit(&counter, 1, ADDR_A, 10, "1000000000000000000")).await;
-    write(&db, &c.deposit(&counter, 2, ADDR_B, 20, "1000000000000000000")).await;
-    write(&db, &c.deposit(&term(20), 2, ADDR_A, 5, "1000000000000000000")).await;
-    write(&db, &c.deposit(&term(20), 3, ADDR_A, 7, "1000000000000000000")).await;
+    write(
+        &db,
+        &c.deposit(&counter, 1, ADDR_A, 10, "1000000000000000000"),
+    )
+    .await;
+    write(
+        &db,
+        &c.deposit(&counter, 2, ADDR_B, 20, "1000000000000000000"),
+    )
+    .await;
+    write(
+        &db,
+        &c.deposit(&term(20), 2, ADDR_A, 5, "1000000000000000000"),
+    )
+    .await;
+    write(
+        &db,
+        &c.deposit(&term(20), 3, ADDR_A, 7, "1000000000000000000"),
+    )
+    .await;
     db.drain_analytics().await;
     db.assert_verified().await;
     let curves: Vec<(String, i64, String)> = sqlx::query_as(
@@ -129,7 +220,14 @@ async fn deposits_on_the_counter_vault_only_and_several_curves() {
     .await
     .unwrap();
     // Curve 1: counter only; curve 2: both vaults; curve 3: triple only. No row for other curves.
-    assert_eq!(curves, vec![("1".into(), 1, "30".into()), ("2".into(), 2, "75".into()), ("3".into(), 1, "21".into())]);
+    assert_eq!(
+        curves,
+        vec![
+            ("1".into(), 1, "30".into()),
+            ("2".into(), 2, "75".into()),
+            ("3".into(), 1, "21".into())
+        ]
+    );
     assert_eq!(
         row(&db, "SELECT total_position_count || '|' || total_assets FROM triple_term WHERE term_id = $1", &term(20)).await,
         vec!["4", &(20 + 40 + 10 + 14).to_string()]
@@ -152,12 +250,20 @@ async fn price_change_on_an_atom_used_by_many_triples() {
     }
     write(&db, &events).await;
     for i in 0..30u64 {
-        write(&db, &c.deposit(&term(100 + i), 1, ADDR_A, 10 + i, "1500000000000000000")).await;
+        write(
+            &db,
+            &c.deposit(&term(100 + i), 1, ADDR_A, 10 + i, "1500000000000000000"),
+        )
+        .await;
     }
     db.drain_analytics().await;
     let before = db.snapshot().await;
     write(&db, &[c.price(&term(1), 1, "9000000000000000000")]).await;
-    write(&db, &c.deposit(&term(1), 2, ADDR_B, 99, "3000000000000000000")).await;
+    write(
+        &db,
+        &c.deposit(&term(1), 2, ADDR_B, 99, "3000000000000000000"),
+    )
+    .await;
     db.drain_analytics().await;
     db.assert_verified().await;
     // Atom vaults feed no analytics table: the triples' analytics are unchanged.
@@ -165,7 +271,12 @@ async fn price_change_on_an_atom_used_by_many_triples() {
     let analytics = |s: &str| s[s.find("## triple_vault").unwrap()..].to_string();
     assert_eq!(analytics(&after), analytics(&before));
     assert_eq!(
-        row(&db, "SELECT total_assets::text FROM term WHERE id = $1", &term(1)).await,
+        row(
+            &db,
+            "SELECT total_assets::text FROM term WHERE id = $1",
+            &term(1)
+        )
+        .await,
         vec![(777 + 198).to_string()]
     );
 }
@@ -183,10 +294,14 @@ async fn two_analytics_workers_race_on_the_same_terms() {
     let mut settings = test_analytics_settings();
     settings.batch_size = 7;
     let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let race = |pool: sqlx::PgPool, settings: worker::analytics::AnalyticsSettings, writing: Arc<std::sync::atomic::AtomicBool>| async move {
+    let race = |pool: sqlx::PgPool,
+                settings: worker::analytics::AnalyticsSettings,
+                writing: Arc<std::sync::atomic::AtomicBool>| async move {
         let mut done = 0;
         loop {
-            let report = process_batch(&pool, &settings).await.expect("no deadlock or error");
+            let report = process_batch(&pool, &settings)
+                .await
+                .expect("no deadlock or error");
             assert_eq!(report.retried + report.parked, 0);
             done += report.completed;
             if report.claimed == 0 {
@@ -200,24 +315,41 @@ async fn two_analytics_workers_race_on_the_same_terms() {
     // Writers keep changing vaults while two analytics loops run.
     let writer = {
         let db_pool = db.pool.clone();
-        let mut chain = Chain { tx: 10_000, block: 100_000 };
+        let mut chain = Chain {
+            tx: 10_000,
+            block: 100_000,
+        };
         let writing = writing.clone();
         async move {
             for round in 0..40u64 {
                 let mut batch = Vec::new();
                 for k in 0..10u64 {
                     let t = term(1_000 + (round * 10 + k) % 200);
-                    batch.extend(chain.deposit(&t, 1 + (k % 2) as u32, if k % 2 == 0 { ADDR_A } else { ADDR_B }, 5 + k, "1100000000000000000"));
+                    batch.extend(chain.deposit(
+                        &t,
+                        1 + (k % 2) as u32,
+                        if k % 2 == 0 { ADDR_A } else { ADDR_B },
+                        5 + k,
+                        "1100000000000000000",
+                    ));
                 }
                 let entries: Vec<_> = batch
                     .iter()
                     .enumerate()
                     .map(|(i, (name, data))| {
-                        decode_entry(&Arc::from("w"), &Arc::from(format!("{round}-{i}").as_str()),
-                            &[("payload".to_string(), envelope(name, data.clone()).into_bytes())])
+                        decode_entry(
+                            &Arc::from("w"),
+                            &Arc::from(format!("{round}-{i}").as_str()),
+                            &[(
+                                "payload".to_string(),
+                                envelope(name, data.clone()).into_bytes(),
+                            )],
+                        )
                     })
                     .collect();
-                worker::persistence::write_entries(&db_pool, &entries, Default::default(), None).await.unwrap();
+                worker::persistence::write_entries(&db_pool, &entries, Default::default(), None)
+                    .await
+                    .unwrap();
             }
             writing.store(false, std::sync::atomic::Ordering::SeqCst);
         }
@@ -237,7 +369,10 @@ async fn two_analytics_workers_race_on_the_same_terms() {
 /// (a sequence counts calls even when the failing transaction rolls back).
 async fn inject_failures(db: &TestDb, term_id: &str, times: i64) -> String {
     let name = format!("fail_{}", &term_id[term_id.len() - 8..]);
-    sqlx::query(&format!("CREATE SEQUENCE {name}")).execute(&db.pool).await.unwrap();
+    sqlx::query(&format!("CREATE SEQUENCE {name}"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
     sqlx::query(&format!(
         "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
@@ -250,10 +385,12 @@ async fn inject_failures(db: &TestDb, term_id: &str, times: i64) -> String {
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query(&format!("CREATE TRIGGER {name} BEFORE INSERT ON triple_term FOR EACH ROW EXECUTE FUNCTION {name}()"))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(&format!(
+        "CREATE TRIGGER {name} BEFORE INSERT ON triple_term FOR EACH ROW EXECUTE FUNCTION {name}()"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     name
 }
 
@@ -276,14 +413,18 @@ async fn failures_are_retried_with_backoff_or_parked_then_requeued() {
         let report = process_batch(&db.pool, &settings).await.unwrap();
         retried += report.retried;
         parked += report.parked;
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_queue WHERE parked_at IS NULL")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM analytics_queue WHERE parked_at IS NULL")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         if pending == 0 {
             break;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "queue did not settle");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "queue did not settle"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     // Term 30: one failed attempt recorded (the batch and the single retry share it), then success.
@@ -297,12 +438,33 @@ async fn failures_are_retried_with_backoff_or_parked_then_requeued() {
             .unwrap();
     assert_eq!(attempts, 3);
     assert!(is_parked && error.contains("injected failure"), "{error}");
-    assert_eq!(db.count("analytics_queue").await, 1, "only the parked term is left");
-    assert_eq!(row(&db, "SELECT total_position_count::text FROM triple_term WHERE term_id = $1", &term(30)).await, vec!["0"]);
-    assert!(row(&db, "SELECT total_position_count::text FROM triple_term WHERE term_id = $1", &term(31)).await.is_empty());
+    assert_eq!(
+        db.count("analytics_queue").await,
+        1,
+        "only the parked term is left"
+    );
+    assert_eq!(
+        row(
+            &db,
+            "SELECT total_position_count::text FROM triple_term WHERE term_id = $1",
+            &term(30)
+        )
+        .await,
+        vec!["0"]
+    );
+    assert!(row(
+        &db,
+        "SELECT total_position_count::text FROM triple_term WHERE term_id = $1",
+        &term(31)
+    )
+    .await
+    .is_empty());
 
     // Fix the cause, requeue the parked term: analytics become exact.
-    sqlx::query(&format!("DROP TRIGGER {always} ON triple_term")).execute(&db.pool).await.unwrap();
+    sqlx::query(&format!("DROP TRIGGER {always} ON triple_term"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(requeue_parked(&db.pool, None).await.unwrap(), 1);
     db.drain_analytics().await;
     db.assert_verified().await;
@@ -317,13 +479,28 @@ async fn rebuild_restores_drifted_tables_and_verify_reports_the_drift() {
     events.extend(c.deposit(&term(40), 1, ADDR_A, 10, "1000000000000000000"));
     write(&db, &events).await;
     db.drain_analytics().await;
-    sqlx::query("UPDATE vault SET position_count = 99").execute(&db.pool).await.unwrap();
-    sqlx::query("DELETE FROM predicate_object").execute(&db.pool).await.unwrap();
+    sqlx::query("UPDATE vault SET position_count = 99")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM predicate_object")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let report = worker::verify::verify(&db.pool, 5).await.unwrap();
     assert!(!report.is_clean());
-    let drifted: Vec<&str> = report.tables.iter().filter(|t| !t.is_clean()).map(|t| t.table).collect();
+    let drifted: Vec<&str> = report
+        .tables
+        .iter()
+        .filter(|t| !t.is_clean())
+        .map(|t| t.table)
+        .collect();
     assert_eq!(drifted, vec!["vault", "predicate_object"]);
-    assert!(report.render().contains("\"position_count\":99"), "{}", report.render());
+    assert!(
+        report.render().contains("\"position_count\":99"),
+        "{}",
+        report.render()
+    );
     worker::verify::rebuild(&db.pool, false).await.unwrap();
     db.assert_verified().await;
 }

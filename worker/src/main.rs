@@ -108,7 +108,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-requeue")?;
             let terms = (!args.terms.is_empty()).then_some(args.terms.as_slice());
-            let n = analytics::requeue_parked(&pool, terms).await.context("requeueing parked terms")?;
+            let n = analytics::requeue_parked(&pool, terms)
+                .await
+                .context("requeueing parked terms")?;
             println!("requeued {n} parked term(s)");
             Ok(ExitCode::SUCCESS)
         }

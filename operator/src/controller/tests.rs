@@ -1,0 +1,393 @@
+//! Reconcile tests against the recorded fake API server.
+
+mod fake_api;
+
+use super::*;
+use crate::crd::PostgresWriterSpec;
+use fake_api::FakeApi;
+use kube::api::ObjectMeta;
+use serde_json::{json, Value};
+
+const NS: &str = "chain";
+const IMAGE_A: &str = "registry.example/postgres-writer:1.0.0";
+const IMAGE_B: &str = "registry.example/postgres-writer:1.1.0";
+
+fn writer(image: &str, replicas: i32) -> PostgresWriter {
+    let spec: PostgresWriterSpec = serde_json::from_value(json!({
+        "image": image, "replicas": replicas, "streams": ["s1"],
+        "redis": {"url": "redis://redis:6379"}, "database": {"urlSecretRef": {"name": "pg"}}
+    }))
+    .unwrap();
+    let mut cr = PostgresWriter::new("indexer", spec);
+    cr.metadata = ObjectMeta {
+        name: Some("indexer".into()),
+        namespace: Some(NS.into()),
+        uid: Some("uid-cr".into()),
+        generation: Some(1),
+        ..Default::default()
+    };
+    cr
+}
+
+struct Harness {
+    ctx: Arc<Context>,
+    api: Arc<FakeApi>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let (client, api) = FakeApi::start();
+        Harness {
+            ctx: Arc::new(Context::new(client, Arc::new(Metrics::new()))),
+            api,
+        }
+    }
+
+    /// Reconciles `cr` with the status the fake server holds for it, and
+    /// returns the transcript of requests.
+    async fn reconcile(&self, cr: &mut PostgresWriter) -> Vec<String> {
+        if let Some(stored) = self.api.object(&cr_path()) {
+            cr.status = serde_json::from_value(stored["status"].clone()).ok();
+        }
+        // The API server holds the resource as the user last applied it.
+        self.api
+            .seed(&cr_path(), serde_json::to_value(&*cr).unwrap());
+        reconcile(Arc::new(cr.clone()), self.ctx.clone())
+            .await
+            .expect("reconcile");
+        if let Some(stored) = self.api.object(&cr_path()) {
+            cr.status = serde_json::from_value(stored["status"].clone()).ok();
+        }
+        self.api.take_transcript()
+    }
+
+    fn condition(&self, type_: &str) -> (String, String) {
+        let status = &self.api.object(&cr_path()).unwrap()["status"];
+        let c = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap();
+        (
+            c["status"].as_str().unwrap().to_string(),
+            c["reason"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn worker_image(&self) -> Option<String> {
+        self.api
+            .object(&deployment_path("indexer-worker"))
+            .map(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+    }
+
+    fn set_job_status(&self, cr: &PostgresWriter, status: Value) {
+        let path = job_path(&resources::migration_job_name(cr));
+        let mut job = self.api.object(&path).expect("job applied");
+        job["status"] = status;
+        self.api.seed(&path, job);
+    }
+
+    fn set_worker_status(&self, replicas: i64, ready: i64) {
+        let path = deployment_path("indexer-worker");
+        let mut d = self.api.object(&path).expect("deployment applied");
+        d["status"] = json!({"replicas": replicas, "readyReplicas": ready, "updatedReplicas": replicas, "availableReplicas": ready});
+        self.api.seed(&path, d);
+    }
+}
+
+fn cr_path() -> String {
+    format!("/apis/pgwriter.io/v1alpha1/namespaces/{NS}/postgreswriters/indexer")
+}
+fn job_path(name: &str) -> String {
+    format!("/apis/batch/v1/namespaces/{NS}/jobs/{name}")
+}
+fn deployment_path(name: &str) -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/deployments/{name}")
+}
+
+fn has(transcript: &[String], needle: &str) -> bool {
+    transcript.iter().any(|t| t == needle)
+}
+
+#[tokio::test]
+async fn first_creation_starts_the_migration_and_holds_the_workers() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 2);
+    let t = h.reconcile(&mut cr).await;
+    println!("transcript (first creation):\n  {}", t.join("\n  "));
+    assert!(has(
+        &t,
+        &format!("PATCH /api/v1/namespaces/{NS}/configmaps/indexer-config")
+    ));
+    assert!(has(
+        &t,
+        &format!("PATCH {}", job_path(&resources::migration_job_name(&cr)))
+    ));
+    assert!(has(
+        &t,
+        &format!("GET {}", deployment_path("indexer-worker"))
+    ));
+    assert!(
+        !t.iter().any(|r| r.starts_with("PATCH /apis/apps/v1")),
+        "no Deployment before the migration: {t:?}"
+    );
+    assert!(has(&t, &format!("PATCH {}/status", cr_path())));
+    assert_eq!(
+        h.condition("Migrated"),
+        ("False".into(), "MigrationRunning".into())
+    );
+    assert_eq!(
+        h.condition("Progressing"),
+        ("True".into(), "MigrationRunning".into())
+    );
+    assert_eq!(
+        h.condition("Ready"),
+        ("False".into(), "WaitingForMigration".into())
+    );
+    assert_eq!(
+        h.api.events(),
+        vec![("Normal".to_string(), "MigrationStarted".to_string())]
+    );
+    let status = cr.status.as_ref().unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(
+        status.selector,
+        "app.kubernetes.io/component=worker,app.kubernetes.io/instance=indexer"
+    );
+}
+
+#[tokio::test]
+async fn job_done_applies_the_deployments_and_ready_follows_the_pods() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 2);
+    h.reconcile(&mut cr).await;
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    let t = h.reconcile(&mut cr).await;
+    println!("transcript (migration succeeded):\n  {}", t.join("\n  "));
+    for path in [
+        deployment_path("indexer-worker"),
+        deployment_path("indexer-analytics"),
+        format!("/api/v1/namespaces/{NS}/services/indexer-metrics"),
+        format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/indexer-worker"),
+    ] {
+        assert!(
+            has(&t, &format!("PATCH {path}")),
+            "{path} not applied: {t:?}"
+        );
+    }
+    assert_eq!(h.worker_image().as_deref(), Some(IMAGE_A));
+    assert_eq!(
+        h.condition("Migrated"),
+        ("True".into(), "MigrationSucceeded".into())
+    );
+    assert_eq!(
+        h.condition("Ready"),
+        ("False".into(), "ReplicasNotReady".into())
+    );
+    assert_eq!(
+        cr.status.as_ref().unwrap().schema_version.as_deref(),
+        Some(IMAGE_A)
+    );
+
+    h.set_worker_status(2, 2);
+    h.reconcile(&mut cr).await;
+    assert_eq!(
+        h.condition("Ready"),
+        ("True".into(), "AllReplicasReady".into())
+    );
+    assert_eq!(
+        h.condition("Progressing"),
+        ("False".into(), "RolloutComplete".into())
+    );
+    assert_eq!(
+        (
+            cr.status.as_ref().unwrap().replicas,
+            cr.status.as_ref().unwrap().ready_replicas
+        ),
+        (2, 2)
+    );
+    let reasons: Vec<String> = h.api.events().into_iter().map(|e| e.1).collect();
+    assert!(
+        reasons.contains(&"MigrationSucceeded".to_string())
+            && reasons.contains(&"Ready".to_string()),
+        "{reasons:?}"
+    );
+
+    // Idempotent: nothing changed, so no status write and no new events.
+    let events_before = h.api.events().len();
+    let t = h.reconcile(&mut cr).await;
+    assert!(!has(&t, &format!("PATCH {}/status", cr_path())), "{t:?}");
+    assert_eq!(h.api.events().len(), events_before);
+}
+
+#[tokio::test]
+async fn failed_job_degrades_and_keeps_the_running_image() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 1);
+    h.reconcile(&mut cr).await;
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    h.reconcile(&mut cr).await;
+    assert_eq!(h.worker_image().as_deref(), Some(IMAGE_A));
+
+    cr.spec.image = IMAGE_B.into();
+    cr.metadata.generation = Some(2);
+    h.reconcile(&mut cr).await;
+    h.set_job_status(&cr, json!({"failed": 5, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}));
+    h.reconcile(&mut cr).await;
+    assert_eq!(
+        h.worker_image().as_deref(),
+        Some(IMAGE_A),
+        "workers must not move to an unmigrated image"
+    );
+    assert_eq!(
+        h.condition("Degraded"),
+        ("True".into(), "MigrationFailed".into())
+    );
+    assert_eq!(
+        h.condition("Migrated"),
+        ("False".into(), "MigrationFailed".into())
+    );
+    assert!(h
+        .api
+        .events()
+        .contains(&("Warning".to_string(), "MigrationFailed".to_string())));
+    assert_eq!(
+        cr.status.as_ref().unwrap().schema_version.as_deref(),
+        Some(IMAGE_A)
+    );
+}
+
+#[tokio::test]
+async fn image_change_waits_for_its_migration_then_rolls_out() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 2);
+    h.reconcile(&mut cr).await;
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    h.reconcile(&mut cr).await;
+    let old_job = job_path(&resources::migration_job_name(&cr));
+
+    cr.spec.image = IMAGE_B.into();
+    let t = h.reconcile(&mut cr).await;
+    // Still running: a replica change would roll out, the image does not.
+    assert!(has(
+        &t,
+        &format!("PATCH {}", job_path(&resources::migration_job_name(&cr)))
+    ));
+    assert_eq!(h.worker_image().as_deref(), Some(IMAGE_A));
+    assert_eq!(
+        h.condition("Progressing"),
+        ("True".into(), "MigrationRunning".into())
+    );
+
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    let t = h.reconcile(&mut cr).await;
+    println!(
+        "transcript (image change, migration done):\n  {}",
+        t.join("\n  ")
+    );
+    assert_eq!(h.worker_image().as_deref(), Some(IMAGE_B));
+    let analytics = h.api.object(&deployment_path("indexer-analytics")).unwrap();
+    assert_eq!(
+        analytics["spec"]["template"]["spec"]["containers"][0]["image"],
+        IMAGE_B
+    );
+    assert!(
+        has(&t, &format!("DELETE {old_job}")),
+        "the previous image's Job is removed: {t:?}"
+    );
+    assert!(h.api.object(&old_job).is_none());
+}
+
+#[tokio::test]
+async fn scale_and_settings_changes_are_applied() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 2);
+    h.reconcile(&mut cr).await;
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    h.reconcile(&mut cr).await;
+    // `kubectl scale pgw/indexer --replicas=5` edits spec.replicas through the scale subresource.
+    cr.spec.replicas = 5;
+    cr.spec.database.pool.max_connections = 33;
+    cr.metadata.generation = Some(2);
+    h.reconcile(&mut cr).await;
+    let d = h.api.object(&deployment_path("indexer-worker")).unwrap();
+    assert_eq!(d["spec"]["replicas"], 5);
+    let cm = h
+        .api
+        .object(&format!(
+            "/api/v1/namespaces/{NS}/configmaps/indexer-config"
+        ))
+        .unwrap();
+    assert_eq!(cm["data"]["DB_POOL_MAX_CONNECTIONS"], "33");
+    assert_eq!(
+        d["spec"]["template"]["metadata"]["annotations"][resources::CONFIG_HASH_ANNOTATION],
+        json!(resources::config_hash(&cr))
+    );
+    assert_eq!(
+        h.condition("Progressing"),
+        ("True".into(), "RollingOut".into())
+    );
+    assert_eq!(cr.status.as_ref().unwrap().observed_generation, Some(2));
+
+    // Turning analytics off removes its Deployment.
+    cr.spec.analytics.enabled = false;
+    let t = h.reconcile(&mut cr).await;
+    assert!(has(
+        &t,
+        &format!("DELETE {}", deployment_path("indexer-analytics"))
+    ));
+}
+
+#[tokio::test]
+async fn deletion_leaves_cleanup_to_owner_references() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 1);
+    cr.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    let action = reconcile(Arc::new(cr.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(
+        h.api.take_transcript().is_empty(),
+        "a resource being deleted gets no writes"
+    );
+    // Every object the operator creates is owned by the resource, so the API server collects it.
+    let job = resources::migration_job(&writer(IMAGE_A, 1));
+    assert_eq!(job.metadata.owner_references.unwrap()[0].uid, "uid-cr");
+}
+
+#[tokio::test]
+async fn error_policy_backs_off_exponentially_and_resets_on_success() {
+    let h = Harness::new();
+    let cr = Arc::new(writer(IMAGE_A, 1));
+    let error = Error::NoNamespace("x".into());
+    let delays: Vec<Action> = (0..4)
+        .map(|_| error_policy(cr.clone(), &error, h.ctx.clone()))
+        .collect();
+    assert_eq!(
+        delays,
+        vec![
+            Action::requeue(Duration::from_secs(5)),
+            Action::requeue(Duration::from_secs(10)),
+            Action::requeue(Duration::from_secs(20)),
+            Action::requeue(Duration::from_secs(40)),
+        ]
+    );
+    let mut ok = writer(IMAGE_A, 1);
+    h.reconcile(&mut ok).await;
+    assert_eq!(
+        error_policy(cr, &error, h.ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert!(h
+        .ctx
+        .metrics
+        .encode()
+        .contains("pgw_operator_reconciles_total{result=\"ok\"} 1"));
+}

@@ -1,0 +1,382 @@
+//! The `PostgresWriter` custom resource (`pgwriter.io/v1alpha1`, SPEC §6).
+//!
+//! Defaults and validation live in the generated OpenAPI schema (serde
+//! defaults become schema defaults, schemars ranges become minimum/maximum),
+//! so the API server refuses a bad resource before the operator sees it.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a postgres-writer installation: worker and analytics
+/// pods consuming Redis streams into one PostgreSQL database.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "pgwriter.io",
+    version = "v1alpha1",
+    kind = "PostgresWriter",
+    namespaced,
+    shortname = "pgw",
+    status = "PostgresWriterStatus",
+    derive = "PartialEq",
+    doc = "A postgres-writer installation: Redis streams of Intuition events into a PostgreSQL read model",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired worker pods"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready worker pods"
+    ),
+    printcolumn(
+        name = "Migrated",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Migrated\")].status",
+        description = "Schema migrations applied for spec.image"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresWriterSpec {
+    /// Worker image (runs `postgres-writer`), e.g. `ghcr.io/acme/postgres-writer:0.1.0`.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Image pull policy of every pod.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// Worker pods (each one consumer of the group). 0 stops consumption.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Redis streams to consume.
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 256)))]
+    pub streams: Vec<String>,
+    /// Consumer group name (shared by every worker pod).
+    #[serde(default = "default_consumer_group")]
+    #[schemars(length(min = 1, max = 200))]
+    pub consumer_group: String,
+    /// Where Redis is.
+    pub redis: RedisSpec,
+    /// Where PostgreSQL is and how the pools are sized.
+    pub database: DatabaseSpec,
+    /// Entries read and written per transaction.
+    #[serde(default)]
+    pub batch: BatchSpec,
+    /// Throughput limits (0 = unlimited).
+    #[serde(default)]
+    pub rate_limits: RateLimitSpec,
+    /// Idle time after which entries pending on a dead worker are taken over, in milliseconds.
+    #[serde(default = "default_claim_idle_ms")]
+    #[schemars(range(min = 1000, max = 86_400_000))]
+    pub claim_idle_ms: i64,
+    /// Analytics (triple-level aggregates) pods.
+    #[serde(default)]
+    pub analytics: AnalyticsSpec,
+    /// Graceful shutdown of worker pods (preStop drain).
+    #[serde(default)]
+    pub drain: DrainSpec,
+    /// Traces and logs.
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
+    /// Resources of each worker pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[serde(default = "default_url_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Redis: a plain URL or a Secret holding it (exactly one).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.url) != has(self.urlSecretRef)", "message": "set exactly one of url and urlSecretRef"}]))]
+pub struct RedisSpec {
+    /// Redis URL, e.g. `redis://redis:6379`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^rediss?://"))]
+    pub url: Option<String>,
+    /// Secret key holding the Redis URL (when it carries a password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Secret key holding the PostgreSQL URL (`DATABASE_URL`).
+    pub url_secret_ref: SecretKeyRef,
+    /// Connection pool of each pod.
+    #[serde(default)]
+    pub pool: PoolSpec,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    /// Connections kept open.
+    #[serde(default = "default_pool_min")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_connections: i32,
+    /// Largest number of connections.
+    #[serde(default = "default_pool_max")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_connections: i32,
+    /// Longest wait for a connection, in milliseconds.
+    #[serde(default = "default_acquire_timeout_ms")]
+    #[schemars(range(min = 100, max = 600_000))]
+    pub acquire_timeout_ms: i64,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        Self {
+            min_connections: default_pool_min(),
+            max_connections: default_pool_max(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSpec {
+    /// Entries read per stream and call; one batch is one transaction.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub size: i32,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[serde(default = "default_batch_timeout_ms")]
+    #[schemars(range(min = 1, max = 60_000))]
+    pub timeout_ms: i64,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            size: default_batch_size(),
+            timeout_ms: default_batch_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Stream entries written per second per worker pod (0 = unlimited).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10_000_000))]
+    pub max_entries_per_second: i64,
+    /// Analytics terms processed per second per analytics pod (0 = unlimited).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10_000_000))]
+    pub analytics_max_terms_per_second: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalyticsSpec {
+    /// Run analytics pods (`postgres-writer analytics`). Worker pods never run analytics themselves.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Analytics pods.
+    #[serde(default = "default_analytics_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// Analytics loops per pod.
+    #[serde(default = "default_analytics_concurrency")]
+    #[schemars(range(min = 1, max = 64))]
+    pub concurrency: i32,
+    /// Terms per analytics transaction.
+    #[serde(default = "default_analytics_batch_size")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub batch_size: i32,
+    /// Attempts before a failing term is parked.
+    #[serde(default = "default_analytics_max_attempts")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_attempts: i32,
+    /// Resources of each analytics pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for AnalyticsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            replicas: default_analytics_replicas(),
+            concurrency: default_analytics_concurrency(),
+            batch_size: default_analytics_batch_size(),
+            max_attempts: default_analytics_max_attempts(),
+            resources: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// Longest time a pod may take to commit its in-flight batch and exit, in
+    /// seconds. The pod's terminationGracePeriodSeconds is this plus 15.
+    #[serde(default = "default_drain_timeout")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub timeout_seconds: i64,
+}
+
+impl Default for DrainSpec {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: default_drain_timeout(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// OTLP endpoint for traces (`OTEL_EXPORTER_OTLP_ENDPOINT`); tracing is off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of traces sampled (`OTEL_TRACES_SAMPLER_ARG`).
+    #[serde(default = "default_sampling_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampling_ratio: f64,
+    /// Log filter (`RUST_LOG`).
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1))]
+    pub log_level: String,
+}
+
+impl Default for TelemetrySpec {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sampling_ratio: default_sampling_ratio(),
+            log_level: default_log_level(),
+        }
+    }
+}
+
+/// Observed state, written by the operator.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresWriterStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Migrated, Progressing and Degraded, with reasons and messages.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Worker pods that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Worker pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the worker pods (for the scale subresource and HPA).
+    #[serde(default)]
+    pub selector: String,
+    /// The worker image whose schema migrations have been applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_consumer_group() -> String {
+    "postgres-writer".into()
+}
+fn default_url_key() -> String {
+    "url".into()
+}
+fn default_pool_min() -> i32 {
+    1
+}
+fn default_pool_max() -> i32 {
+    10
+}
+fn default_acquire_timeout_ms() -> i64 {
+    30_000
+}
+fn default_batch_size() -> i32 {
+    500
+}
+fn default_batch_timeout_ms() -> i64 {
+    1_000
+}
+fn default_claim_idle_ms() -> i64 {
+    60_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_analytics_replicas() -> i32 {
+    1
+}
+fn default_analytics_concurrency() -> i32 {
+    1
+}
+fn default_analytics_batch_size() -> i32 {
+    500
+}
+fn default_analytics_max_attempts() -> i32 {
+    8
+}
+fn default_drain_timeout() -> i64 {
+    60
+}
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// The CRD as YAML, exactly what `crdgen` prints and `crds/` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&PostgresWriter::crd())
+}

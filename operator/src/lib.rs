@@ -1,0 +1,13 @@
+//! postgres-writer-operator: reconciles `PostgresWriter` resources into the
+//! migration Job, the worker and analytics Deployments, a ConfigMap, a
+//! metrics Service and a PodDisruptionBudget (SPEC §6).
+//!
+//! - [`crd`]: the custom resource and its schema;
+//! - [`resources`]: desired objects as pure functions of the spec;
+//! - [`controller`]: `reconcile`, `error_policy`, status and events;
+//! - [`telemetry`]: the operator's own metrics and HTTP endpoints.
+
+pub mod controller;
+pub mod crd;
+pub mod resources;
+pub mod telemetry;

@@ -1,0 +1,489 @@
+//! Desired objects, as pure functions of a `PostgresWriter`. The controller
+//! applies them with server-side apply; every object carries a controller
+//! owner reference to the resource, so deleting it garbage-collects them.
+
+use crate::crd::{PostgresWriter, PostgresWriterSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, SecurityContext,
+    Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+
+/// Port of the worker's HTTP server (health, metrics, drain).
+pub const HTTP_PORT: i32 = 8080;
+/// Annotation on pod templates: changes when the ConfigMap does, so that a
+/// settings change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "pgwriter.io/config-hash";
+/// Extra time after the drain timeout before the kubelet kills a pod.
+pub const GRACE_MARGIN_SECONDS: i64 = 15;
+
+/// Roles of the objects the operator manages (label `app.kubernetes.io/component`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Worker,
+    Analytics,
+    Migration,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Worker => "worker",
+            Component::Analytics => "analytics",
+            Component::Migration => "migration",
+        }
+    }
+}
+
+/// Names of the managed objects.
+pub fn worker_name(cr: &PostgresWriter) -> String {
+    format!("{}-worker", cr.name_any())
+}
+pub fn analytics_name(cr: &PostgresWriter) -> String {
+    format!("{}-analytics", cr.name_any())
+}
+pub fn config_name(cr: &PostgresWriter) -> String {
+    format!("{}-config", cr.name_any())
+}
+pub fn metrics_service_name(cr: &PostgresWriter) -> String {
+    format!("{}-metrics", cr.name_any())
+}
+/// One migration Job per image: a new image gets a new Job.
+pub fn migration_job_name(cr: &PostgresWriter) -> String {
+    format!("{}-migrate-{}", cr.name_any(), short_hash(&cr.spec.image))
+}
+
+/// 10 hex digits of keccak256: stable across builds (unlike std's hasher).
+pub fn short_hash(text: &str) -> String {
+    use tiny_keccak::{Hasher, Keccak};
+    let mut hasher = Keccak::v256();
+    hasher.update(text.as_bytes());
+    let mut out = [0u8; 32];
+    hasher.finalize(&mut out);
+    out[..5].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn labels(cr: &PostgresWriter, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "postgres-writer".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), cr.name_any()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            component.as_str().to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "postgres-writer-operator".to_string(),
+        ),
+    ])
+}
+
+/// Labels that select a component's pods (a subset of `labels`, stable across upgrades).
+pub fn selector_labels(cr: &PostgresWriter, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".to_string(), cr.name_any()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            component.as_str().to_string(),
+        ),
+    ])
+}
+
+/// The worker pods' selector as a string (status.selector, for `kubectl scale` and HPAs).
+pub fn worker_selector(cr: &PostgresWriter) -> String {
+    selector_labels(cr, Component::Worker)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn owner(cr: &PostgresWriter) -> OwnerReference {
+    cr.controller_owner_ref(&())
+        .expect("PostgresWriter from the API has a name and uid")
+}
+
+fn metadata(cr: &PostgresWriter, name: String, component: Component) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cr.namespace(),
+        labels: Some(labels(cr, component)),
+        owner_references: Some(vec![owner(cr)]),
+        ..Default::default()
+    }
+}
+
+/// Non-secret settings shared by worker and analytics pods (SPEC §5 names).
+pub fn config_data(spec: &PostgresWriterSpec) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::from([
+        ("REDIS_STREAMS".to_string(), spec.streams.join(",")),
+        ("CONSUMER_GROUP".to_string(), spec.consumer_group.clone()),
+        ("BATCH_SIZE".to_string(), spec.batch.size.to_string()),
+        (
+            "BATCH_TIMEOUT_MS".to_string(),
+            spec.batch.timeout_ms.to_string(),
+        ),
+        ("CLAIM_IDLE_MS".to_string(), spec.claim_idle_ms.to_string()),
+        (
+            "DB_POOL_MIN_CONNECTIONS".to_string(),
+            spec.database.pool.min_connections.to_string(),
+        ),
+        (
+            "DB_POOL_MAX_CONNECTIONS".to_string(),
+            spec.database.pool.max_connections.to_string(),
+        ),
+        (
+            "DB_ACQUIRE_TIMEOUT_MS".to_string(),
+            spec.database.pool.acquire_timeout_ms.to_string(),
+        ),
+        (
+            "MAX_ENTRIES_PER_SECOND".to_string(),
+            spec.rate_limits.max_entries_per_second.to_string(),
+        ),
+        (
+            "ANALYTICS_MAX_TERMS_PER_SECOND".to_string(),
+            spec.rate_limits.analytics_max_terms_per_second.to_string(),
+        ),
+        (
+            "ANALYTICS_CONCURRENCY".to_string(),
+            spec.analytics.concurrency.to_string(),
+        ),
+        (
+            "ANALYTICS_BATCH_SIZE".to_string(),
+            spec.analytics.batch_size.to_string(),
+        ),
+        (
+            "ANALYTICS_MAX_ATTEMPTS".to_string(),
+            spec.analytics.max_attempts.to_string(),
+        ),
+        ("HTTP_PORT".to_string(), HTTP_PORT.to_string()),
+        (
+            "DRAIN_TIMEOUT_MS".to_string(),
+            (spec.drain.timeout_seconds * 1000).to_string(),
+        ),
+        (
+            "OTEL_TRACES_SAMPLER_ARG".to_string(),
+            spec.telemetry.sampling_ratio.to_string(),
+        ),
+        ("RUST_LOG".to_string(), spec.telemetry.log_level.clone()),
+    ]);
+    if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
+        data.insert("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), endpoint.clone());
+    }
+    if let Some(url) = &spec.redis.url {
+        data.insert("REDIS_URL".to_string(), url.clone());
+    }
+    data
+}
+
+pub fn config_map(cr: &PostgresWriter) -> ConfigMap {
+    ConfigMap {
+        metadata: metadata(cr, config_name(cr), Component::Worker),
+        data: Some(config_data(&cr.spec)),
+        ..Default::default()
+    }
+}
+
+/// Hash of the settings, put on pod templates so edits roll the pods.
+pub fn config_hash(cr: &PostgresWriter) -> String {
+    let data = config_data(&cr.spec);
+    let text = data
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect::<String>();
+    short_hash(&text)
+}
+
+fn secret_env(name: &str, secret: &crate::crd::SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Environment of every pod: settings from the ConfigMap, secrets by reference,
+/// the pod name as consumer name and OpenTelemetry service name.
+fn env(cr: &PostgresWriter, component: Component) -> (Vec<EnvFromSource>, Vec<EnvVar>) {
+    let env_from = vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: config_name(cr),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    }];
+    let mut env = vec![secret_env("DATABASE_URL", &cr.spec.database.url_secret_ref)];
+    if let Some(secret) = &cr.spec.redis.url_secret_ref {
+        env.push(secret_env("REDIS_URL", secret));
+    }
+    env.push(EnvVar {
+        name: "CONSUMER_NAME".to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".to_string(),
+                api_version: Some("v1".to_string()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    env.push(EnvVar {
+        name: "OTEL_SERVICE_NAME".to_string(),
+        value: Some(format!("postgres-writer-{}", component.as_str())),
+        ..Default::default()
+    });
+    if component == Component::Worker {
+        // Analytics runs in its own Deployment.
+        env.push(EnvVar {
+            name: "ANALYTICS_ENABLED".to_string(),
+            value: Some("false".to_string()),
+            ..Default::default()
+        });
+    }
+    (env_from, env)
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("http".to_string()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A long-running pod (worker or analytics) for `image`.
+fn long_running_pod(cr: &PostgresWriter, component: Component, image: &str) -> PodTemplateSpec {
+    let (env_from, env) = env(cr, component);
+    let (args, resources) = match component {
+        Component::Analytics => (
+            vec!["analytics".to_string()],
+            cr.spec.analytics.resources.clone(),
+        ),
+        _ => (vec!["run".to_string()], cr.spec.resources.clone()),
+    };
+    let container = Container {
+        name: component.as_str().to_string(),
+        image: Some(image.to_string()),
+        image_pull_policy: Some(cr.spec.image_pull_policy.as_str().to_string()),
+        args: Some(args),
+        env_from: Some(env_from),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_string()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/livez", 10, 6)),
+        // Stop intake and wait for the in-flight batch before SIGTERM arrives.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["postgres-writer".to_string(), "drain".to_string()]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        resources,
+        security_context: Some(restricted_security_context()),
+        ..Default::default()
+    };
+    let mut annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash(cr))]);
+    annotations.insert("prometheus.io/scrape".to_string(), "true".to_string());
+    annotations.insert("prometheus.io/port".to_string(), HTTP_PORT.to_string());
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(cr, component)),
+            annotations: Some(annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            termination_grace_period_seconds: Some(
+                cr.spec.drain.timeout_seconds + GRACE_MARGIN_SECONDS,
+            ),
+            security_context: Some(pod_security_context()),
+            ..Default::default()
+        }),
+    }
+}
+
+fn deployment(
+    cr: &PostgresWriter,
+    name: String,
+    component: Component,
+    replicas: i32,
+    image: &str,
+) -> Deployment {
+    Deployment {
+        metadata: metadata(cr, name, component),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(cr, component)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: long_running_pod(cr, component, image),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The worker Deployment running `image` (which may lag behind spec.image
+/// while its migration Job has not succeeded).
+pub fn worker_deployment(cr: &PostgresWriter, image: &str) -> Deployment {
+    deployment(
+        cr,
+        worker_name(cr),
+        Component::Worker,
+        cr.spec.replicas,
+        image,
+    )
+}
+
+pub fn analytics_deployment(cr: &PostgresWriter, image: &str) -> Deployment {
+    deployment(
+        cr,
+        analytics_name(cr),
+        Component::Analytics,
+        cr.spec.analytics.replicas,
+        image,
+    )
+}
+
+/// `postgres-writer migrate` with spec.image.
+pub fn migration_job(cr: &PostgresWriter) -> Job {
+    let (env_from, env) = env(cr, Component::Migration);
+    Job {
+        metadata: metadata(cr, migration_job_name(cr), Component::Migration),
+        spec: Some(JobSpec {
+            backoff_limit: Some(4),
+            active_deadline_seconds: Some(1800),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(cr, Component::Migration)),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_string()),
+                    containers: vec![Container {
+                        name: "migrate".to_string(),
+                        image: Some(cr.spec.image.clone()),
+                        image_pull_policy: Some(cr.spec.image_pull_policy.as_str().to_string()),
+                        args: Some(vec!["migrate".to_string()]),
+                        env_from: Some(env_from),
+                        env: Some(env),
+                        security_context: Some(restricted_security_context()),
+                        ..Default::default()
+                    }],
+                    security_context: Some(pod_security_context()),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// ClusterIP Service in front of the worker and analytics pods' `/metrics`.
+pub fn metrics_service(cr: &PostgresWriter) -> Service {
+    Service {
+        metadata: metadata(cr, metrics_service_name(cr), Component::Worker),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(
+                "app.kubernetes.io/instance".to_string(),
+                cr.name_any(),
+            )])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_string()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".to_string())),
+                protocol: Some("TCP".to_string()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// At most one worker pod voluntarily down at a time.
+pub fn pod_disruption_budget(cr: &PostgresWriter) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: metadata(cr, worker_name(cr), Component::Worker),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(cr, Component::Worker)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

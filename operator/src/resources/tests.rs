@@ -1,0 +1,313 @@
+use super::*;
+use crate::crd::*;
+use kube::api::ObjectMeta;
+
+pub(crate) fn sample() -> PostgresWriter {
+    let spec: PostgresWriterSpec = serde_json::from_value(serde_json::json!({
+        "image": "registry.example/postgres-writer:1.2.3",
+        "replicas": 3,
+        "streams": ["intuition_deposited", "intuition_redeemed"],
+        "redis": {"url": "redis://redis:6379"},
+        "database": {"urlSecretRef": {"name": "pg"}, "pool": {"maxConnections": 20}},
+        "batch": {"size": 250},
+        "rateLimits": {"maxEntriesPerSecond": 5000},
+        "drain": {"timeoutSeconds": 45},
+        "telemetry": {"otlpEndpoint": "http://otel:4318", "samplingRatio": 0.25}
+    }))
+    .unwrap();
+    let mut cr = PostgresWriter::new("indexer", spec);
+    cr.metadata = ObjectMeta {
+        name: Some("indexer".into()),
+        namespace: Some("chain".into()),
+        uid: Some("uid-1".into()),
+        generation: Some(2),
+        ..Default::default()
+    };
+    cr
+}
+
+fn container(d: &Deployment) -> &Container {
+    &d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+}
+
+fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
+    c.env.as_ref().unwrap().iter().find(|e| e.name == name)
+}
+
+#[test]
+fn spec_defaults_fill_unset_fields() {
+    let cr = sample();
+    assert_eq!(cr.spec.consumer_group, "postgres-writer");
+    assert_eq!(cr.spec.database.pool.min_connections, 1);
+    assert_eq!(cr.spec.database.url_secret_ref.key, "url");
+    assert_eq!(cr.spec.batch.timeout_ms, 1000);
+    assert!(cr.spec.analytics.enabled);
+    assert_eq!(cr.spec.image_pull_policy, PullPolicy::IfNotPresent);
+}
+
+#[test]
+fn every_object_is_owned_and_labelled() {
+    let cr = sample();
+    let metas = [
+        config_map(&cr).metadata,
+        migration_job(&cr).metadata,
+        worker_deployment(&cr, "img").metadata,
+        analytics_deployment(&cr, "img").metadata,
+        metrics_service(&cr).metadata,
+        pod_disruption_budget(&cr).metadata,
+    ];
+    for meta in metas {
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("PostgresWriter", "indexer", "uid-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(meta.namespace.as_deref(), Some("chain"));
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["app.kubernetes.io/instance"], "indexer");
+        assert_eq!(
+            labels["app.kubernetes.io/managed-by"],
+            "postgres-writer-operator"
+        );
+    }
+}
+
+#[test]
+fn config_map_carries_the_spec_settings_under_the_worker_names() {
+    let data = config_map(&sample()).data.unwrap();
+    assert_eq!(
+        data["REDIS_STREAMS"],
+        "intuition_deposited,intuition_redeemed"
+    );
+    assert_eq!(data["CONSUMER_GROUP"], "postgres-writer");
+    assert_eq!(data["BATCH_SIZE"], "250");
+    assert_eq!(data["DB_POOL_MAX_CONNECTIONS"], "20");
+    assert_eq!(data["MAX_ENTRIES_PER_SECOND"], "5000");
+    assert_eq!(data["DRAIN_TIMEOUT_MS"], "45000");
+    assert_eq!(data["REDIS_URL"], "redis://redis:6379");
+    assert_eq!(data["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://otel:4318");
+    assert_eq!(data["OTEL_TRACES_SAMPLER_ARG"], "0.25");
+    assert_eq!(data["HTTP_PORT"], "8080");
+}
+
+#[test]
+fn worker_deployment_env_probes_prestop_and_grace() {
+    let cr = sample();
+    let d = worker_deployment(&cr, "registry.example/postgres-writer:1.2.2");
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(
+        spec.selector.match_labels.as_ref().unwrap()["app.kubernetes.io/component"],
+        "worker"
+    );
+    let c = container(&d);
+    assert_eq!(
+        c.image.as_deref(),
+        Some("registry.example/postgres-writer:1.2.2")
+    );
+    assert_eq!(c.args.as_ref().unwrap(), &vec!["run".to_string()]);
+    // Settings from the ConfigMap, the database URL from the Secret, consumer name = pod name.
+    assert_eq!(
+        c.env_from.as_ref().unwrap()[0]
+            .config_map_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "indexer-config"
+    );
+    let db = env_value(c, "DATABASE_URL")
+        .unwrap()
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!((db.name.as_str(), db.key.as_str()), ("pg", "url"));
+    let consumer = env_value(c, "CONSUMER_NAME")
+        .unwrap()
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(consumer.field_path, "metadata.name");
+    assert_eq!(
+        env_value(c, "ANALYTICS_ENABLED").unwrap().value.as_deref(),
+        Some("false")
+    );
+    assert!(
+        env_value(c, "REDIS_URL").is_none(),
+        "plain Redis URL comes from the ConfigMap"
+    );
+    // Probes on the worker's endpoints.
+    let ready = c
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(ready.path.as_deref(), Some("/readyz"));
+    let live = c
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(live.path.as_deref(), Some("/livez"));
+    // preStop drains; the grace period covers the drain timeout.
+    let pre_stop = c
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .pre_stop
+        .as_ref()
+        .unwrap()
+        .exec
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        pre_stop.command.as_ref().unwrap(),
+        &vec!["postgres-writer".to_string(), "drain".to_string()]
+    );
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(45 + GRACE_MARGIN_SECONDS)
+    );
+    assert_eq!(
+        c.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
+}
+
+#[test]
+fn redis_url_from_a_secret_and_resources_are_passed_through() {
+    let mut cr = sample();
+    cr.spec.redis = RedisSpec {
+        url: None,
+        url_secret_ref: Some(SecretKeyRef {
+            name: "redis".into(),
+            key: "uri".into(),
+        }),
+    };
+    cr.spec.resources = Some(
+        serde_json::from_value(
+            serde_json::json!({"limits": {"memory": "256Mi"}, "requests": {"cpu": "250m"}}),
+        )
+        .unwrap(),
+    );
+    let d = worker_deployment(&cr, "img");
+    let c = container(&d);
+    let redis = env_value(c, "REDIS_URL")
+        .unwrap()
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!((redis.name.as_str(), redis.key.as_str()), ("redis", "uri"));
+    assert!(!config_map(&cr).data.unwrap().contains_key("REDIS_URL"));
+    let resources = c.resources.as_ref().unwrap();
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "256Mi");
+}
+
+#[test]
+fn settings_changes_change_the_pod_template() {
+    let cr = sample();
+    let before = worker_deployment(&cr, "img");
+    let mut edited = cr.clone();
+    edited.spec.database.pool.max_connections = 40;
+    let after = worker_deployment(&edited, "img");
+    let hash = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(hash(&before), hash(&after));
+    let mut scaled = cr.clone();
+    scaled.spec.replicas = 5;
+    assert_eq!(
+        hash(&before),
+        hash(&worker_deployment(&scaled, "img")),
+        "scaling does not restart pods"
+    );
+}
+
+#[test]
+fn analytics_deployment_runs_the_analytics_command() {
+    let mut cr = sample();
+    cr.spec.analytics.replicas = 2;
+    let d = analytics_deployment(&cr, "img");
+    assert_eq!(d.metadata.name.as_deref(), Some("indexer-analytics"));
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+    let c = container(&d);
+    assert_eq!(c.args.as_ref().unwrap(), &vec!["analytics".to_string()]);
+    assert!(env_value(c, "ANALYTICS_ENABLED").is_none());
+}
+
+#[test]
+fn migration_job_is_per_image_and_runs_migrate() {
+    let cr = sample();
+    let job = migration_job(&cr);
+    assert!(job
+        .metadata
+        .name
+        .as_deref()
+        .unwrap()
+        .starts_with("indexer-migrate-"));
+    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(
+        pod.containers[0].args.as_ref().unwrap(),
+        &vec!["migrate".to_string()]
+    );
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example/postgres-writer:1.2.3")
+    );
+    let mut next = cr.clone();
+    next.spec.image = "registry.example/postgres-writer:1.2.4".into();
+    assert_ne!(migration_job_name(&cr), migration_job_name(&next));
+}
+
+#[test]
+fn service_and_budget_select_the_right_pods() {
+    let cr = sample();
+    let svc = metrics_service(&cr);
+    assert_eq!(
+        svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+        HTTP_PORT
+    );
+    let pdb = pod_disruption_budget(&cr);
+    let spec = pdb.spec.unwrap();
+    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(
+        spec.selector.unwrap().match_labels.unwrap()["app.kubernetes.io/component"],
+        "worker"
+    );
+    assert_eq!(
+        worker_selector(&cr),
+        "app.kubernetes.io/component=worker,app.kubernetes.io/instance=indexer"
+    );
+}

@@ -1,0 +1,120 @@
+//! The operator's own metrics and HTTP endpoints (`/livez`, `/readyz`, `/metrics`).
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub reconcile_errors: Counter,
+    pub reconcile_duration: Histogram,
+    /// Set once the controller is running (watches established).
+    pub ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pgw_operator");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        let reconcile_errors = Counter::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "reconciles",
+            "Reconciles by result (ok, error)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            reconcile_duration.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn observe_reconcile(&self, took: Duration, ok: bool) {
+        self.reconcile_duration.observe(took.as_secs_f64());
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        if !ok {
+            self.reconcile_errors.inc();
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    let ready = metrics.clone();
+    let scrape = metrics;
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = scrape.encode();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}
