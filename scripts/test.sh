@@ -16,7 +16,8 @@ export PGW_TEST_DATABASE_URL=$DATABASE_URL PGW_TEST_REDIS_URL=$REDIS_URL
 unset DATABASE_URL REDIS_URL
 
 cargo build --bin postgres-writer
-export POSTGRES_WRITER_BIN=$PWD/target/debug/postgres-writer
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export POSTGRES_WRITER_BIN=$target_dir/debug/postgres-writer
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
