@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// Desired state of a postgres-writer installation: worker and analytics
 /// pods consuming Redis streams into one PostgreSQL database.
+// Several printcolumn(...) entries repeat `type_ = ...`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
     group = "pgwriter.io",
