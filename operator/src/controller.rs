@@ -29,6 +29,19 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// What the controller watches (list + watch): the custom resource and the
+/// kinds it owns, as (API group, resource). `main.rs` builds the Controller
+/// from the same kinds; the chart's RBAC is checked against this list and
+/// the requests the reconcile tests record.
+pub const WATCHED: [(&str, &str); 6] = [
+    ("pgwriter.io", "postgreswriters"),
+    ("apps", "deployments"),
+    ("batch", "jobs"),
+    ("", "configmaps"),
+    ("", "services"),
+    ("policy", "poddisruptionbudgets"),
+];
+
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "postgres-writer-operator";
 

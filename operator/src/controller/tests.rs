@@ -391,3 +391,144 @@ async fn error_policy_backs_off_exponentially_and_resets_on_success() {
         .encode()
         .contains("pgw_operator_reconciles_total{result=\"ok\"} 1"));
 }
+
+/// (group, resource, verb) of one recorded request.
+fn permission(request: &str) -> Vec<(String, String, String)> {
+    let (method, path) = request.split_once(' ').unwrap();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts[0] {
+        "api" => ("".to_string(), &parts[2..]),
+        _ => (parts[1].to_string(), &parts[3..]),
+    };
+    // rest: namespaces/{ns}/{resource}[/{name}[/{sub}]]
+    let resource = rest[2].to_string();
+    let (resource, is_object) = match rest.len() {
+        3 => (resource, false),
+        4 => (resource, true),
+        _ => (format!("{resource}/{}", rest[4]), true),
+    };
+    let verbs: &[&str] = match (method, is_object) {
+        ("GET", true) => &["get"],
+        ("GET", false) => &["list"],
+        ("DELETE", _) => &["delete"],
+        ("POST", _) => &["create"],
+        // Server-side apply creates the object when it is missing.
+        ("PATCH", _) if !resource.ends_with("/status") => &["patch", "create"],
+        ("PATCH", _) => &["patch"],
+        other => panic!("unexpected request {other:?}"),
+    };
+    verbs
+        .iter()
+        .map(|v| (group.clone(), resource.clone(), v.to_string()))
+        .collect()
+}
+
+fn helm() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = std::env::var("HELM")
+        .map(Into::into)
+        .unwrap_or_else(|_| root.join(".tools/bin/helm"));
+    assert!(
+        path.exists(),
+        "helm not found at {}: run scripts/tools.sh (or set HELM)",
+        path.display()
+    );
+    path
+}
+
+/// Rules of the chart's (Cluster)Role, rendered by the real helm.
+fn chart_rules(values: &[&str]) -> std::collections::BTreeSet<(String, String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = std::process::Command::new(helm());
+    cmd.args([
+        "template",
+        "pgw",
+        "charts/postgres-writer-operator",
+        "--namespace",
+        "operators",
+    ])
+    .current_dir(&root);
+    for v in values {
+        cmd.args(["--set", v]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut rules = std::collections::BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+        if doc["kind"] == "ClusterRole" || doc["kind"] == "Role" {
+            for rule in doc["rules"].as_array().unwrap() {
+                for g in rule["apiGroups"].as_array().unwrap() {
+                    for r in rule["resources"].as_array().unwrap() {
+                        for v in rule["verbs"].as_array().unwrap() {
+                            rules.insert((
+                                g.as_str().unwrap().into(),
+                                r.as_str().unwrap().into(),
+                                v.as_str().unwrap().into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(!rules.is_empty(), "no Role or ClusterRole rendered");
+    rules
+}
+
+use serde::Deserialize as _;
+
+#[tokio::test]
+async fn chart_rbac_covers_exactly_what_the_controller_uses() {
+    // Every request of every reconcile scenario, plus the watches.
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 2);
+    let mut transcript = h.reconcile(&mut cr).await;
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    transcript.extend(h.reconcile(&mut cr).await);
+    cr.spec.image = IMAGE_B.into();
+    transcript.extend(h.reconcile(&mut cr).await);
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    transcript.extend(h.reconcile(&mut cr).await);
+    cr.spec.analytics.enabled = false;
+    transcript.extend(h.reconcile(&mut cr).await);
+
+    let mut used: std::collections::BTreeSet<(String, String, String)> =
+        transcript.iter().flat_map(|r| permission(r)).collect();
+    for (group, resource) in WATCHED {
+        for verb in ["list", "watch"] {
+            used.insert((group.into(), resource.into(), verb.into()));
+        }
+    }
+    // Granted without a recorded request, each for a stated reason (also commented in rbac.yaml).
+    let justified = [(
+        ("events.k8s.io", "events", "patch"),
+        "the event recorder patches an existing Event when the same event repeats (a series)",
+    )];
+    for values in [&[][..], &["watchNamespace=chain"][..]] {
+        let granted = chart_rules(values);
+        let missing: Vec<_> = used.difference(&granted).collect();
+        assert!(
+            missing.is_empty(),
+            "chart RBAC ({values:?}) lacks {missing:?}"
+        );
+        let extra: Vec<_> = granted
+            .difference(&used)
+            .filter(|(g, r, v)| {
+                !justified
+                    .iter()
+                    .any(|((jg, jr, jv), _)| jg == g && jr == r && jv == v)
+            })
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "chart RBAC ({values:?}) grants more than the controller uses: {extra:?}"
+        );
+    }
+    println!("controller uses: {used:#?}");
+}
