@@ -11,8 +11,8 @@
 //! overlap during a node failure is harmless.
 
 use crate::crd::{PostgresWriter, PostgresWriterStatus};
+use crate::metrics::Metrics;
 use crate::resources::{self, Component};
-use crate::telemetry::Metrics;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};

@@ -5,9 +5,9 @@
 //! - [`crd`]: the custom resource and its schema;
 //! - [`resources`]: desired objects as pure functions of the spec;
 //! - [`controller`]: `reconcile`, `error_policy`, status and events;
-//! - [`telemetry`]: the operator's own metrics and HTTP endpoints.
+//! - [`metrics`]: the operator's own metrics and HTTP endpoints.
 
 pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod resources;
-pub mod telemetry;

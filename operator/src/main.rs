@@ -11,7 +11,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use operator::controller::{error_policy, reconcile, Context};
 use operator::crd::PostgresWriter;
-use operator::telemetry::{self, Metrics};
+use operator::metrics::Metrics;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,6 +37,8 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
+        #[command(flatten)]
+        telemetry: telemetry::TelemetryArgs,
     },
     /// Print the PostgresWriter CustomResourceDefinition as YAML.
     Crdgen,
@@ -44,13 +46,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
         Command::Crdgen => match operator::crd::crd_yaml() {
             Ok(yaml) => {
@@ -65,6 +60,7 @@ fn main() -> ExitCode {
         Command::Run {
             http_port,
             namespace,
+            telemetry: telemetry_args,
         } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -76,13 +72,25 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(http_port, namespace)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            runtime.block_on(async {
+                let telemetry =
+                    match telemetry::init(&telemetry_args, "postgres-writer-operator", "info") {
+                        Ok(t) => t,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                let code = match run(http_port, namespace).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                };
+                telemetry.shutdown().await;
+                code
+            })
         }
     }
 }
@@ -91,7 +99,7 @@ async fn run(http_port: u16, namespace: Option<String>) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", http_port)).await?;
-    let app = telemetry::router(metrics.clone());
+    let app = operator::metrics::router(metrics.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>

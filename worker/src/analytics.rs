@@ -21,6 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Tuning of the analytics loop (from `AnalyticsArgs`).
 #[derive(Debug, Clone)]
@@ -63,13 +64,38 @@ pub struct BatchReport {
 
 struct Claimed {
     term_id: String,
+    /// traceparent of the batch that enqueued the term.
+    trace_context: Option<String>,
 }
 
 /// Claims and processes one batch. Returns a report with `claimed == 0` when
-/// nothing was due.
+/// nothing was due. The work runs in an `analytics.batch` span linked to the
+/// batches that enqueued its terms.
 pub async fn process_batch(
     pool: &PgPool,
     settings: &AnalyticsSettings,
+) -> Result<BatchReport, sqlx::Error> {
+    let span = tracing::info_span!(
+        "analytics.batch",
+        terms = tracing::field::Empty,
+        triples = tracing::field::Empty,
+        retried = tracing::field::Empty,
+        parked = tracing::field::Empty
+    );
+    let report = process_batch_in(pool, settings, &span)
+        .instrument(span.clone())
+        .await?;
+    span.record("terms", report.claimed);
+    span.record("triples", report.triples);
+    span.record("retried", report.retried);
+    span.record("parked", report.parked);
+    Ok(report)
+}
+
+async fn process_batch_in(
+    pool: &PgPool,
+    settings: &AnalyticsSettings,
+    span: &tracing::Span,
 ) -> Result<BatchReport, sqlx::Error> {
     let mut conflicts = 0u32;
     loop {
@@ -80,6 +106,15 @@ pub async fn process_batch(
             return Ok(BatchReport::default());
         }
         let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
+        if conflicts == 0 {
+            let mut parents: Vec<String> = claimed
+                .iter()
+                .filter_map(|c| c.trace_context.clone())
+                .collect();
+            parents.sort();
+            parents.dedup();
+            telemetry::link(span, parents);
+        }
         match recompute_terms(&mut tx, &terms).await {
             Ok(triples) => {
                 tx.commit().await?;
@@ -194,6 +229,7 @@ async fn claim(
         .map(|r| {
             Ok(Claimed {
                 term_id: r.try_get("term_id")?,
+                trace_context: r.try_get("trace_context")?,
             })
         })
         .collect()

@@ -146,6 +146,8 @@ pub struct RunArgs {
     pub analytics: AnalyticsArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub telemetry: telemetry::TelemetryArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -156,6 +158,8 @@ pub struct AnalyticsOnlyArgs {
     pub analytics: AnalyticsArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub telemetry: telemetry::TelemetryArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -514,6 +518,8 @@ pub fn settings_table() -> String {
                 .join(",");
             let default = match (env.as_str(), default.as_str()) {
                 ("CONSUMER_NAME", _) => "`$HOSTNAME`".to_string(),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", _) => "unset (no export)".to_string(),
+                ("OTEL_SERVICE_NAME", _) => "`postgres-writer-<command>`".to_string(),
                 (_, "") => "required".to_string(),
                 (_, d) => format!("`{d}`"),
             };

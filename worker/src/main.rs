@@ -19,13 +19,6 @@ use worker::{db, generate, verify};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,13 +29,37 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime.block_on(async {
+        // Traces are exported by the long-running commands only.
+        let (telemetry_args, service) = match &cli.command {
+            Command::Run(a) => (Some(a.telemetry.clone()), "postgres-writer-run"),
+            Command::Analytics(a) => (Some(a.telemetry.clone()), "postgres-writer-analytics"),
+            _ => (None, "postgres-writer"),
+        };
+        let telemetry_args = telemetry_args.unwrap_or(telemetry::TelemetryArgs {
+            otel_exporter_otlp_endpoint: None,
+            otel_exporter_otlp_protocol: telemetry::OtlpProtocol::HttpProtobuf,
+            otel_service_name: None,
+            otel_traces_sampler_arg: 1.0,
+        });
+        let telemetry = match telemetry::init(&telemetry_args, service, "info,sqlx=warn") {
+            Ok(t) => t,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let code = match dispatch(cli.command).await {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+        // Flush traces (SIGTERM and drain end here too).
+        telemetry.shutdown().await;
+        code
+    })
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

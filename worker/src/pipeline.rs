@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Longest pause between retries while PostgreSQL or Redis is down.
 const MAX_OUTAGE_BACKOFF: Duration = Duration::from_secs(30);
@@ -116,13 +117,45 @@ impl Consumer {
         self.health.set_error(Some(format!("redis: {error}")));
     }
 
-    /// Decodes, commits and acknowledges one batch. Keeps retrying while
+    /// Decodes, commits and acknowledges one batch, in a `batch` span with
+    /// `db.transaction` and `redis.ack` children. Keeps retrying while
     /// PostgreSQL is unavailable: nothing is acknowledged before it commits.
     async fn process(
         &self,
         intake: &mut StreamIntake,
         raw: Vec<RawEntry>,
         stop: &CancellationToken,
+    ) {
+        let mut streams: Vec<&str> = raw.iter().map(|e| &*e.stream).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let span = tracing::info_span!(
+            "batch",
+            streams = %streams.join(","),
+            entries = raw.len(),
+            events = tracing::field::Empty,
+            events.stored = tracing::field::Empty,
+            events.duplicate = tracing::field::Empty,
+            events.AtomCreated = tracing::field::Empty,
+            events.TripleCreated = tracing::field::Empty,
+            events.Deposited = tracing::field::Empty,
+            events.Redeemed = tracing::field::Empty,
+            events.SharePriceChanged = tracing::field::Empty,
+            events.Generic = tracing::field::Empty,
+            dead_letters = tracing::field::Empty,
+            terms_enqueued = tracing::field::Empty,
+        );
+        self.process_in(intake, raw, stop, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn process_in(
+        &self,
+        intake: &mut StreamIntake,
+        raw: Vec<RawEntry>,
+        stop: &CancellationToken,
+        span: &tracing::Span,
     ) {
         let started = Instant::now();
         let entries: Vec<DecodedEntry> = raw
@@ -131,13 +164,32 @@ impl Consumer {
             .collect();
         drop(raw);
         let event_count: usize = entries.iter().map(|e| e.events.len()).sum();
+        span.record("events", event_count);
+        let mut by_kind: std::collections::BTreeMap<&'static str, u64> = Default::default();
+        for event in entries.iter().flat_map(|e| &e.events) {
+            *by_kind.entry(event.body.kind()).or_default() += 1;
+        }
+        for (kind, n) in &by_kind {
+            span.record(format!("events.{kind}").as_str(), *n);
+        }
+        // Carried in the analytics-queue rows so the analytics work links back here.
+        let trace_context = telemetry::traceparent(span);
 
         let mut failures = 0u32;
         let outcome = loop {
             let tx_started = Instant::now();
-            match persistence::write_entries(&self.pool, &entries, ConflictRetry::default(), None)
-                .await
-            {
+            let write = persistence::write_entries(
+                &self.pool,
+                &entries,
+                ConflictRetry::default(),
+                trace_context.as_deref(),
+            )
+            .instrument(tracing::info_span!(
+                "db.transaction",
+                entries = entries.len(),
+                attempt = failures + 1
+            ));
+            match write.await {
                 Ok(outcome) => {
                     self.metrics
                         .transaction_duration
@@ -169,6 +221,10 @@ impl Consumer {
                 }
             }
         };
+        span.record("events.stored", outcome.stored_events());
+        span.record("events.duplicate", outcome.duplicate_events);
+        span.record("dead_letters", outcome.dead_letters);
+        span.record("terms_enqueued", outcome.terms_enqueued);
         self.health.postgres_ok.store(true, Ordering::Relaxed);
         let committed_at = SystemTime::now();
         let now_ms = committed_at
@@ -186,7 +242,10 @@ impl Consumer {
             .collect();
         let mut failures = 0u32;
         loop {
-            match intake.ack(&keys).await {
+            let ack = intake
+                .ack(&keys)
+                .instrument(tracing::info_span!("redis.ack", entries = keys.len()));
+            match ack.await {
                 Ok(()) => break,
                 Err(error) => {
                     failures += 1;
