@@ -166,6 +166,7 @@ fn check(doc: &Value) -> Vec<String> {
         "RoleBinding" => check_as::<RoleBinding>(doc),
         "Deployment" => check_as::<Deployment>(doc),
         "Service" => check_as::<Service>(doc),
+        "ConfigMap" => check_as::<k8s_openapi::api::core::v1::ConfigMap>(doc),
         "CustomResourceDefinition" => check_as::<CustomResourceDefinition>(doc),
         "ServiceMonitor" => check_as::<MonitoringObject<ServiceMonitorSpec>>(doc),
         "PrometheusRule" => check_as::<MonitoringObject<PrometheusRuleSpec>>(doc),
@@ -213,6 +214,7 @@ fn rendered_manifests_are_valid_kubernetes_objects() {
                 "ServiceAccount",
             ],
             Some(_) => vec![
+                "ConfigMap",
                 "CustomResourceDefinition",
                 "Deployment",
                 "PrometheusRule",
@@ -238,6 +240,58 @@ fn the_checker_refuses_a_typo() {
         check(&doc),
         vec![".spec.template.spec.containers[0].imagePullPolicyy".to_string()]
     );
+}
+
+#[test]
+fn dashboard_and_alerts_use_metrics_the_binaries_export() {
+    let docs = render(Some(ALL_ON));
+    let dashboard = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let json: Value =
+        serde_json::from_str(dashboard["data"]["postgres-writer.json"].as_str().unwrap()).unwrap();
+    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+    let mut exprs: Vec<String> = json["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect();
+    exprs.extend(
+        rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["expr"].as_str().unwrap().to_string()),
+    );
+    // Every pgw_* metric name used must be one the worker or the operator registers.
+    let worker = std::fs::read_to_string(root().join("worker/src/metrics.rs")).unwrap();
+    let operator = std::fs::read_to_string(root().join("operator/src/metrics.rs")).unwrap();
+    let mut checked = 0;
+    for expr in &exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let Some(rest) = word.strip_prefix("pgw_") else {
+                continue;
+            };
+            let (source, base) = match rest.strip_prefix("operator_") {
+                Some(r) => (&operator, r),
+                None => (&worker, rest),
+            };
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .fold(base, |b, s| b.strip_suffix(s).unwrap_or(b));
+            assert!(
+                source.contains(&format!("\"{base}\"")),
+                "{word} (in `{expr}`) is not a registered metric"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 15, "{checked}");
 }
 
 #[test]
