@@ -107,10 +107,11 @@ CREATE VIEW triple_term_expected AS
 SELECT t.term_id, t.counter_term_id,
        coalesce(sum(tv.total_assets), 0)           AS total_assets,
        coalesce(sum(tv.market_cap), 0)             AS total_market_cap,
-       coalesce(sum(tv.position_count), 0)::bigint AS total_position_count
+       coalesce(sum(tv.position_count), 0)::bigint AS total_position_count,
+       t.subject_id, t.predicate_id, t.object_id
 FROM triple_expected t
 LEFT JOIN triple_vault_expected tv USING (term_id, counter_term_id)
-GROUP BY t.term_id, t.counter_term_id;
+GROUP BY t.term_id, t.counter_term_id, t.subject_id, t.predicate_id, t.object_id;
 
 CREATE VIEW predicate_object_expected AS
 SELECT t.predicate_id, t.object_id,

@@ -33,6 +33,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Rewrite derived tables from the events in one transaction.
     Rebuild(RebuildArgs),
+    /// Chain reorganisation: remove a network's events above a block and recompute what they touched.
+    Rollback(RollbackArgs),
     /// Write realistic sample rindexer entries to Redis streams.
     Generate(GenerateArgs),
     /// Give parked analytics terms a fresh set of attempts (all, or the listed ones).
@@ -188,6 +190,18 @@ pub struct RebuildArgs {
     /// Rebuild only the analytics tables.
     #[arg(long)]
     pub analytics_only: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Network whose events are rolled back (as in transaction_information.network).
+    #[arg(long)]
+    pub network: String,
+    /// Keep events up to and including this block; remove the ones above it.
+    #[arg(long)]
+    pub to_block: i64,
 }
 
 #[derive(Debug, Clone, Args)]

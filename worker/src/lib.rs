@@ -25,4 +25,5 @@ pub mod persistence;
 pub mod pipeline;
 pub mod queries;
 pub mod ratelimit;
+pub mod rollback;
 pub mod verify;

@@ -121,6 +121,18 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rollback(args) => {
+            args.database.validate()?;
+            if args.to_block < 0 {
+                bail!("invalid --to-block {}: must be 0 or more", args.to_block);
+            }
+            let pool = db::pool(&args.database, "postgres-writer-rollback")?;
+            let report = worker::rollback::rollback(&pool, &args.network, args.to_block)
+                .await
+                .context("rolling back")?;
+            print!("{}", report.render());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Requeue(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-requeue")?;

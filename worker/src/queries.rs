@@ -41,3 +41,7 @@ named_queries! {
     REQUEUE_PARKED_TERMS => "requeue_parked_terms.sql",
     ANALYTICS_QUEUE_STATS => "analytics_queue_stats.sql",
 }
+
+named_queries! {
+    ROLLBACK_COLLECT_KEYS => "rollback_collect_keys.sql",
+}

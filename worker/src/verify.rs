@@ -8,6 +8,8 @@ use sqlx::{PgPool, Row};
 #[derive(Debug, Clone, Copy)]
 pub struct DerivedTable {
     pub name: &'static str,
+    /// Primary key columns.
+    pub key: &'static [&'static str],
     /// Columns compared by `verify` and written by `rebuild`.
     pub columns: &'static [&'static str],
     /// Level 3 (eventually consistent; exact once the analytics queue is empty).
@@ -24,6 +26,7 @@ impl DerivedTable {
 pub const DERIVED_TABLES: &[DerivedTable] = &[
     DerivedTable {
         name: "atom",
+        key: &["term_id"],
         columns: &[
             "term_id",
             "creator_id",
@@ -39,6 +42,7 @@ pub const DERIVED_TABLES: &[DerivedTable] = &[
     },
     DerivedTable {
         name: "triple",
+        key: &["term_id"],
         columns: &[
             "term_id",
             "subject_id",
@@ -55,6 +59,7 @@ pub const DERIVED_TABLES: &[DerivedTable] = &[
     },
     DerivedTable {
         name: "position",
+        key: &["account_id", "term_id", "curve_id"],
         columns: &[
             "account_id",
             "term_id",
@@ -70,6 +75,7 @@ pub const DERIVED_TABLES: &[DerivedTable] = &[
     },
     DerivedTable {
         name: "vault",
+        key: &["term_id", "curve_id"],
         columns: &[
             "term_id",
             "curve_id",
@@ -86,6 +92,7 @@ pub const DERIVED_TABLES: &[DerivedTable] = &[
     },
     DerivedTable {
         name: "term",
+        key: &["id"],
         columns: &[
             "id",
             "type",
@@ -98,6 +105,7 @@ pub const DERIVED_TABLES: &[DerivedTable] = &[
     },
     DerivedTable {
         name: "triple_vault",
+        key: &["term_id", "counter_term_id", "curve_id"],
         columns: &[
             "term_id",
             "counter_term_id",
@@ -111,17 +119,22 @@ pub const DERIVED_TABLES: &[DerivedTable] = &[
     },
     DerivedTable {
         name: "triple_term",
+        key: &["term_id", "counter_term_id"],
         columns: &[
             "term_id",
             "counter_term_id",
             "total_assets",
             "total_market_cap",
             "total_position_count",
+            "subject_id",
+            "predicate_id",
+            "object_id",
         ],
         analytics: true,
     },
     DerivedTable {
         name: "predicate_object",
+        key: &["predicate_id", "object_id"],
         columns: &[
             "predicate_id",
             "object_id",
@@ -133,6 +146,7 @@ pub const DERIVED_TABLES: &[DerivedTable] = &[
     },
     DerivedTable {
         name: "subject_predicate",
+        key: &["subject_id", "predicate_id"],
         columns: &[
             "subject_id",
             "predicate_id",
@@ -305,22 +319,8 @@ pub async fn rebuild(
         .await?;
     let mut written = Vec::new();
     for table in tables {
-        // triple_term also stores the pairs it is counted under.
-        let (cols, select) = if table.name == "triple_term" {
-            let cols = format!(
-                "{}, subject_id, predicate_id, object_id",
-                table.columns.join(", ")
-            );
-            let select = format!(
-                "SELECT {} , t.subject_id, t.predicate_id, t.object_id FROM triple_term_expected e JOIN triple_expected t USING (term_id, counter_term_id)",
-                table.columns.iter().map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ")
-            );
-            (cols, select)
-        } else {
-            let cols = table.columns.join(", ");
-            let select = format!("SELECT {cols} FROM {}", table.expected_view());
-            (cols, select)
-        };
+        let cols = table.columns.join(", ");
+        let select = format!("SELECT {cols} FROM {}", table.expected_view());
         let result = sqlx::query(&format!("INSERT INTO {} ({cols}) {select}", table.name))
             .execute(&mut *tx)
             .await?;

@@ -1,0 +1,151 @@
+//! Chain reorganisations: `postgres-writer rollback --network N --to-block B`
+//! removes that network's events above block B and recomputes every derived
+//! row they touched (analytics included) from the remaining events, in one
+//! transaction. Entries that arrive again afterwards apply normally (their
+//! event rows are gone, so they are new again).
+
+use crate::analytics;
+use crate::persistence::{classify, FailureKind};
+use crate::queries;
+use crate::verify::DERIVED_TABLES;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::time::Duration;
+
+/// The event tables, whose rows carry (network, block_number).
+pub const EVENT_TABLES: [&str; 6] = [
+    "atom_created_events",
+    "triple_created_events",
+    "deposited_events",
+    "redeemed_events",
+    "share_price_changed_events",
+    "generic_events",
+];
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RollbackReport {
+    /// Events removed per event table.
+    pub events_removed: Vec<(&'static str, u64)>,
+    /// Derived rows rewritten (deleted and recomputed) per base table.
+    pub rows_recomputed: Vec<(&'static str, u64)>,
+    /// Triples whose analytics were recomputed.
+    pub triples_recomputed: usize,
+}
+
+impl RollbackReport {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (table, n) in &self.events_removed {
+            out.push_str(&format!("removed   {table:<28} {n:>10}\n"));
+        }
+        for (table, n) in &self.rows_recomputed {
+            out.push_str(&format!("recomputed {table:<27} {n:>10}\n"));
+        }
+        out.push_str(&format!(
+            "recomputed analytics of {} triple(s)\n",
+            self.triples_recomputed
+        ));
+        out
+    }
+}
+
+/// Runs the rollback, retrying on deadlock with writers.
+pub async fn rollback(
+    pool: &PgPool,
+    network: &str,
+    to_block: i64,
+) -> Result<RollbackReport, sqlx::Error> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut tx = pool.begin().await?;
+        match rollback_in(&mut tx, network, to_block).await {
+            Ok(report) => {
+                tx.commit().await?;
+                return Ok(report);
+            }
+            Err(e) if classify(&e) == FailureKind::Conflict && attempt < 10 => {
+                tx.rollback().await?;
+                tokio::time::sleep(crate::backoff::jittered(
+                    Duration::from_millis(50),
+                    attempt,
+                    Duration::from_secs(2),
+                ))
+                .await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn rollback_in(
+    tx: &mut Transaction<'_, Postgres>,
+    network: &str,
+    to_block: i64,
+) -> Result<RollbackReport, sqlx::Error> {
+    // Writers wait (readers do not) while the chain is rewound.
+    let base: Vec<_> = DERIVED_TABLES.iter().filter(|t| !t.analytics).collect();
+    let mut locked: Vec<&str> = EVENT_TABLES.to_vec();
+    locked.extend(DERIVED_TABLES.iter().map(|t| t.name));
+    locked.push("analytics_queue");
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN EXCLUSIVE MODE",
+        locked.join(", ")
+    ))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(queries::ROLLBACK_COLLECT_KEYS)
+        .bind(network)
+        .bind(to_block)
+        .execute(&mut **tx)
+        .await?;
+
+    let mut report = RollbackReport::default();
+    for table in EVENT_TABLES {
+        let removed = sqlx::query(&format!(
+            "DELETE FROM {table} WHERE network = $1 AND block_number > $2"
+        ))
+        .bind(network)
+        .bind(to_block)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        report.events_removed.push((table, removed));
+    }
+
+    // Base tables: delete the touched keys, re-insert them from the definitions.
+    for table in base {
+        let key = table.key.join(", ");
+        let key_columns = ["k1", "k2", "k3"][..table.key.len()].join(", ");
+        let touched = format!(
+            "({key}) IN (SELECT {key_columns} FROM rollback_keys WHERE derived = '{}')",
+            table.name
+        );
+        let deleted = sqlx::query(&format!("DELETE FROM {} WHERE {touched}", table.name))
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        let cols = table.columns.join(", ");
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO {} ({cols}) SELECT {cols} FROM {} WHERE {touched}",
+            table.name,
+            table.expected_view()
+        ))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        report
+            .rows_recomputed
+            .push((table.name, deleted.max(inserted)));
+    }
+
+    // Analytics of every triple whose own or counter vault, or existence, changed.
+    let terms: Vec<String> = sqlx::query("SELECT k1 FROM rollback_keys WHERE derived = 'term'")
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&str> = terms.iter().map(String::as_str).collect();
+    report.triples_recomputed = analytics::recompute_terms(tx, &refs).await?;
+    Ok(report)
+}
