@@ -41,7 +41,12 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let admin_url = env("PGW_TEST_DATABASE_URL");
+        TestDb::create_in(&env("PGW_TEST_DATABASE_URL")).await
+    }
+
+    /// A fresh database on the server of `admin_url` (a database URL).
+    pub async fn create_in(admin_url: &str) -> TestDb {
+        let admin_url = admin_url.to_string();
         let admin = PgPoolOptions::new()
             .max_connections(1)
             .connect(&admin_url)
@@ -349,5 +354,314 @@ pub mod payload {
     pub fn envelope(event_name: &str, event_data: Value) -> String {
         json!({"event_name": event_name, "event_signature_hash": "0x00", "network": "testnet", "event_data": event_data})
             .to_string()
+    }
+}
+
+/// Private server instances for fault tests that restart them (the shared
+/// instances of scripts/test.sh must never go down under other tests).
+pub mod servers {
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    fn as_postgres_user(program: &str, args: &[&str]) -> Command {
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        if is_root {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--", program]).args(args);
+            cmd
+        } else {
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            cmd
+        }
+    }
+
+    fn pg_bin(tool: &str) -> String {
+        let dir = std::env::var("PGW_PG_BIN")
+            .expect("PGW_PG_BIN is not set: run the tests with scripts/test.sh");
+        format!("{dir}/{tool}")
+    }
+
+    /// A PostgreSQL of its own, on a free port.
+    pub struct OwnPostgres {
+        dir: PathBuf,
+        pub port: u16,
+    }
+
+    impl OwnPostgres {
+        pub fn start() -> OwnPostgres {
+            let dir = std::env::temp_dir().join(super::unique("pgw-own-pg"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let _ = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status();
+            let data = dir.join("data");
+            let status = as_postgres_user(
+                &pg_bin("initdb"),
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-sync",
+                ],
+            )
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+            assert!(status.success(), "initdb failed");
+            let pg = OwnPostgres {
+                dir,
+                port: super::free_port(),
+            };
+            pg.up();
+            pg
+        }
+
+        pub fn url(&self) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        }
+
+        pub fn up(&self) {
+            let options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+                self.port,
+                self.dir.display()
+            );
+            let data = self.dir.join("data");
+            let log = self.dir.join("log");
+            let status = as_postgres_user(
+                &pg_bin("pg_ctl"),
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-w",
+                    "-o",
+                    &options,
+                    "start",
+                ],
+            )
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+            assert!(status.success(), "pg_ctl start failed");
+        }
+
+        pub fn down(&self) {
+            let data = self.dir.join("data");
+            let status = as_postgres_user(
+                &pg_bin("pg_ctl"),
+                &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+            )
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+            assert!(status.success(), "pg_ctl stop failed");
+        }
+    }
+
+    impl Drop for OwnPostgres {
+        fn drop(&mut self) {
+            let data = self.dir.join("data");
+            let _ = as_postgres_user(
+                &pg_bin("pg_ctl"),
+                &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A Redis of its own with persistence on (AOF, fsync always).
+    pub struct OwnRedis {
+        dir: PathBuf,
+        pub port: u16,
+    }
+
+    impl OwnRedis {
+        pub fn start() -> OwnRedis {
+            let dir = std::env::temp_dir().join(super::unique("pgw-own-redis"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let redis = OwnRedis {
+                dir,
+                port: super::free_port(),
+            };
+            redis.up();
+            redis
+        }
+
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        pub fn up(&self) {
+            let status = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &self.port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--daemonize",
+                    "yes",
+                ])
+                .args([
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                ])
+                .arg("--dir")
+                .arg(&self.dir)
+                .arg("--logfile")
+                .arg(self.dir.join("redis.log"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let started = Instant::now();
+            while !self.ping() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "redis did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn ping(&self) -> bool {
+            Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "ping"])
+                .output()
+                .map(|o| o.stdout.starts_with(b"PONG"))
+                .unwrap_or(false)
+        }
+
+        /// SHUTDOWN (the AOF keeps every acknowledged write).
+        pub fn down(&self) {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "shutdown"])
+                .output();
+            let started = Instant::now();
+            while self.ping() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "redis did not stop"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
+                .output();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The worker binary as a process, with the test's settings.
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl WorkerProcess {
+    /// `postgres-writer run` with small batches; `extra` env vars override.
+    pub fn start(
+        database_url: &str,
+        redis_url: &str,
+        streams: &[String],
+        group: &str,
+        consumer: &str,
+        extra: &[(&str, &str)],
+    ) -> WorkerProcess {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(worker_binary());
+        cmd.arg("run")
+            .env("DATABASE_URL", database_url)
+            .env("REDIS_URL", redis_url)
+            .env("REDIS_STREAMS", streams.join(","))
+            .env("CONSUMER_GROUP", group)
+            .env("CONSUMER_NAME", consumer)
+            .env("BATCH_SIZE", "20")
+            .env("BATCH_TIMEOUT_MS", "50")
+            .env("HTTP_PORT", port.to_string())
+            .env("HTTP_BIND_ADDRESS", "127.0.0.1")
+            .env("ANALYTICS_POLL_INTERVAL_MS", "50")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn postgres-writer");
+        WorkerProcess { child, port }
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        worker::http::request(addr, "GET", path, Duration::from_secs(2))
+            .await
+            .ok()
+    }
+
+    pub async fn wait_http(&self) {
+        let started = Instant::now();
+        while self.get("/livez").await.is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "worker HTTP did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "worker did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

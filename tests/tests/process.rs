@@ -1,93 +1,10 @@
 //! The worker as a process: crash safety under SIGKILL, HTTP endpoints,
 //! SIGTERM and `postgres-writer drain` shutdown, start-up validation.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use system_tests::{free_port, unique, worker_binary, TestDb, TestRedis};
+use system_tests::{unique, worker_binary, TestDb, TestRedis, WorkerProcess};
 use worker::generate::{generate, stream_names, GeneratorSpec};
-
-struct WorkerProcess {
-    child: Child,
-    port: u16,
-}
-
-impl WorkerProcess {
-    fn start(
-        db: &TestDb,
-        redis_url: &str,
-        streams: &[String],
-        group: &str,
-        consumer: &str,
-    ) -> WorkerProcess {
-        let port = free_port();
-        let child = Command::new(worker_binary())
-            .arg("run")
-            .env("DATABASE_URL", &db.url)
-            .env("REDIS_URL", redis_url)
-            .env("REDIS_STREAMS", streams.join(","))
-            .env("CONSUMER_GROUP", group)
-            .env("CONSUMER_NAME", consumer)
-            .env("BATCH_SIZE", "20")
-            .env("BATCH_TIMEOUT_MS", "50")
-            .env("HTTP_PORT", port.to_string())
-            .env("HTTP_BIND_ADDRESS", "127.0.0.1")
-            .env("ANALYTICS_POLL_INTERVAL_MS", "50")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn postgres-writer");
-        WorkerProcess { child, port }
-    }
-
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        worker::http::request(addr, "GET", path, Duration::from_secs(2))
-            .await
-            .ok()
-    }
-
-    async fn wait_http(&self) {
-        let started = Instant::now();
-        while self.get("/livez").await.is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "worker HTTP did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "worker did not exit within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn spec(prefix: &str, events: u64) -> GeneratorSpec {
     GeneratorSpec {
@@ -171,7 +88,7 @@ async fn sigkill_mid_run_loses_nothing_and_double_counts_nothing() {
         .await;
     let mut kills = 0;
     for round in 0..3 {
-        let mut worker = WorkerProcess::start(&db, &redis.url, &streams, &group, "pod-a");
+        let mut worker = WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-a", &[]);
         worker.wait_http().await;
         // Let it commit some batches, then kill it without warning.
         let target = db.count("share_price_changed_events").await + 300;
@@ -239,7 +156,7 @@ async fn http_endpoints_and_drain_command() {
                 .map(|e| (e.stream.as_str(), e.payload.as_str())),
         )
         .await;
-    let mut worker = WorkerProcess::start(&db, &redis.url, &streams, &group, "pod-h");
+    let mut worker = WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-h", &[]);
     worker.wait_http().await;
     wait_until_idle(&mut redis, &streams, &group, Duration::from_secs(60)).await;
     // Readiness comes from the monitor (every 2 s).
@@ -306,7 +223,7 @@ async fn sigterm_during_load_commits_in_flight_work_and_exits_zero() {
                 .map(|e| (e.stream.as_str(), e.payload.as_str())),
         )
         .await;
-    let mut worker = WorkerProcess::start(&db, &redis.url, &streams, &group, "pod-t");
+    let mut worker = WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-t", &[]);
     worker.wait_http().await;
     while db.count("share_price_changed_events").await < 200 {
         tokio::time::sleep(Duration::from_millis(20)).await;

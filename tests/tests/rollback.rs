@@ -5,7 +5,9 @@
 
 use serde_json::Value;
 use std::time::Duration;
-use system_tests::{assert_same_tables, consume_until_idle, stream_args, unique, TestDb, TestRedis};
+use system_tests::{
+    assert_same_tables, consume_until_idle, stream_args, unique, TestDb, TestRedis,
+};
 use worker::generate::{generate, GeneratorSpec};
 
 fn block_of(payload: &str) -> i64 {
@@ -48,7 +50,9 @@ fn single_events(network: &str, seed: u64) -> Vec<String> {
 async fn load(db: &TestDb, payloads: &[&String]) {
     let mut redis = TestRedis::new().await;
     let stream = unique("reorg");
-    redis.xadd_all(payloads.iter().map(|p| (stream.as_str(), p.as_str()))).await;
+    redis
+        .xadd_all(payloads.iter().map(|p| (stream.as_str(), p.as_str())))
+        .await;
     let args = stream_args(&redis.url, &[stream], &unique("group"), "c");
     consume_until_idle(db, vec![args], Duration::from_secs(120)).await;
     db.drain_analytics().await;
@@ -62,18 +66,33 @@ async fn rollback_equals_the_remaining_events_and_redelivery_applies_again() {
     let mut sorted = blocks.clone();
     sorted.sort_unstable();
     let cut = sorted[sorted.len() / 2];
-    let kept: Vec<&String> = payloads.iter().zip(&blocks).filter(|(_, b)| **b <= cut).map(|(p, _)| p).collect();
-    let removed: Vec<&String> = payloads.iter().zip(&blocks).filter(|(_, b)| **b > cut).map(|(p, _)| p).collect();
+    let kept: Vec<&String> = payloads
+        .iter()
+        .zip(&blocks)
+        .filter(|(_, b)| **b <= cut)
+        .map(|(p, _)| p)
+        .collect();
+    let removed: Vec<&String> = payloads
+        .iter()
+        .zip(&blocks)
+        .filter(|(_, b)| **b > cut)
+        .map(|(p, _)| p)
+        .collect();
     assert!(!kept.is_empty() && !removed.is_empty());
     // Another network's events (same blocks, other transactions) must survive the rollback.
-    let other: Vec<&String> = other_network.iter().filter(|p| p.contains("\"ProtocolFeeAccrued\"")).collect();
+    let other: Vec<&String> = other_network
+        .iter()
+        .filter(|p| p.contains("\"ProtocolFeeAccrued\""))
+        .collect();
 
     let all: Vec<&String> = payloads.iter().chain(other.iter().copied()).collect();
     let db = TestDb::new().await;
     load(&db, &all).await;
     let before = db.count("deposited_events").await;
 
-    let report = worker::rollback::rollback(&db.pool, "base-sepolia", cut).await.unwrap();
+    let report = worker::rollback::rollback(&db.pool, "base-sepolia", cut)
+        .await
+        .unwrap();
     println!("rollback to block {cut}:\n{}", report.render());
     let removed_events: u64 = report.events_removed.iter().map(|(_, n)| n).sum();
     assert_eq!(removed_events as usize, removed.len());
@@ -85,13 +104,25 @@ async fn rollback_equals_the_remaining_events_and_redelivery_applies_again() {
     let reference = TestDb::new().await;
     let remaining: Vec<&String> = kept.iter().copied().chain(other.iter().copied()).collect();
     load(&reference, &remaining).await;
-    assert_same_tables(&db.snapshot().await, &reference.snapshot().await, "after rollback");
-    assert_eq!(db.count("generic_events").await, reference.count("generic_events").await, "other network untouched");
+    assert_same_tables(
+        &db.snapshot().await,
+        &reference.snapshot().await,
+        "after rollback",
+    );
+    assert_eq!(
+        db.count("generic_events").await,
+        reference.count("generic_events").await,
+        "other network untouched"
+    );
 
     // The removed events arrive again (the indexer republishes): they apply normally.
     load(&db, &removed).await;
     db.assert_verified().await;
     let full = TestDb::new().await;
     load(&full, &all).await;
-    assert_same_tables(&db.snapshot().await, &full.snapshot().await, "after the events arrive again");
+    assert_same_tables(
+        &db.snapshot().await,
+        &full.snapshot().await,
+        "after the events arrive again",
+    );
 }

@@ -251,7 +251,24 @@ impl StreamIntake {
                     .arg(&**stream)
                     .query_async(&mut con)
                     .await?;
-                out.push(parse_group_info(stream, &self.group, reply));
+                let (mut backlog, last_delivered) = parse_group_info(stream, &self.group, reply);
+                if backlog.lag.is_none() {
+                    // Redis cannot always count the lag (e.g. after entries were
+                    // deleted or a restart); it is 0 when nothing is undelivered.
+                    let info: Value = redis::cmd("XINFO")
+                        .arg("STREAM")
+                        .arg(&**stream)
+                        .query_async(&mut con)
+                        .await?;
+                    let last_generated = pairs(info)
+                        .into_iter()
+                        .find(|(k, _)| text(k).as_deref() == Some("last-generated-id"))
+                        .and_then(|(_, v)| text(&v));
+                    if last_generated.is_some() && last_generated == last_delivered {
+                        backlog.lag = Some(0);
+                    }
+                }
+                out.push(backlog);
             }
             Ok(out)
         }
@@ -406,14 +423,16 @@ fn parse_autoclaim_reply(
     Ok((present, deleted))
 }
 
-fn parse_group_info(stream: &str, group: &str, reply: Value) -> StreamBacklog {
+/// The group's backlog and its last-delivered-id.
+fn parse_group_info(stream: &str, group: &str, reply: Value) -> (StreamBacklog, Option<String>) {
     let mut backlog = StreamBacklog {
         stream: stream.to_string(),
         ..Default::default()
     };
+    let mut last_delivered = None;
     let groups = match reply {
         Value::Array(groups) => groups,
-        _ => return backlog,
+        _ => return (backlog, None),
     };
     for info in groups {
         let fields: Vec<(String, Value)> = pairs(info)
@@ -429,6 +448,7 @@ fn parse_group_info(stream: &str, group: &str, reply: Value) -> StreamBacklog {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         backlog.lag = get("lag").and_then(text).and_then(|s| s.parse().ok());
+        last_delivered = get("last-delivered-id").and_then(text);
     }
-    backlog
+    (backlog, last_delivered)
 }

@@ -208,3 +208,117 @@ fn unknown_events_are_generic_and_nul_is_refused() {
     let out = entry("payload", &nul);
     assert!(out.dead_letters[0].reason.contains("\\u0000"));
 }
+
+mod fuzz {
+    //! The decoder never panics and never loses input: every item of every
+    //! entry becomes exactly one event or one dead letter.
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: [&str; 7] = [
+        "AtomCreated",
+        "TripleCreated",
+        "Deposited",
+        "Redeemed",
+        "SharePriceChanged",
+        "Paused",
+        "",
+    ];
+    const FIELDS: [&str; 16] = [
+        "sender",
+        "receiver",
+        "termId",
+        "curveId",
+        "assets",
+        "assetsAfterFees",
+        "shares",
+        "totalShares",
+        "vaultType",
+        "creator",
+        "atomData",
+        "atomWallet",
+        "subjectId",
+        "sharePrice",
+        "transaction_information",
+        "log_index",
+    ];
+
+    fn scalar() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            "[0-9a-fA-Fx]{0,80}".prop_map(serde_json::Value::from),
+            ".{0,20}".prop_map(serde_json::Value::from),
+            Just(serde_json::Value::from(format!("0x{}", "f".repeat(65)))),
+            Just(serde_json::Value::from(ADDR)),
+            Just(serde_json::Value::from(TERM)),
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        scalar().prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                prop::collection::vec((prop::sample::select(FIELDS.to_vec()), inner), 0..10)
+                    .prop_map(|kv| {
+                        serde_json::Value::Object(
+                            kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                        )
+                    }),
+            ]
+        })
+    }
+
+    fn check(entry: &DecodedEntry, items: Option<usize>) {
+        let produced = entry.events.len() + entry.dead_letters.len();
+        match items {
+            Some(n) if entry.dead_letters.iter().all(|d| d.item_index.is_some()) => {
+                assert_eq!(produced, n)
+            }
+            _ => assert!(produced >= 1, "input vanished"),
+        }
+        for d in &entry.dead_letters {
+            assert!(!d.reason.is_empty());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), field in prop::sample::select(vec!["payload", "data", "event_data", "other"])) {
+            let entry = decode_entry(&Arc::from("s"), &Arc::from("1-0"), &[(field.to_string(), bytes)]);
+            check(&entry, None);
+        }
+
+        #[test]
+        fn arbitrary_envelopes_never_panic(name in prop::sample::select(NAMES.to_vec()), data in json(), info in json()) {
+            let mut data = data;
+            if let serde_json::Value::Object(map) = &mut data {
+                map.insert("transaction_information".into(), info);
+            }
+            let items = match &data { serde_json::Value::Array(a) if !a.is_empty() => Some(a.len()), serde_json::Value::Array(_) => None, _ => Some(1) };
+            let payload = serde_json::json!({"event_name": name, "event_data": data}).to_string();
+            let entry = decode_entry(&Arc::from("s"), &Arc::from("1-0"), &[("payload".into(), payload.into_bytes())]);
+            check(&entry, items);
+        }
+
+        #[test]
+        fn mutated_valid_deposits_never_panic(field in prop::sample::select(FIELDS.to_vec()), value in scalar(), cut in 0usize..400) {
+            let mut item: serde_json::Value = serde_json::from_str(&deposit("1", "1")).unwrap();
+            item[field] = value;
+            let payload = serde_json::json!({"event_name": "Deposited", "event_data": [item.clone(), item]}).to_string();
+            let entry = decode_entry(&Arc::from("s"), &Arc::from("1-0"), &[("payload".into(), payload.clone().into_bytes())]);
+            check(&entry, Some(2));
+            // Truncated bytes too (possibly mid-character).
+            let mut bytes = payload.into_bytes();
+            bytes.truncate(cut.min(bytes.len()));
+            let entry = decode_entry(&Arc::from("s"), &Arc::from("1-0"), &[("payload".into(), bytes)]);
+            check(&entry, None);
+        }
+    }
+}
