@@ -163,17 +163,26 @@ async fn wait_idle(
     }
 }
 
-/// The exactness checks shared by every scenario; prints the figures.
-async fn assert_exact(
-    fault: &str,
-    db: &TestDb,
-    load: &Load,
+/// What a scenario measured, for its figures line.
+struct Run<'a> {
+    fault: &'a str,
     sent: usize,
-    redis_url: &str,
-    group: &str,
+    redis_url: &'a str,
+    group: &'a str,
     recovered: Duration,
     started: Instant,
-) {
+}
+
+/// The exactness checks shared by every scenario; prints the figures.
+async fn assert_exact(db: &TestDb, load: &Load, run: Run<'_>) {
+    let Run {
+        fault,
+        sent,
+        redis_url,
+        group,
+        recovered,
+        started,
+    } = run;
     let streams = stream_names(&load.prefix);
     assert_eq!(
         backlog(redis_url, &streams, group).await,
@@ -249,14 +258,16 @@ async fn sigkill_mid_batch_then_restart() {
     .await;
     let recovered = restarted.elapsed();
     assert_exact(
-        "sigkill+restart",
         &db,
         &load,
-        sent.load(Ordering::SeqCst),
-        &redis_url,
-        &group,
-        recovered,
-        started,
+        Run {
+            fault: "sigkill+restart",
+            sent: sent.load(Ordering::SeqCst),
+            redis_url: &redis_url,
+            group: &group,
+            recovered,
+            started,
+        },
     )
     .await;
 }
@@ -289,14 +300,16 @@ async fn three_workers_one_killed_its_pending_taken_over() {
     )
     .await;
     assert_exact(
-        "3 workers, 1 killed",
         &db,
         &load,
-        sent.load(Ordering::SeqCst),
-        &redis_url,
-        &group,
-        killed.elapsed(),
-        started,
+        Run {
+            fault: "3 workers, 1 killed",
+            sent: sent.load(Ordering::SeqCst),
+            redis_url: &redis_url,
+            group: &group,
+            recovered: killed.elapsed(),
+            started,
+        },
     )
     .await;
 }
@@ -360,14 +373,16 @@ async fn postgres_restarted_mid_run() {
     .await;
     assert!(w.is_running());
     assert_exact(
-        "postgres restart",
         &db,
         &load,
-        sent.load(Ordering::SeqCst),
-        &redis_url,
-        &group,
-        recovered,
-        started,
+        Run {
+            fault: "postgres restart",
+            sent: sent.load(Ordering::SeqCst),
+            redis_url: &redis_url,
+            group: &group,
+            recovered,
+            started,
+        },
     )
     .await;
 }
@@ -413,14 +428,16 @@ async fn redis_restarted_mid_run_with_persistence() {
     .await;
     assert!(w.is_running());
     assert_exact(
-        "redis restart (AOF)",
         &db,
         &load,
-        sent.load(Ordering::SeqCst),
-        &redis.url(),
-        &group,
-        recovered,
-        started,
+        Run {
+            fault: "redis restart (AOF)",
+            sent: sent.load(Ordering::SeqCst),
+            redis_url: &redis.url(),
+            group: &group,
+            recovered,
+            started,
+        },
     )
     .await;
 }
@@ -479,14 +496,16 @@ async fn drain_during_load_exits_zero_with_nothing_unacked() {
     )
     .await;
     assert_exact(
-        "drain during load",
         &db,
         &load,
-        sent.load(Ordering::SeqCst),
-        &redis_url,
-        &group,
-        drained_in,
-        started,
+        Run {
+            fault: "drain during load",
+            sent: sent.load(Ordering::SeqCst),
+            redis_url: &redis_url,
+            group: &group,
+            recovered: drained_in,
+            started,
+        },
     )
     .await;
 }
