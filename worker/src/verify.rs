@@ -235,13 +235,22 @@ impl VerifyReport {
 /// Compares every derived table with its definition, in one snapshot.
 pub async fn verify(pool: &PgPool, show: i64) -> Result<VerifyReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    // One snapshot for every comparison; nothing is written but temp tables,
+    // and the transaction is rolled back.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await?;
     let mut report = VerifyReport::default();
     for table in DERIVED_TABLES {
         let cols = table.columns.join(", ");
-        let expected = table.expected_view();
+        // Each definition is evaluated once, into a temp table.
+        let expected = format!("verify_{}", table.name);
+        sqlx::query(&format!(
+            "CREATE TEMP TABLE {expected} ON COMMIT DROP AS SELECT {cols} FROM {}",
+            table.expected_view()
+        ))
+        .execute(&mut *tx)
+        .await?;
         let count = |from: &str| format!("SELECT count(*) FROM {from}");
         let diff =
             |a: &str, b: &str| format!("SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b}");
@@ -291,7 +300,7 @@ pub async fn verify(pool: &PgPool, show: i64) -> Result<VerifyReport, sqlx::Erro
     report.analytics_pending = sqlx::query_scalar("SELECT count(*) FROM analytics_queue")
         .fetch_one(&mut *tx)
         .await?;
-    tx.commit().await?;
+    tx.rollback().await?;
     Ok(report)
 }
 

@@ -6,7 +6,8 @@ WITH claimed AS (SELECT unnest($1::text[]) AS term_id),
 affected AS (
     SELECT t.term_id FROM triple t JOIN claimed c ON c.term_id = t.term_id
     UNION SELECT t.term_id FROM triple t JOIN claimed c ON c.term_id = t.counter_term_id
-    UNION SELECT tt.term_id FROM triple_term tt JOIN claimed c ON c.term_id IN (tt.term_id, tt.counter_term_id)
+    UNION SELECT tt.term_id FROM triple_term tt JOIN claimed c ON c.term_id = tt.term_id
+    UNION SELECT tt.term_id FROM triple_term tt JOIN claimed c ON c.term_id = tt.counter_term_id
 )
 SELECT a.term_id,
        t.subject_id, t.predicate_id, t.object_id,
