@@ -3,6 +3,9 @@
 -- (transaction_hash, log_index): a redelivered event is a no-op.
 -- Every table carries where it came from (stream, entry_id, item_index) and the
 -- chain position (network, block_number, log_index) that orders "newest".
+-- Indexes are kept to the primary key and (network, block_number) for
+-- rollbacks: every extra index costs on the hot insert path, and the derived
+-- tables already answer the per-term and per-account questions.
 
 CREATE TABLE atom_created_events (
     transaction_hash  TEXT        NOT NULL,
@@ -25,7 +28,6 @@ CREATE TABLE atom_created_events (
     atom_wallet       TEXT        NOT NULL,
     PRIMARY KEY (transaction_hash, log_index)
 );
-CREATE INDEX atom_created_events_term_idx ON atom_created_events (term_id);
 CREATE INDEX atom_created_events_block_idx ON atom_created_events (network, block_number);
 
 CREATE TABLE triple_created_events (
@@ -50,7 +52,6 @@ CREATE TABLE triple_created_events (
     counter_term_id   TEXT        NOT NULL,
     PRIMARY KEY (transaction_hash, log_index)
 );
-CREATE INDEX triple_created_events_term_idx ON triple_created_events (term_id);
 CREATE INDEX triple_created_events_block_idx ON triple_created_events (network, block_number);
 
 CREATE TABLE deposited_events (
@@ -77,8 +78,6 @@ CREATE TABLE deposited_events (
     vault_type        SMALLINT      NOT NULL,
     PRIMARY KEY (transaction_hash, log_index)
 );
-CREATE INDEX deposited_events_position_idx ON deposited_events (receiver, term_id, curve_id);
-CREATE INDEX deposited_events_vault_idx ON deposited_events (term_id, curve_id);
 CREATE INDEX deposited_events_block_idx ON deposited_events (network, block_number);
 
 CREATE TABLE redeemed_events (
@@ -105,8 +104,6 @@ CREATE TABLE redeemed_events (
     vault_type        SMALLINT      NOT NULL,
     PRIMARY KEY (transaction_hash, log_index)
 );
-CREATE INDEX redeemed_events_position_idx ON redeemed_events (receiver, term_id, curve_id);
-CREATE INDEX redeemed_events_vault_idx ON redeemed_events (term_id, curve_id);
 CREATE INDEX redeemed_events_block_idx ON redeemed_events (network, block_number);
 
 CREATE TABLE share_price_changed_events (
@@ -130,7 +127,6 @@ CREATE TABLE share_price_changed_events (
     vault_type        SMALLINT      NOT NULL,
     PRIMARY KEY (transaction_hash, log_index)
 );
-CREATE INDEX share_price_changed_events_vault_idx ON share_price_changed_events (term_id, curve_id);
 CREATE INDEX share_price_changed_events_block_idx ON share_price_changed_events (network, block_number);
 
 CREATE TABLE generic_events (
@@ -152,7 +148,6 @@ CREATE TABLE generic_events (
     event_data           JSONB       NOT NULL,
     PRIMARY KEY (transaction_hash, log_index)
 );
-CREATE INDEX generic_events_name_idx ON generic_events (event_name);
 CREATE INDEX generic_events_block_idx ON generic_events (network, block_number);
 
 -- Input that could not be decoded: never dropped, never blocking.

@@ -125,10 +125,17 @@ CREATE TABLE subject_predicate (
 );
 
 -- Transactional outbox: filled in the same transaction as the change that
--- affects a term, one row per term while pending, claimed with
--- FOR UPDATE SKIP LOCKED and deleted in the transaction that does the work.
+-- affects a term, one row per term while pending. Analytics workers claim rows
+-- with FOR UPDATE SKIP LOCKED for a lease (claimed_until) in a short
+-- transaction, and delete them in the transaction that does the work, unless
+-- `version` moved meanwhile (a change committed during processing: the row
+-- stays and is processed again). See ADR 0004.
 CREATE TABLE analytics_queue (
     term_id         TEXT        PRIMARY KEY,
+    -- Bumped by every change that arrives while the term is claimed.
+    version         BIGINT      NOT NULL DEFAULT 0,
+    -- Claimed by an analytics worker until then (NULL: not claimed).
+    claimed_until   TIMESTAMPTZ,
     enqueued_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     attempts        INTEGER     NOT NULL DEFAULT 0,
     next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT now(),

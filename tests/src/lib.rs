@@ -161,6 +161,7 @@ pub fn test_analytics_settings() -> worker::analytics::AnalyticsSettings {
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
         max_terms_per_second: 0,
+        claim_lease: Duration::from_secs(30),
     }
 }
 

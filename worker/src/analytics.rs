@@ -2,10 +2,11 @@
 //! `predicate_object`, `subject_predicate`) current from the analytics queue
 //! (transactional outbox, SPEC §3 level 3 and §4).
 //!
-//! One transaction per batch: claim due terms with FOR UPDATE SKIP LOCKED,
-//! lock the affected pair rows in key order, recompute the affected triples
-//! and pairs with a handful of set-based statements, delete the claimed queue
-//! rows, commit. A failing batch is retried term by term so that one bad term
+//! Per batch: claim due terms for a lease (FOR UPDATE SKIP LOCKED, a short
+//! transaction of its own, so writers never wait for analytics work), then in
+//! one transaction lock the affected pair rows in key order, recompute the
+//! affected triples and pairs with a handful of set-based statements, and
+//! delete the claimed queue rows whose version did not move, commit. A failing batch is retried term by term so that one bad term
 //! cannot hold back the rest; a failing term is retried with jittered
 //! exponential backoff and parked after the configured number of attempts.
 
@@ -32,6 +33,8 @@ pub struct AnalyticsSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub max_terms_per_second: u32,
+    /// How long a claim lasts before another worker may take the term.
+    pub claim_lease: Duration,
 }
 
 impl From<&AnalyticsArgs> for AnalyticsSettings {
@@ -43,6 +46,7 @@ impl From<&AnalyticsArgs> for AnalyticsSettings {
             backoff_base: Duration::from_millis(a.analytics_backoff_base_ms),
             backoff_max: Duration::from_millis(a.analytics_backoff_max_ms),
             max_terms_per_second: a.analytics_max_terms_per_second,
+            claim_lease: Duration::from_millis(a.analytics_claim_lease_ms),
         }
     }
 }
@@ -64,6 +68,9 @@ pub struct BatchReport {
 
 struct Claimed {
     term_id: String,
+    /// Version at claim time: the row is done only if it is still this one.
+    version: i64,
+    attempts: i32,
     /// traceparent of the batch that enqueued the term.
     trace_context: Option<String>,
 }
@@ -97,101 +104,98 @@ async fn process_batch_in(
     settings: &AnalyticsSettings,
     span: &tracing::Span,
 ) -> Result<BatchReport, sqlx::Error> {
+    let claimed = claim(pool, settings).await?;
+    if claimed.is_empty() {
+        return Ok(BatchReport::default());
+    }
+    let mut parents: Vec<String> = claimed
+        .iter()
+        .filter_map(|c| c.trace_context.clone())
+        .collect();
+    parents.sort();
+    parents.dedup();
+    telemetry::link(span, parents);
+
     let mut conflicts = 0u32;
     loop {
-        let mut tx = pool.begin().await?;
-        let claimed = claim(&mut tx, settings.batch_size).await?;
-        if claimed.is_empty() {
-            tx.commit().await?;
-            return Ok(BatchReport::default());
-        }
-        let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
-        if conflicts == 0 {
-            let mut parents: Vec<String> = claimed
-                .iter()
-                .filter_map(|c| c.trace_context.clone())
-                .collect();
-            parents.sort();
-            parents.dedup();
-            telemetry::link(span, parents);
-        }
-        match recompute_terms(&mut tx, &terms).await {
-            Ok(triples) => {
-                tx.commit().await?;
+        match run_transaction(pool, &claimed).await {
+            Ok((triples, completed)) => {
                 return Ok(BatchReport {
-                    claimed: terms.len(),
-                    completed: terms.len(),
+                    claimed: claimed.len(),
+                    completed,
                     triples,
                     ..Default::default()
-                });
+                })
             }
-            Err(error) => {
-                tx.rollback().await?;
-                match classify(&error) {
-                    FailureKind::Conflict if conflicts < 10 => {
-                        conflicts += 1;
-                        tokio::time::sleep(backoff::jittered(
-                            Duration::from_millis(5),
-                            conflicts,
-                            Duration::from_millis(500),
-                        ))
-                        .await;
-                    }
-                    FailureKind::Unavailable => return Err(error),
-                    _ => {
-                        tracing::warn!(%error, terms = terms.len(), "analytics batch failed; retrying its terms one by one");
-                        let owned: Vec<String> = terms.iter().map(|t| t.to_string()).collect();
-                        return process_individually(pool, settings, &owned).await;
-                    }
+            Err(error) => match classify(&error) {
+                FailureKind::Conflict if conflicts < 10 => {
+                    conflicts += 1;
+                    let delay = backoff::jittered(
+                        Duration::from_millis(5),
+                        conflicts,
+                        Duration::from_millis(500),
+                    );
+                    tokio::time::sleep(delay).await;
                 }
-            }
+                // The lease runs out and another worker (or this one) claims the terms again.
+                FailureKind::Unavailable => return Err(error),
+                _ => {
+                    tracing::warn!(%error, terms = claimed.len(), "analytics batch failed; retrying its terms one by one");
+                    return process_individually(pool, settings, &claimed).await;
+                }
+            },
         }
     }
+}
+
+/// One analytics transaction: recompute, mark done (version unchanged), end
+/// the lease of what stays queued. Returns (triples recomputed, terms done).
+async fn run_transaction(
+    pool: &PgPool,
+    claimed: &[Claimed],
+) -> Result<(usize, usize), sqlx::Error> {
+    let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
+    let versions: Vec<i64> = claimed.iter().map(|c| c.version).collect();
+    let mut tx = pool.begin().await?;
+    let triples = recompute_terms(&mut tx, &terms).await?;
+    let completed = sqlx::query(queries::COMPLETE_ANALYTICS_TERMS)
+        .bind(&terms)
+        .bind(&versions)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query(queries::RELEASE_ANALYTICS_TERMS)
+        .bind(&terms)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((triples, completed as usize))
 }
 
 /// Processes each term in its own transaction, recording failures per term.
 async fn process_individually(
     pool: &PgPool,
     settings: &AnalyticsSettings,
-    terms: &[String],
+    claimed: &[Claimed],
 ) -> Result<BatchReport, sqlx::Error> {
     let mut report = BatchReport {
-        claimed: terms.len(),
+        claimed: claimed.len(),
         ..Default::default()
     };
     let mut failed: Vec<(String, String, i64)> = Vec::new();
-    for term in terms {
-        let mut tx = pool.begin().await?;
-        // Re-claim: another worker may have taken or finished it meanwhile.
-        let still_due: Option<(i32,)> = sqlx::query_as(
-            "SELECT attempts FROM analytics_queue WHERE term_id = $1 AND parked_at IS NULL FOR UPDATE SKIP LOCKED",
-        )
-        .bind(term)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((attempts,)) = still_due else {
-            tx.commit().await?;
-            continue;
-        };
-        match recompute_terms(&mut tx, &[term.as_str()]).await {
-            Ok(triples) => {
-                tx.commit().await?;
-                report.completed += 1;
+    for term in claimed {
+        match run_transaction(pool, std::slice::from_ref(term)).await {
+            Ok((triples, completed)) => {
+                report.completed += completed;
                 report.triples += triples;
             }
+            Err(error) if classify(&error) == FailureKind::Unavailable => return Err(error),
             Err(error) => {
-                tx.rollback().await?;
-                if classify(&error) == FailureKind::Unavailable {
-                    return Err(error);
-                }
-                let delay = backoff::jittered(
-                    settings.backoff_base,
-                    (attempts + 1) as u32,
-                    settings.backoff_max,
-                );
-                tracing::warn!(term, %error, attempt = attempts + 1, "analytics failed for term");
+                let attempt = (term.attempts + 1) as u32;
+                let delay = backoff::jittered(settings.backoff_base, attempt, settings.backoff_max);
+                tracing::warn!(term = %term.term_id, %error, attempt, "analytics failed for term");
                 failed.push((
-                    term.clone(),
+                    term.term_id.clone(),
                     error.to_string().replace('\0', ""),
                     delay.as_millis() as i64,
                 ));
@@ -217,26 +221,27 @@ async fn process_individually(
     Ok(report)
 }
 
-async fn claim(
-    tx: &mut Transaction<'_, Postgres>,
-    limit: i64,
-) -> Result<Vec<Claimed>, sqlx::Error> {
+/// Claims due terms for a lease, in its own (auto-committed) statement.
+async fn claim(pool: &PgPool, settings: &AnalyticsSettings) -> Result<Vec<Claimed>, sqlx::Error> {
     let rows = sqlx::query(queries::CLAIM_ANALYTICS_TERMS)
-        .bind(limit)
-        .fetch_all(&mut **tx)
+        .bind(settings.batch_size)
+        .bind(settings.claim_lease.as_millis() as i64)
+        .fetch_all(pool)
         .await?;
     rows.iter()
         .map(|r| {
             Ok(Claimed {
                 term_id: r.try_get("term_id")?,
+                version: r.try_get("version")?,
+                attempts: r.try_get("attempts")?,
                 trace_context: r.try_get("trace_context")?,
             })
         })
         .collect()
 }
 
-/// Recomputes every analytics row that depends on `terms` and deletes their
-/// queue rows. Returns the number of triples recomputed.
+/// Recomputes every analytics row that depends on `terms` (the queue rows are
+/// the caller's business). Returns the number of triples recomputed.
 pub async fn recompute_terms(
     tx: &mut Transaction<'_, Postgres>,
     terms: &[&str],
@@ -302,10 +307,6 @@ pub async fn recompute_terms(
             .execute(&mut **tx)
             .await?;
     }
-    sqlx::query(queries::COMPLETE_ANALYTICS_TERMS)
-        .bind(terms)
-        .execute(&mut **tx)
-        .await?;
     Ok(triples.len())
 }
 

@@ -123,6 +123,9 @@ pub struct AnalyticsArgs {
     /// Rate limit on terms processed per second per process (0 = unlimited).
     #[arg(long, env = "ANALYTICS_MAX_TERMS_PER_SECOND", default_value_t = 0)]
     pub analytics_max_terms_per_second: u32,
+    /// How long a claimed term stays reserved for one worker, in milliseconds (a crashed worker's terms are retaken after it).
+    #[arg(long, env = "ANALYTICS_CLAIM_LEASE_MS", default_value_t = 60_000)]
+    pub analytics_claim_lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -437,6 +440,12 @@ impl AnalyticsArgs {
             "analytics-backoff-max-ms",
             self.analytics_backoff_max_ms,
             self.analytics_backoff_base_ms..=86_400_000,
+        )?;
+        in_range(
+            "ANALYTICS_CLAIM_LEASE_MS",
+            "analytics-claim-lease-ms",
+            self.analytics_claim_lease_ms,
+            1_000..=3_600_000,
         )?;
         in_range(
             "ANALYTICS_MAX_TERMS_PER_SECOND",

@@ -292,6 +292,9 @@ async fn shutdown_signal() {
     }
 }
 
+/// Longest wait for one health probe (PostgreSQL or Redis).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Every few seconds: reachability of PostgreSQL and Redis, schema version,
 /// stream backlog and analytics queue, into `/health` and the metrics.
 async fn monitor(
@@ -314,7 +317,12 @@ async fn monitor(
     });
     let expected = db::expected_schema_version();
     loop {
-        match db::applied_schema_version(&pool).await {
+        // A short deadline: a pool waiting for a dead server must not keep
+        // readiness true (the pool's own acquire timeout is much longer).
+        let checked = tokio::time::timeout(PROBE_TIMEOUT, db::applied_schema_version(&pool))
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+        match checked {
             Ok(version) => {
                 health.postgres_ok.store(true, Ordering::Relaxed);
                 let ok = version == Some(expected);
@@ -344,7 +352,15 @@ async fn monitor(
             }
         }
         if let Some(intake) = intake.as_mut() {
-            match intake.backlog().await {
+            let backlog = tokio::time::timeout(PROBE_TIMEOUT, intake.backlog())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(worker::intake::IntakeError::Reply {
+                        command: "XINFO",
+                        detail: format!("no answer within {PROBE_TIMEOUT:?}"),
+                    })
+                });
+            match backlog {
                 Ok(backlog) => {
                     health.redis_ok.store(true, Ordering::Relaxed);
                     for b in &backlog {

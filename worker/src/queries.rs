@@ -37,6 +37,7 @@ named_queries! {
     RECOMPUTE_PREDICATE_OBJECTS => "recompute_predicate_objects.sql",
     RECOMPUTE_SUBJECT_PREDICATES => "recompute_subject_predicates.sql",
     COMPLETE_ANALYTICS_TERMS => "complete_analytics_terms.sql",
+    RELEASE_ANALYTICS_TERMS => "release_analytics_terms.sql",
     FAIL_ANALYTICS_TERMS => "fail_analytics_terms.sql",
     REQUEUE_PARKED_TERMS => "requeue_parked_terms.sql",
     ANALYTICS_QUEUE_STATS => "analytics_queue_stats.sql",

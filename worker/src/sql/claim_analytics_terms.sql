@@ -1,8 +1,17 @@
--- Claims due terms for this analytics transaction. SKIP LOCKED: concurrent
--- analytics workers take disjoint terms and never wait for each other here.
-SELECT term_id, attempts, trace_context
-FROM analytics_queue
-WHERE parked_at IS NULL AND next_attempt_at <= now()
-ORDER BY next_attempt_at, term_id
-LIMIT $1
-FOR UPDATE SKIP LOCKED
+-- Claims due terms for a lease of $2 milliseconds, in its own short
+-- transaction: writers never wait for the analytics work itself. SKIP LOCKED:
+-- concurrent analytics workers take disjoint terms; an expired lease (a
+-- worker that died) makes a term claimable again.
+UPDATE analytics_queue q
+SET claimed_until = now() + $2 * interval '1 millisecond'
+FROM (
+    SELECT term_id
+    FROM analytics_queue
+    WHERE parked_at IS NULL AND next_attempt_at <= now()
+      AND (claimed_until IS NULL OR claimed_until < now())
+    ORDER BY next_attempt_at, term_id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE q.term_id = due.term_id
+RETURNING q.term_id, q.version, q.attempts, q.trace_context
