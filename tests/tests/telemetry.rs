@@ -272,14 +272,56 @@ async fn worker_exports_linked_spans_over_otlp_http() {
     ] {
         assert!(metrics.contains(family), "{family} missing from /metrics");
     }
-    println!(
-        "captured {} spans; first batch span attributes: {:?}",
-        spans.len(),
-        batches[0]
-            .1
+    // A readable span tree of one batch and one linked analytics span.
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let show = |s: &Span| {
+        let attrs: Vec<String> = s
             .attributes
             .iter()
-            .map(|a| a.key.clone())
-            .collect::<Vec<_>>()
+            .filter(|a| {
+                !a.key.starts_with("code.")
+                    && !a.key.starts_with("thread.")
+                    && a.key != "target"
+                    && !a.key.ends_with("_ns")
+            })
+            .filter_map(|a| attribute(s, &a.key).map(|v| format!("{}={v}", a.key)))
+            .collect();
+        format!(
+            "{} [{} ms] {}",
+            s.name,
+            (s.end_time_unix_nano - s.start_time_unix_nano) / 1_000_000,
+            attrs.join(" ")
+        )
+    };
+    let (_, batch) = batches
+        .iter()
+        .max_by_key(|(_, s)| {
+            attribute(s, "events")
+                .unwrap_or_default()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .unwrap();
+    println!(
+        "captured {} spans; trace {}:",
+        spans.len(),
+        hex(&batch.trace_id)
     );
+    println!("  {}", show(batch));
+    for (_, child) in spans
+        .iter()
+        .filter(|(_, s)| s.parent_span_id == batch.span_id)
+    {
+        println!("    └─ {}", show(child));
+    }
+    if let Some((_, linked)) = analytics
+        .iter()
+        .find(|(_, s)| s.links.iter().any(|l| l.span_id == batch.span_id))
+    {
+        println!(
+            "  {} (links to {} batch span(s), including the one above)",
+            show(linked),
+            linked.links.len()
+        );
+    }
 }
