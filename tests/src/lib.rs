@@ -244,6 +244,7 @@ pub fn stream_args(redis_url: &str, streams: &[String], group: &str, consumer: &
         claim_idle_ms: 1_000,
         claim_interval_ms: 200,
         max_entries_per_second: 0,
+        consumer_concurrency: 1,
     }
 }
 

@@ -81,7 +81,7 @@ pub struct StreamArgs {
     #[arg(long, env = "CONSUMER_NAME", default_value_t = default_consumer_name())]
     pub consumer_name: String,
     /// Entries read per stream and call; one batch is written in one transaction.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 200)]
     pub batch_size: usize,
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 1_000)]
@@ -95,6 +95,9 @@ pub struct StreamArgs {
     /// Rate limit on stream entries written per second (0 = unlimited).
     #[arg(long, env = "MAX_ENTRIES_PER_SECOND", default_value_t = 0)]
     pub max_entries_per_second: u32,
+    /// Consumer loops in this process, each with its own transactions (consumer names `<CONSUMER_NAME>-<i>` when more than one).
+    #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 2)]
+    pub consumer_concurrency: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -395,6 +398,12 @@ impl StreamArgs {
             100..=3_600_000,
         )?;
         in_range(
+            "CONSUMER_CONCURRENCY",
+            "consumer-concurrency",
+            self.consumer_concurrency,
+            1..=32,
+        )?;
+        in_range(
             "MAX_ENTRIES_PER_SECOND",
             "max-entries-per-second",
             self.max_entries_per_second,
@@ -590,7 +599,8 @@ mod tests {
         let args = run_args(&[]).unwrap();
         args.validate().unwrap();
         assert_eq!(args.streams.redis_streams, vec!["a", "b"]);
-        assert_eq!(args.streams.batch_size, 500);
+        assert_eq!(args.streams.batch_size, 200);
+        assert_eq!(args.streams.consumer_concurrency, 2);
     }
 
     #[test]

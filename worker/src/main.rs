@@ -221,18 +221,26 @@ async fn serve(
         stop.clone(),
     ));
     if let Some(stream_args) = streams {
-        let consumer = Consumer {
-            args: stream_args,
-            pool: pool.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-        };
-        let stop = stop.clone();
-        work.spawn(async move {
-            if let Err(error) = consumer.run(stop).await {
-                tracing::error!(%error, "consumer failed");
+        // Several consumer loops let PostgreSQL work on several batches at once.
+        let loops = stream_args.consumer_concurrency;
+        for i in 0..loops {
+            let mut args = stream_args.clone();
+            if loops > 1 {
+                args.consumer_name = format!("{}-{i}", stream_args.consumer_name);
             }
-        });
+            let consumer = Consumer {
+                args,
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+            };
+            let stop = stop.clone();
+            work.spawn(async move {
+                if let Err(error) = consumer.run(stop).await {
+                    tracing::error!(%error, "consumer failed");
+                }
+            });
+        }
     }
     if analytics_args.analytics_enabled {
         let settings = AnalyticsSettings::from(&analytics_args);
