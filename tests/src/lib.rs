@@ -216,6 +216,16 @@ impl TestRedis {
         }
     }
 
+    /// XADDs generated entries (each to its own stream).
+    pub async fn publish(&mut self, entries: &[worker::generate::GeneratedEntry]) {
+        self.xadd_all(
+            entries
+                .iter()
+                .map(|e| (e.stream.as_str(), e.payload.as_str())),
+        )
+        .await;
+    }
+
     /// (lag, pending) of a group on a stream.
     pub async fn backlog(&mut self, stream: &str, group: &str) -> (Option<u64>, u64) {
         let mut intake = worker::intake::StreamIntake::new(

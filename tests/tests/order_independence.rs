@@ -85,13 +85,7 @@ async fn same_events_any_delivery_same_tables() {
             stream_prefix: prefix.clone(),
             ..spec.clone()
         });
-        redis
-            .xadd_all(
-                entries
-                    .iter()
-                    .map(|e| (e.stream.as_str(), e.payload.as_str())),
-            )
-            .await;
+        redis.publish(&entries).await;
         let args = stream_args(
             &redis.url,
             &worker::generate::stream_names(&prefix),

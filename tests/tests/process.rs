@@ -18,6 +18,15 @@ fn spec(prefix: &str, events: u64) -> GeneratorSpec {
     }
 }
 
+/// A fresh database and `events` generated events on fresh streams.
+async fn loaded(name: &str, events: u64) -> (TestDb, TestRedis, Vec<String>, String) {
+    let db = TestDb::new().await;
+    let mut redis = TestRedis::new().await;
+    let prefix = unique(name);
+    redis.publish(&generate(&spec(&prefix, events))).await;
+    (db, redis, stream_names(&prefix), unique("group"))
+}
+
 async fn wait_until_idle(
     redis: &mut TestRedis,
     streams: &[String],
@@ -79,13 +88,7 @@ async fn sigkill_mid_run_loses_nothing_and_double_counts_nothing() {
     reference.drain_analytics().await;
 
     let db = TestDb::new().await;
-    redis
-        .xadd_all(
-            entries
-                .iter()
-                .map(|e| (e.stream.as_str(), e.payload.as_str())),
-        )
-        .await;
+    redis.publish(&entries).await;
     let mut kills = 0;
     for round in 0..3 {
         let mut worker = WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-a", &[]);
@@ -143,19 +146,7 @@ async fn sigkill_mid_run_loses_nothing_and_double_counts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_endpoints_and_drain_command() {
-    let db = TestDb::new().await;
-    let mut redis = TestRedis::new().await;
-    let prefix = unique("http");
-    let streams = stream_names(&prefix);
-    let group = unique("group");
-    let entries = generate(&spec(&prefix, 500));
-    redis
-        .xadd_all(
-            entries
-                .iter()
-                .map(|e| (e.stream.as_str(), e.payload.as_str())),
-        )
-        .await;
+    let (db, mut redis, streams, group) = loaded("http", 500).await;
     let mut worker = WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-h", &[]);
     worker.wait_http().await;
     wait_until_idle(&mut redis, &streams, &group, Duration::from_secs(60)).await;
@@ -210,19 +201,7 @@ async fn http_endpoints_and_drain_command() {
 
 #[tokio::test]
 async fn sigterm_during_load_commits_in_flight_work_and_exits_zero() {
-    let db = TestDb::new().await;
-    let mut redis = TestRedis::new().await;
-    let prefix = unique("term");
-    let streams = stream_names(&prefix);
-    let group = unique("group");
-    let entries = generate(&spec(&prefix, 4_000));
-    redis
-        .xadd_all(
-            entries
-                .iter()
-                .map(|e| (e.stream.as_str(), e.payload.as_str())),
-        )
-        .await;
+    let (db, mut redis, streams, group) = loaded("term", 4_000).await;
     let mut worker = WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-t", &[]);
     worker.wait_http().await;
     while db.count("share_price_changed_events").await < 200 {

@@ -89,13 +89,7 @@ async fn worker_exports_linked_spans_over_otlp_http() {
         network: "testnet".into(),
         stream_prefix: prefix.clone(),
     });
-    redis
-        .xadd_all(
-            entries
-                .iter()
-                .map(|e| (e.stream.as_str(), e.payload.as_str())),
-        )
-        .await;
+    redis.publish(&entries).await;
 
     let http_port = free_port();
     let mut child = Command::new(worker_binary())
