@@ -7,19 +7,9 @@
 use crate::analytics;
 use crate::persistence::{classify, FailureKind};
 use crate::queries;
-use crate::verify::DERIVED_TABLES;
+use crate::verify::{DERIVED_TABLES, EVENT_TABLES};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use std::time::Duration;
-
-/// The event tables, whose rows carry (network, block_number).
-pub const EVENT_TABLES: [&str; 6] = [
-    "atom_created_events",
-    "triple_created_events",
-    "deposited_events",
-    "redeemed_events",
-    "share_price_changed_events",
-    "generic_events",
-];
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RollbackReport {

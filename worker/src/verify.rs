@@ -22,6 +22,16 @@ impl DerivedTable {
     }
 }
 
+/// The event tables (level 0); every row carries (network, block_number).
+pub const EVENT_TABLES: [&str; 6] = [
+    "atom_created_events",
+    "triple_created_events",
+    "deposited_events",
+    "redeemed_events",
+    "share_price_changed_events",
+    "generic_events",
+];
+
 /// Every derived table, in dependency order.
 pub const DERIVED_TABLES: &[DerivedTable] = &[
     DerivedTable {
@@ -346,25 +356,12 @@ pub async fn rebuild(
 
 /// Row counts of the read model, for `summary` and the demo.
 pub async fn summary(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let tables = [
-        "atom_created_events",
-        "triple_created_events",
-        "deposited_events",
-        "redeemed_events",
-        "share_price_changed_events",
-        "generic_events",
-        "dead_letters",
-        "atom",
-        "triple",
-        "position",
-        "vault",
-        "term",
-        "triple_vault",
-        "triple_term",
-        "predicate_object",
-        "subject_predicate",
-        "analytics_queue",
-    ];
+    let tables = EVENT_TABLES
+        .iter()
+        .copied()
+        .chain(["dead_letters"])
+        .chain(DERIVED_TABLES.iter().map(|t| t.name))
+        .chain(["analytics_queue"]);
     let mut out = Vec::new();
     for table in tables {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
