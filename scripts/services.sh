@@ -66,6 +66,7 @@ start() {
   local bin pg_port redis_port
   pg_port=${PGW_PG_PORT:-$(free_port)}
   redis_port=${PGW_REDIS_PORT:-$(free_port)}
+  mkdir -p "$dir"
   echo "$redis_port" >"$dir/redis.port"
   bin=$(pg_bin)
   mkdir -p "$dir/pg"

@@ -61,37 +61,12 @@ fn main() -> ExitCode {
             http_port,
             namespace,
             telemetry: telemetry_args,
-        } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            runtime.block_on(async {
-                let telemetry =
-                    match telemetry::init(&telemetry_args, "postgres-writer-operator", "info") {
-                        Ok(t) => t,
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    };
-                let code = match run(http_port, namespace).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        ExitCode::FAILURE
-                    }
-                };
-                telemetry.shutdown().await;
-                code
-            })
-        }
+        } => telemetry::run_main(
+            &telemetry_args,
+            "postgres-writer-operator",
+            "info",
+            async move { run(http_port, namespace).await.map(|()| ExitCode::SUCCESS) },
+        ),
     }
 }
 

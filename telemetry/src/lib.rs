@@ -65,6 +65,16 @@ pub enum TelemetryError {
 }
 
 impl TelemetryArgs {
+    /// Logs only: no span export.
+    pub fn disabled() -> Self {
+        TelemetryArgs {
+            otel_exporter_otlp_endpoint: None,
+            otel_exporter_otlp_protocol: OtlpProtocol::HttpProtobuf,
+            otel_service_name: None,
+            otel_traces_sampler_arg: 1.0,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), TelemetryError> {
         let ratio = self.otel_traces_sampler_arg;
         if !(0.0..=1.0).contains(&ratio) {
@@ -85,6 +95,49 @@ impl TelemetryArgs {
         }
         Ok(())
     }
+}
+
+/// The shared `main` of both binaries: a multi-threaded Tokio runtime, the
+/// subscriber of [`init`], `work`, then the span flush (after SIGTERM and
+/// drain too). Errors are printed with their causes and give exit code 1.
+pub fn run_main<F, E>(
+    args: &TelemetryArgs,
+    default_service: &str,
+    default_filter: &str,
+    work: F,
+) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<std::process::ExitCode, E>>,
+    E: std::fmt::Display,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let telemetry = match init(args, default_service, default_filter) {
+            Ok(t) => t,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let code = match work.await {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+        telemetry.shutdown().await;
+        code
+    })
 }
 
 /// Keeps the tracer provider alive; `shutdown` flushes pending spans.

@@ -19,47 +19,18 @@ use worker::{db, generate, verify};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    // Traces are exported by the long-running commands only.
+    let (telemetry_args, service) = match &cli.command {
+        Command::Run(a) => (a.telemetry.clone(), "postgres-writer-run"),
+        Command::Analytics(a) => (a.telemetry.clone(), "postgres-writer-analytics"),
+        _ => (telemetry::TelemetryArgs::disabled(), "postgres-writer"),
     };
-    runtime.block_on(async {
-        // Traces are exported by the long-running commands only.
-        let (telemetry_args, service) = match &cli.command {
-            Command::Run(a) => (Some(a.telemetry.clone()), "postgres-writer-run"),
-            Command::Analytics(a) => (Some(a.telemetry.clone()), "postgres-writer-analytics"),
-            _ => (None, "postgres-writer"),
-        };
-        let telemetry_args = telemetry_args.unwrap_or(telemetry::TelemetryArgs {
-            otel_exporter_otlp_endpoint: None,
-            otel_exporter_otlp_protocol: telemetry::OtlpProtocol::HttpProtobuf,
-            otel_service_name: None,
-            otel_traces_sampler_arg: 1.0,
-        });
-        let telemetry = match telemetry::init(&telemetry_args, service, "info,sqlx=warn") {
-            Ok(t) => t,
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let code = match dispatch(cli.command).await {
-            Ok(code) => code,
-            Err(error) => {
-                eprintln!("error: {error:#}");
-                ExitCode::FAILURE
-            }
-        };
-        // Flush traces (SIGTERM and drain end here too).
-        telemetry.shutdown().await;
-        code
-    })
+    telemetry::run_main(
+        &telemetry_args,
+        service,
+        "info,sqlx=warn",
+        dispatch(cli.command),
+    )
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
