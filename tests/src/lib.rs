@@ -162,6 +162,7 @@ pub fn test_analytics_settings() -> worker::analytics::AnalyticsSettings {
         backoff_max: Duration::from_millis(50),
         max_terms_per_second: 0,
         claim_lease: Duration::from_secs(30),
+        coalesce: Duration::ZERO,
     }
 }
 

@@ -182,6 +182,65 @@ async fn triple_created_before_and_after_its_deposits() {
     );
 }
 
+/// ANALYTICS_COALESCE_MS: a queued term is not due before its window has
+/// passed, and every change made meanwhile shares one recomputation.
+#[tokio::test]
+async fn changes_within_the_coalescing_window_share_one_recomputation() {
+    let db = TestDb::new().await;
+    let mut c = Chain::new();
+    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
+    events.push(c.triple(10, 1, 2, 3));
+    write(&db, &events).await;
+    db.drain_analytics().await;
+    let mut settings = test_analytics_settings();
+    settings.coalesce = std::time::Duration::from_secs(60);
+    for (i, price) in [
+        "1000000000000000000",
+        "2000000000000000000",
+        "3000000000000000000",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        write(&db, &c.deposit(&term(10), 1, ADDR_A, 100 + i as u64, price)).await;
+    }
+    let queued: Vec<(String,)> = sqlx::query_as("SELECT term_id FROM analytics_queue")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, vec![(term(10),)], "three changes, one queue row");
+    let report = process_batch(&db.pool, &settings).await.unwrap();
+    assert_eq!(report.claimed, 0, "not due inside the window: {report:?}");
+    assert_eq!(
+        row(
+            &db,
+            "SELECT total_position_count::text FROM triple_term WHERE term_id = $1",
+            &term(10)
+        )
+        .await,
+        vec!["0"],
+        "analytics still show the state before the window"
+    );
+    // The window passes.
+    sqlx::query(
+        "UPDATE analytics_queue SET next_attempt_at = next_attempt_at - interval '61 seconds'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let report = process_batch(&db.pool, &settings).await.unwrap();
+    assert_eq!(
+        (report.claimed, report.completed, report.triples),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        row(&db, "SELECT total_position_count || '|' || total_market_cap FROM triple_term WHERE term_id = $1", &term(10)).await,
+        vec!["1", &(306u64 * 3).to_string()],
+        "the newest price and shares, from one recomputation"
+    );
+    db.assert_verified().await;
+}
+
 #[tokio::test]
 async fn deposits_on_the_counter_vault_only_and_several_curves() {
     let db = TestDb::new().await;

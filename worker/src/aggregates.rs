@@ -5,14 +5,18 @@
 //! Concurrency (ADR 0002): statements run in one global lock order — atom,
 //! triple, vault, position, term, analytics_queue — each locking its rows in
 //! key order. Counts and sums that depend on rows other batches may change
-//! (`vault.position_count`, `term` totals) are recomputed by a separate
-//! statement after the parent row is locked, so its snapshot sees every
-//! committed change. Everything else is "newest wins" or commutative.
+//! (`vault.position_count`, `term` totals) are computed by statements that
+//! run after the parent row is locked, so their snapshot sees every committed
+//! change. Everything else is "newest wins" or commutative. The worker folds
+//! a batch per row first (newest balance, sums), so every statement gets one
+//! row per key (ADR 0007).
 
+use crate::decode::numbers::add_decimal;
 use crate::decode::{DecodedEvent, EventBody};
 use crate::queries;
 use sqlx::{Postgres, Transaction};
-use std::collections::BTreeSet;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Applies `events` (only those just inserted, never redeliveries) and
 /// returns the number of terms put on the analytics queue.
@@ -40,10 +44,8 @@ struct Plan<'a> {
     triples: Vec<&'a DecodedEvent>,
     /// (term, curve) named by Deposited/Redeemed/SharePriceChanged.
     vault_touches: Vec<VaultTouch<'a>>,
-    /// Deposited/Redeemed moves.
-    moves: Vec<Move<'a>>,
-    /// Vaults whose positions changed: position_count is recounted.
-    recount: BTreeSet<(&'a str, &'a str)>,
+    /// Deposited/Redeemed folded per position (account, term, curve).
+    positions: BTreeMap<(&'a str, &'a str, &'a str), PositionChange<'a>>,
     /// (id, type, atom_id, triple_id) claims for `term`.
     term_claims: Vec<(&'a str, &'static str, Option<&'a str>, Option<&'a str>)>,
     /// Terms whose vault totals changed.
@@ -59,14 +61,38 @@ struct VaultTouch<'a> {
     price: Option<(&'a DecodedEvent, &'a crate::decode::SharePriceChanged)>,
 }
 
-struct Move<'a> {
-    event: &'a DecodedEvent,
-    account_id: &'a str,
-    term_id: &'a str,
-    curve_id: &'a str,
-    total_shares: &'a str,
-    deposited: &'a str,
-    redeemed: &'a str,
+/// What a batch does to one position: the newest balance and the sums.
+struct PositionChange<'a> {
+    /// The newest Deposited/Redeemed of the batch for this position.
+    newest: &'a DecodedEvent,
+    /// The receiver's share balance after `newest`.
+    shares: &'a str,
+    deposited: String,
+    redeemed: String,
+}
+
+impl<'a> PositionChange<'a> {
+    fn add(&mut self, event: &'a DecodedEvent, shares: &'a str, deposited: &str, redeemed: &str) {
+        if newer(event, self.newest) {
+            self.newest = event;
+            self.shares = shares;
+        }
+        self.deposited = add_decimal(&self.deposited, deposited);
+        self.redeemed = add_decimal(&self.redeemed, redeemed);
+    }
+}
+
+/// SPEC §3 "newest": higher (block_number, log_index), then transaction hash
+/// (0x + lowercase hex, so byte order equals PostgreSQL's text order).
+fn newer(a: &DecodedEvent, b: &DecodedEvent) -> bool {
+    fn key(e: &DecodedEvent) -> (i64, i64, &[u8]) {
+        (
+            e.position.block_number,
+            e.position.log_index,
+            e.position.transaction_hash.as_bytes(),
+        )
+    }
+    key(a) > key(b)
 }
 
 impl<'a> Plan<'a> {
@@ -93,29 +119,23 @@ impl<'a> Plan<'a> {
                 }
                 EventBody::Deposited(d) => {
                     plan.touch_vault(&d.term_id, &d.curve_id, None);
-                    plan.moves.push(Move {
+                    plan.move_position(
                         event,
-                        account_id: &d.receiver,
-                        term_id: &d.term_id,
-                        curve_id: &d.curve_id,
-                        total_shares: &d.total_shares,
-                        deposited: &d.assets_after_fees,
-                        redeemed: "0",
-                    });
-                    plan.recount.insert((&d.term_id, &d.curve_id));
+                        (&d.receiver, &d.term_id, &d.curve_id),
+                        &d.total_shares,
+                        &d.assets_after_fees,
+                        "0",
+                    );
                 }
                 EventBody::Redeemed(r) => {
                     plan.touch_vault(&r.term_id, &r.curve_id, None);
-                    plan.moves.push(Move {
+                    plan.move_position(
                         event,
-                        account_id: &r.receiver,
-                        term_id: &r.term_id,
-                        curve_id: &r.curve_id,
-                        total_shares: &r.total_shares,
-                        deposited: "0",
-                        redeemed: &r.assets,
-                    });
-                    plan.recount.insert((&r.term_id, &r.curve_id));
+                        (&r.receiver, &r.term_id, &r.curve_id),
+                        &r.total_shares,
+                        "0",
+                        &r.assets,
+                    );
                 }
                 EventBody::SharePriceChanged(s) => {
                     plan.touch_vault(&s.term_id, &s.curve_id, Some((event, s)));
@@ -125,6 +145,27 @@ impl<'a> Plan<'a> {
             }
         }
         plan
+    }
+
+    fn move_position(
+        &mut self,
+        event: &'a DecodedEvent,
+        key: (&'a str, &'a str, &'a str),
+        shares: &'a str,
+        deposited: &str,
+        redeemed: &str,
+    ) {
+        match self.positions.entry(key) {
+            Entry::Occupied(mut change) => change.get_mut().add(event, shares, deposited, redeemed),
+            Entry::Vacant(slot) => {
+                slot.insert(PositionChange {
+                    newest: event,
+                    shares,
+                    deposited: deposited.to_string(),
+                    redeemed: redeemed.to_string(),
+                });
+            }
+        }
     }
 
     fn touch_vault(
@@ -331,41 +372,46 @@ impl<'a> Plan<'a> {
         Ok(())
     }
 
+    /// Positions and, in the same statement, the vaults' position_count.
     async fn upsert_positions(
         &self,
         tx: &mut Transaction<'_, Postgres>,
     ) -> Result<(), sqlx::Error> {
-        if self.moves.is_empty() {
+        if self.positions.is_empty() {
             return Ok(());
         }
-        let m = &self.moves;
+        let keys = self.positions.keys();
+        let changes = self.positions.values();
         sqlx::query(queries::UPSERT_POSITIONS)
-            .bind(m.iter().map(|m| m.account_id).collect::<Vec<_>>())
-            .bind(m.iter().map(|m| m.term_id).collect::<Vec<_>>())
-            .bind(m.iter().map(|m| m.curve_id).collect::<Vec<_>>())
+            .bind(keys.clone().map(|k| k.0).collect::<Vec<_>>())
+            .bind(keys.clone().map(|k| k.1).collect::<Vec<_>>())
+            .bind(keys.map(|k| k.2).collect::<Vec<_>>())
             .bind(
-                m.iter()
-                    .map(|m| m.event.position.block_number)
+                changes
+                    .clone()
+                    .map(|c| c.newest.position.block_number)
                     .collect::<Vec<_>>(),
             )
             .bind(
-                m.iter()
-                    .map(|m| m.event.position.log_index)
+                changes
+                    .clone()
+                    .map(|c| c.newest.position.log_index)
                     .collect::<Vec<_>>(),
             )
             .bind(
-                m.iter()
-                    .map(|m| m.event.position.transaction_hash.as_str())
+                changes
+                    .clone()
+                    .map(|c| c.newest.position.transaction_hash.as_str())
                     .collect::<Vec<_>>(),
             )
-            .bind(m.iter().map(|m| m.total_shares).collect::<Vec<_>>())
-            .bind(m.iter().map(|m| m.deposited).collect::<Vec<_>>())
-            .bind(m.iter().map(|m| m.redeemed).collect::<Vec<_>>())
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(queries::RECOUNT_VAULT_POSITIONS)
-            .bind(self.recount.iter().map(|(t, _)| *t).collect::<Vec<_>>())
-            .bind(self.recount.iter().map(|(_, c)| *c).collect::<Vec<_>>())
+            .bind(changes.clone().map(|c| c.shares).collect::<Vec<_>>())
+            .bind(
+                changes
+                    .clone()
+                    .map(|c| c.deposited.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(changes.map(|c| c.redeemed.as_str()).collect::<Vec<_>>())
             .execute(&mut **tx)
             .await?;
         Ok(())

@@ -35,6 +35,8 @@ pub struct AnalyticsSettings {
     pub max_terms_per_second: u32,
     /// How long a claim lasts before another worker may take the term.
     pub claim_lease: Duration,
+    /// How long a queued term waits so that later changes share its recomputation.
+    pub coalesce: Duration,
 }
 
 impl From<&AnalyticsArgs> for AnalyticsSettings {
@@ -47,6 +49,7 @@ impl From<&AnalyticsArgs> for AnalyticsSettings {
             backoff_max: Duration::from_millis(a.analytics_backoff_max_ms),
             max_terms_per_second: a.analytics_max_terms_per_second,
             claim_lease: Duration::from_millis(a.analytics_claim_lease_ms),
+            coalesce: Duration::from_millis(a.analytics_coalesce_ms),
         }
     }
 }
@@ -226,6 +229,7 @@ async fn claim(pool: &PgPool, settings: &AnalyticsSettings) -> Result<Vec<Claime
     let rows = sqlx::query(queries::CLAIM_ANALYTICS_TERMS)
         .bind(settings.batch_size)
         .bind(settings.claim_lease.as_millis() as i64)
+        .bind(settings.coalesce.as_millis() as i64)
         .fetch_all(pool)
         .await?;
     rows.iter()

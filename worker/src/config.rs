@@ -129,6 +129,9 @@ pub struct AnalyticsArgs {
     /// How long a claimed term stays reserved for one worker, in milliseconds (a crashed worker's terms are retaken after it).
     #[arg(long, env = "ANALYTICS_CLAIM_LEASE_MS", default_value_t = 60_000)]
     pub analytics_claim_lease_ms: u64,
+    /// How long a queued term waits before it is recomputed, in milliseconds, so that the changes of that window share one recomputation (bounds how stale analytics may be under load).
+    #[arg(long, env = "ANALYTICS_COALESCE_MS", default_value_t = 250)]
+    pub analytics_coalesce_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -455,6 +458,12 @@ impl AnalyticsArgs {
             "analytics-claim-lease-ms",
             self.analytics_claim_lease_ms,
             1_000..=3_600_000,
+        )?;
+        in_range(
+            "ANALYTICS_COALESCE_MS",
+            "analytics-coalesce-ms",
+            self.analytics_coalesce_ms,
+            0..=60_000,
         )?;
         in_range(
             "ANALYTICS_MAX_TERMS_PER_SECOND",

@@ -20,7 +20,6 @@ named_queries! {
     UPSERT_TRIPLES => "upsert_triples.sql",
     UPSERT_VAULTS => "upsert_vaults.sql",
     UPSERT_POSITIONS => "upsert_positions.sql",
-    RECOUNT_VAULT_POSITIONS => "recount_vault_positions.sql",
     UPSERT_TERMS => "upsert_terms.sql",
     RECOMPUTE_TERM_TOTALS => "recompute_term_totals.sql",
     ENQUEUE_ANALYTICS => "enqueue_analytics.sql",

@@ -145,6 +145,38 @@ fn hex_to_decimal(hex: &str) -> Option<String> {
     Some(out)
 }
 
+/// Sum of two canonical decimal texts (as [`parse_u256`] returns them), exact
+/// at any length. Lets a batch add up its own amounts per row before they
+/// reach PostgreSQL's NUMERIC, which stores the running totals.
+pub fn add_decimal(a: &str, b: &str) -> String {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut digits: Vec<u8> = Vec::with_capacity(a.len().max(b.len()) + 1);
+    let mut carry = 0u8;
+    let (mut i, mut j) = (a.len(), b.len());
+    while i > 0 || j > 0 || carry > 0 {
+        let mut sum = carry;
+        if i > 0 {
+            i -= 1;
+            sum += a[i] - b'0';
+        }
+        if j > 0 {
+            j -= 1;
+            sum += b[j] - b'0';
+        }
+        digits.push(b'0' + sum % 10);
+        carry = sum / 10;
+    }
+    while digits.len() > 1 && digits.last() == Some(&b'0') {
+        digits.pop();
+    }
+    if digits.is_empty() {
+        digits.push(b'0');
+    }
+    digits.reverse();
+    // Only ASCII digits were pushed.
+    String::from_utf8(digits).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +236,24 @@ mod tests {
         assert!(parse_small(Spelling::Literal("3"), 2, "a vault type").is_err());
         assert!(parse_small(Spelling::Text("99999999999999999999"), u64::MAX, "x").is_err());
         assert!(parse_small(Spelling::Text("0xffffffffffffffff"), u64::MAX, "x").is_err());
+    }
+
+    #[test]
+    fn decimal_sums_are_exact_beyond_u256() {
+        assert_eq!(add_decimal("0", "0"), "0");
+        assert_eq!(add_decimal("999", "1"), "1000");
+        assert_eq!(add_decimal("1", "0"), "1");
+        let doubled = add_decimal(U256_MAX_DECIMAL, U256_MAX_DECIMAL);
+        assert_eq!(
+            doubled,
+            "231584178474632390847141970017375815706539969331281128078915168015826259279870"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decimal_sums_match_u128(a in 0u128..u128::MAX / 2, b in 0u128..u128::MAX / 2) {
+            proptest::prop_assert_eq!(add_decimal(&a.to_string(), &b.to_string()), (a + b).to_string());
+        }
     }
 }

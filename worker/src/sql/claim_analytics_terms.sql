@@ -1,13 +1,15 @@
 -- Claims due terms for a lease of $2 milliseconds, in its own short
 -- transaction: writers never wait for the analytics work itself. SKIP LOCKED:
 -- concurrent analytics workers take disjoint terms; an expired lease (a
--- worker that died) makes a term claimable again.
+-- worker that died) makes a term claimable again. A term becomes due $3
+-- milliseconds after it was queued (or released), so the changes of that
+-- window are recomputed once (ANALYTICS_COALESCE_MS).
 UPDATE analytics_queue q
 SET claimed_until = now() + $2 * interval '1 millisecond'
 FROM (
     SELECT term_id
     FROM analytics_queue
-    WHERE parked_at IS NULL AND next_attempt_at <= now()
+    WHERE parked_at IS NULL AND next_attempt_at <= now() - $3 * interval '1 millisecond'
       AND (claimed_until IS NULL OR claimed_until < now())
     ORDER BY next_attempt_at, term_id
     LIMIT $1
