@@ -42,8 +42,9 @@ pub async fn apply(
 struct Plan<'a> {
     atoms: Vec<&'a DecodedEvent>,
     triples: Vec<&'a DecodedEvent>,
-    /// (term, curve) named by Deposited/Redeemed/SharePriceChanged.
-    vault_touches: Vec<VaultTouch<'a>>,
+    /// Every (term, curve) named by Deposited/Redeemed/SharePriceChanged, with
+    /// the batch's newest SharePriceChanged for it, if any.
+    vaults: BTreeMap<(&'a str, &'a str), Option<PriceChange<'a>>>,
     /// Deposited/Redeemed folded per position (account, term, curve).
     positions: BTreeMap<(&'a str, &'a str, &'a str), PositionChange<'a>>,
     /// (id, type, atom_id, triple_id) claims for `term`.
@@ -54,12 +55,8 @@ struct Plan<'a> {
     analytics: BTreeSet<&'a str>,
 }
 
-struct VaultTouch<'a> {
-    term_id: &'a str,
-    curve_id: &'a str,
-    /// Set for SharePriceChanged only.
-    price: Option<(&'a DecodedEvent, &'a crate::decode::SharePriceChanged)>,
-}
+/// A SharePriceChanged with the event that carried it.
+type PriceChange<'a> = (&'a DecodedEvent, &'a crate::decode::SharePriceChanged);
 
 /// What a batch does to one position: the newest balance and the sums.
 struct PositionChange<'a> {
@@ -168,17 +165,13 @@ impl<'a> Plan<'a> {
         }
     }
 
-    fn touch_vault(
-        &mut self,
-        term_id: &'a str,
-        curve_id: &'a str,
-        price: Option<(&'a DecodedEvent, &'a crate::decode::SharePriceChanged)>,
-    ) {
-        self.vault_touches.push(VaultTouch {
-            term_id,
-            curve_id,
-            price,
-        });
+    fn touch_vault(&mut self, term_id: &'a str, curve_id: &'a str, price: Option<PriceChange<'a>>) {
+        let newest = self.vaults.entry((term_id, curve_id)).or_default();
+        if let Some((event, _)) = price {
+            if newest.is_none_or(|(current, _)| newer(event, current)) {
+                *newest = price;
+            }
+        }
         self.term_claims.push((term_id, "Unknown", None, None));
         self.analytics.insert(term_id);
     }
@@ -334,37 +327,34 @@ impl<'a> Plan<'a> {
     }
 
     async fn upsert_vaults(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
-        if self.vault_touches.is_empty() {
+        if self.vaults.is_empty() {
             return Ok(());
         }
-        let t = &self.vault_touches;
+        let keys = self.vaults.keys();
+        let prices = self.vaults.values();
         let price = |f: fn(&crate::decode::SharePriceChanged) -> &str| -> Vec<Option<&str>> {
-            t.iter().map(|v| v.price.map(|(_, s)| f(s))).collect()
+            prices.clone().map(|p| p.map(|(_, s)| f(s))).collect()
+        };
+        let chain = |f: fn(&'a DecodedEvent) -> i64| -> Vec<Option<i64>> {
+            prices.clone().map(|p| p.map(|(e, _)| f(e))).collect()
         };
         sqlx::query(queries::UPSERT_VAULTS)
-            .bind(t.iter().map(|v| v.term_id).collect::<Vec<_>>())
-            .bind(t.iter().map(|v| v.curve_id).collect::<Vec<_>>())
+            .bind(keys.clone().map(|k| k.0).collect::<Vec<_>>())
+            .bind(keys.map(|k| k.1).collect::<Vec<_>>())
+            .bind(chain(|e| e.position.block_number))
+            .bind(chain(|e| e.position.log_index))
             .bind(
-                t.iter()
-                    .map(|v| v.price.map(|(e, _)| e.position.block_number))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                t.iter()
-                    .map(|v| v.price.map(|(e, _)| e.position.log_index))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                t.iter()
-                    .map(|v| v.price.map(|(e, _)| e.position.transaction_hash.as_str()))
+                prices
+                    .clone()
+                    .map(|p| p.map(|(e, _)| e.position.transaction_hash.as_str()))
                     .collect::<Vec<_>>(),
             )
             .bind(price(|s| &s.total_shares))
             .bind(price(|s| &s.total_assets))
             .bind(price(|s| &s.share_price))
             .bind(
-                t.iter()
-                    .map(|v| v.price.map(|(_, s)| s.vault_type))
+                prices
+                    .map(|p| p.map(|(_, s)| s.vault_type))
                     .collect::<Vec<_>>(),
             )
             .execute(&mut **tx)
@@ -446,11 +436,11 @@ impl<'a> Plan<'a> {
         if self.analytics.is_empty() {
             return Ok(0);
         }
-        sqlx::query(queries::ENQUEUE_ANALYTICS)
+        let queued = sqlx::query(queries::ENQUEUE_ANALYTICS)
             .bind(self.analytics.iter().copied().collect::<Vec<_>>())
             .bind(trace_context)
             .execute(&mut **tx)
             .await?;
-        Ok(self.analytics.len() as u64)
+        Ok(queued.rows_affected())
     }
 }

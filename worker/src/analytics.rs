@@ -291,7 +291,6 @@ pub async fn recompute_terms(
             .execute(&mut **tx)
             .await?;
         for statement in [
-            queries::DELETE_TRIPLE_ANALYTICS,
             queries::RECOMPUTE_TRIPLE_VAULTS,
             queries::RECOMPUTE_TRIPLE_TERMS,
         ] {

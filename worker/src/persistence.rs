@@ -85,7 +85,7 @@ pub struct WriteOutcome {
     pub dead_letters: u64,
     /// Entries the database refused, dead-lettered whole.
     pub refused_entries: u64,
-    /// Terms put on the analytics queue.
+    /// Terms put on the analytics queue (or re-armed there while claimed or parked).
     pub terms_enqueued: u64,
     /// Transactions rolled back on conflict and run again.
     pub conflict_retries: u64,

@@ -30,7 +30,6 @@ named_queries! {
     ANALYTICS_AFFECTED_TRIPLES => "analytics_affected_triples.sql",
     LOCK_PREDICATE_OBJECTS => "lock_predicate_objects.sql",
     LOCK_SUBJECT_PREDICATES => "lock_subject_predicates.sql",
-    DELETE_TRIPLE_ANALYTICS => "delete_triple_analytics.sql",
     RECOMPUTE_TRIPLE_VAULTS => "recompute_triple_vaults.sql",
     RECOMPUTE_TRIPLE_TERMS => "recompute_triple_terms.sql",
     RECOMPUTE_PREDICATE_OBJECTS => "recompute_predicate_objects.sql",

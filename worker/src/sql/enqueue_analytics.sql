@@ -3,9 +3,17 @@
 -- its version bumped, so that worker's completion keeps the row and the term
 -- is processed again with this change. A parked term gets a fresh set of
 -- attempts because new data may cure it. Rows are locked in term order.
+--
+-- Only triples and counter triples are queued: atom vaults feed no analytics
+-- table (SPEC §3). A term still Unknown here needs no entry either: its
+-- TripleCreated queues the triple when it arrives, and that recomputation
+-- reads both vaults. upsert_terms.sql ran first in this transaction and
+-- waited for any concurrent claim on these rows, so the types read here are
+-- current.
 INSERT INTO analytics_queue AS q (term_id, trace_context)
 SELECT k.term_id, $2::text
 FROM unnest($1::text[]) AS k(term_id)
+JOIN term t ON t.id = k.term_id AND t.type IN ('Triple', 'CounterTriple')
 ORDER BY k.term_id
 ON CONFLICT (term_id) DO UPDATE
 SET version = q.version + 1,

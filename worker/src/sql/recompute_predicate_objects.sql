@@ -17,6 +17,9 @@ WITH pairs AS (
         total_market_cap = c.total_market_cap
     FROM computed c
     WHERE po.predicate_id = c.predicate_id AND po.object_id = c.object_id
+      -- Unchanged rows are not rewritten (no dead rows for nothing).
+      AND (po.triple_count, po.total_position_count, po.total_market_cap)
+          IS DISTINCT FROM (c.triple_count, c.total_position_count, c.total_market_cap)
 )
 DELETE FROM predicate_object po
 USING pairs p

@@ -15,6 +15,9 @@ WITH pairs AS (
         total_market_cap = c.total_market_cap
     FROM computed c
     WHERE sp.subject_id = c.subject_id AND sp.predicate_id = c.predicate_id
+      -- Unchanged rows are not rewritten (no dead rows for nothing).
+      AND (sp.triple_count, sp.total_position_count, sp.total_market_cap)
+          IS DISTINCT FROM (c.triple_count, c.total_position_count, c.total_market_cap)
 )
 DELETE FROM subject_predicate sp
 USING pairs p
