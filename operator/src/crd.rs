@@ -344,7 +344,7 @@ fn default_acquire_timeout_ms() -> i64 {
     30_000
 }
 fn default_batch_size() -> i32 {
-    200
+    300
 }
 fn default_batch_timeout_ms() -> i64 {
     1_000

@@ -233,7 +233,6 @@ async fn pipeline_run(
     let streams = stream_names(&prefix).join(",");
     let group = "bench".to_string();
     let mut procs = Vec::new();
-    let started = Instant::now();
     for i in 0..workers {
         procs.push(spawn_worker(
             &["run"],
@@ -258,15 +257,17 @@ async fn pipeline_run(
         Duration::from_millis(10),
     )
     .unwrap();
-    // Groups appear when the workers start.
+    // The workers create the consumer group right before their first read:
+    // the clock starts when it appears (issue 7: first read to last commit).
     while intake
         .backlog()
         .await
         .map(|b| b.iter().any(|s| s.lag.is_none()))
         .unwrap_or(true)
     {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let started = Instant::now();
     while !idle(&mut intake).await {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -81,7 +81,7 @@ pub struct StreamArgs {
     #[arg(long, env = "CONSUMER_NAME", default_value_t = default_consumer_name())]
     pub consumer_name: String,
     /// Entries read per stream and call; one batch is written in one transaction.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 200)]
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 300)]
     pub batch_size: usize,
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 1_000)]
