@@ -2,21 +2,22 @@
 //! `triple`, `vault`, `position`), the `term` aggregates and the analytics
 //! queue, inside the batch's transaction.
 //!
-//! Concurrency (ADR 0002): statements run in one global lock order — atom,
-//! triple, vault, position, term, analytics_queue — each locking its rows in
-//! key order. Counts and sums that depend on rows other batches may change
-//! (`vault.position_count`, `term` totals) are computed by statements that
-//! run after the parent row is locked, so their snapshot sees every committed
-//! change. Everything else is "newest wins" or commutative. The worker folds
+//! Concurrency (ADR 0002, 0007): statements run in one global lock order —
+//! atom, triple, position, vault, term, analytics_queue — each locking its
+//! rows in key order. `vault.position_count` moves by the exact change each
+//! position write made to the row it replaced (under that row's lock); `term`
+//! totals are recomputed by a statement that runs after the term row is
+//! locked, so its snapshot sees every committed vault change. Everything else is "newest wins" or commutative. The worker folds
 //! a batch per row first (newest balance, sums), so every statement gets one
 //! row per key (ADR 0007).
 
 use crate::decode::numbers::add_decimal;
 use crate::decode::{DecodedEvent, EventBody};
 use crate::queries;
+use sqlx::Row;
 use sqlx::{Postgres, Transaction};
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Applies `events` (only those just inserted, never redeliveries) and
 /// returns the number of terms put on the analytics queue.
@@ -31,8 +32,8 @@ pub async fn apply(
     let plan = Plan::from_events(events);
     plan.upsert_atoms(tx).await?;
     plan.upsert_triples(tx).await?;
-    plan.upsert_vaults(tx).await?;
-    plan.upsert_positions(tx).await?;
+    let position_counts = plan.upsert_positions(tx).await?;
+    plan.upsert_vaults(tx, &position_counts).await?;
     plan.upsert_terms(tx).await?;
     plan.enqueue_analytics(tx, trace_context).await
 }
@@ -326,7 +327,12 @@ impl<'a> Plan<'a> {
         Ok(())
     }
 
-    async fn upsert_vaults(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    /// Vaults, with the position_count changes `upsert_positions` returned.
+    async fn upsert_vaults(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        position_counts: &HashMap<(String, String), i64>,
+    ) -> Result<(), sqlx::Error> {
         if self.vaults.is_empty() {
             return Ok(());
         }
@@ -357,18 +363,29 @@ impl<'a> Plan<'a> {
                     .map(|p| p.map(|(_, s)| s.vault_type))
                     .collect::<Vec<_>>(),
             )
+            .bind(
+                self.vaults
+                    .keys()
+                    .map(|(t, c)| {
+                        position_counts
+                            .get(&(t.to_string(), c.to_string()))
+                            .copied()
+                            .unwrap_or(0)
+                    })
+                    .collect::<Vec<i64>>(),
+            )
             .execute(&mut **tx)
             .await?;
         Ok(())
     }
 
-    /// Positions and, in the same statement, the vaults' position_count.
+    /// Positions; returns the change of position_count per (term, curve).
     async fn upsert_positions(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
         if self.positions.is_empty() {
-            return Ok(());
+            return Ok(HashMap::new());
         }
         let keys = self.positions.keys();
         let changes = self.positions.values();
@@ -402,9 +419,16 @@ impl<'a> Plan<'a> {
                     .collect::<Vec<_>>(),
             )
             .bind(changes.map(|c| c.redeemed.as_str()).collect::<Vec<_>>())
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    (row.try_get("term_id")?, row.try_get("curve_id")?),
+                    row.try_get("change")?,
+                ))
+            })
+            .collect()
     }
 
     async fn upsert_terms(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {

@@ -29,6 +29,6 @@ computed AS (
                             EXCLUDED.subject_id, EXCLUDED.predicate_id, EXCLUDED.object_id)
 )
 DELETE FROM triple_term tt
-USING targets x
-WHERE tt.term_id = x.term_id
-  AND NOT EXISTS (SELECT 1 FROM computed c WHERE c.term_id = tt.term_id AND c.counter_term_id = tt.counter_term_id)
+WHERE tt.term_id = ANY($1::text[])
+  -- NOT IN (key columns are NOT NULL): one hashed lookup per row.
+  AND (tt.term_id, tt.counter_term_id) NOT IN (SELECT term_id, counter_term_id FROM computed)

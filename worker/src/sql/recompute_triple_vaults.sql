@@ -23,7 +23,6 @@ computed AS (
           IS DISTINCT FROM (EXCLUDED.total_shares, EXCLUDED.total_assets, EXCLUDED.position_count, EXCLUDED.market_cap)
 )
 DELETE FROM triple_vault tv
-USING targets x
-WHERE tv.term_id = x.term_id
-  AND NOT EXISTS (SELECT 1 FROM computed c
-                  WHERE c.term_id = tv.term_id AND c.counter_term_id = tv.counter_term_id AND c.curve_id = tv.curve_id)
+WHERE tv.term_id = ANY($1::text[])
+  -- NOT IN (key columns are NOT NULL): one hashed lookup per row.
+  AND (tv.term_id, tv.counter_term_id, tv.curve_id) NOT IN (SELECT term_id, counter_term_id, curve_id FROM computed)
