@@ -608,8 +608,9 @@ mod tests {
         let args = run_args(&[]).unwrap();
         args.validate().unwrap();
         assert_eq!(args.streams.redis_streams, vec!["a", "b"]);
-        assert_eq!(args.streams.batch_size, 200);
+        assert_eq!(args.streams.batch_size, 300);
         assert_eq!(args.streams.consumer_concurrency, 2);
+        assert_eq!(args.analytics.analytics_coalesce_ms, 250);
     }
 
     #[test]
