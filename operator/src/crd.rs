@@ -362,7 +362,7 @@ fn default_analytics_concurrency() -> i32 {
     1
 }
 fn default_analytics_batch_size() -> i32 {
-    500
+    200
 }
 fn default_analytics_max_attempts() -> i32 {
     8

@@ -109,7 +109,7 @@ pub struct AnalyticsArgs {
     #[arg(long, env = "ANALYTICS_CONCURRENCY", default_value_t = 1)]
     pub analytics_concurrency: u32,
     /// Terms claimed per analytics transaction.
-    #[arg(long, env = "ANALYTICS_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "ANALYTICS_BATCH_SIZE", default_value_t = 200)]
     pub analytics_batch_size: u32,
     /// Wait between polls of an empty queue, in milliseconds.
     #[arg(long, env = "ANALYTICS_POLL_INTERVAL_MS", default_value_t = 200)]
