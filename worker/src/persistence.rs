@@ -260,10 +260,17 @@ pub async fn write_in_transaction(
         }
         new_keys.extend(inserted);
     }
-    let new_events: Vec<&DecodedEvent> = events
-        .into_iter()
-        .filter(|e| new_keys.contains(&(e.position.transaction_hash.clone(), e.position.log_index)))
-        .collect();
+    // Usually every event is new; only a redelivery needs the lookup.
+    let new_events: Vec<&DecodedEvent> = if new_keys.len() == events.len() {
+        events
+    } else {
+        events
+            .into_iter()
+            .filter(|e| {
+                new_keys.contains(&(e.position.transaction_hash.clone(), e.position.log_index))
+            })
+            .collect()
+    };
 
     let dead_letters: Vec<&DeadLetter> =
         entries.iter().flat_map(|e| e.dead_letters.iter()).collect();

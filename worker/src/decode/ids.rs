@@ -2,6 +2,8 @@
 //! addresses EIP-55 checksummed, atom data as bytes, counter terms by keccak.
 
 use super::FieldError;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use tiny_keccak::{Hasher, Keccak};
 
 pub fn keccak256(parts: &[&[u8]]) -> [u8; 32] {
@@ -47,7 +49,7 @@ pub fn address(value: &str) -> Result<String, FieldError> {
             expected: "an address: 0x followed by 40 hex digits",
         });
     }
-    let checksummed = checksum(&digits.to_ascii_lowercase());
+    let checksummed = checksum_cached(&digits.to_ascii_lowercase());
     let mixed = digits.bytes().any(|b| b.is_ascii_lowercase())
         && digits.bytes().any(|b| b.is_ascii_uppercase());
     if mixed && checksummed[2..] != *digits {
@@ -57,6 +59,34 @@ pub fn address(value: &str) -> Result<String, FieldError> {
         });
     }
     Ok(checksummed)
+}
+
+/// Distinct addresses remembered per thread: an indexer stream names the same
+/// few thousand accounts and contracts over and over, and each checksum costs
+/// a keccak. Cleared when full (no eviction bookkeeping); ~2 MiB at most.
+const CHECKSUM_CACHE_ENTRIES: usize = 16_384;
+
+thread_local! {
+    static CHECKSUMS: RefCell<HashMap<[u8; 40], String>> = RefCell::new(HashMap::new());
+}
+
+/// `checksum`, remembered per lower-case address.
+fn checksum_cached(lower_hex: &str) -> String {
+    let Ok(key) = <[u8; 40]>::try_from(lower_hex.as_bytes()) else {
+        return checksum(lower_hex);
+    };
+    CHECKSUMS.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        if let Some(known) = cache.get(&key) {
+            return known.clone();
+        }
+        let value = checksum(lower_hex);
+        if cache.len() >= CHECKSUM_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, value.clone());
+        value
+    })
 }
 
 fn checksum(lower_hex: &str) -> String {
@@ -128,6 +158,20 @@ mod tests {
             assert_eq!(
                 address(&format!("0x{}", expected[2..].to_uppercase())).unwrap(),
                 expected
+            );
+        }
+    }
+
+    #[test]
+    fn the_checksum_cache_agrees_with_the_hash_past_its_capacity() {
+        for i in 0..(CHECKSUM_CACHE_ENTRIES + 10) as u64 {
+            let lower = format!("{:040x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let expected = checksum(&lower);
+            assert_eq!(checksum_cached(&lower), expected);
+            assert_eq!(
+                checksum_cached(&lower),
+                expected,
+                "second lookup of {lower}"
             );
         }
     }

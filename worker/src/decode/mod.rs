@@ -6,11 +6,12 @@
 //! the good items beside it are kept.
 
 pub mod ids;
+mod members;
 pub mod numbers;
 
+use members::Members;
 use numbers::Spelling;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// 9999-12-31T23:59:59Z: PostgreSQL's timestamptz cannot go much further.
@@ -288,7 +289,7 @@ pub fn decode_entry(
             return whole_entry_dead(DecodeError::NotUtf8(e.valid_up_to()), raw.clone(), None)
         }
     };
-    let envelope: HashMap<String, &RawValue> = match serde_json::from_str::<&RawValue>(text) {
+    let envelope: Members<'_> = match serde_json::from_str::<&RawValue>(text) {
         Err(e) => return whole_entry_dead(DecodeError::NotJson(e.to_string()), raw.clone(), None),
         Ok(value) => match serde_json::from_str(value.get()) {
             Ok(map) => map,
@@ -327,7 +328,7 @@ pub fn decode_entry(
                 )
             }
         },
-        _ => vec![*event_data],
+        _ => vec![event_data],
     };
     if items.is_empty() {
         return whole_entry_dead(DecodeError::EmptyEventData, raw.clone(), Some(event_name));
@@ -377,7 +378,7 @@ struct EnvelopeContext<'a> {
     network: Option<String>,
 }
 
-fn optional_string(map: &HashMap<String, &RawValue>, key: &str) -> Option<String> {
+fn optional_string(map: &Members<'_>, key: &str) -> Option<String> {
     map.get(key)
         .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
         .filter(|s| !s.is_empty() && !s.contains('\0'))
@@ -387,7 +388,7 @@ fn optional_string(map: &HashMap<String, &RawValue>, key: &str) -> Option<String
 struct Fields<'a> {
     event: &'a str,
     prefix: &'static str,
-    map: HashMap<String, &'a RawValue>,
+    map: Members<'a>,
 }
 
 impl<'a> Fields<'a> {
@@ -401,7 +402,7 @@ impl<'a> Fields<'a> {
 
     /// The raw JSON of a field; `None` when absent or null.
     fn raw(&self, field: &str) -> Option<&'a RawValue> {
-        self.map.get(field).copied().filter(|v| v.get() != "null")
+        self.map.get(field).filter(|v| v.get() != "null")
     }
 
     fn string(&self, field: &str) -> Result<String, DecodeError> {

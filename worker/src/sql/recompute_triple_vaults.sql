@@ -2,14 +2,17 @@
 -- and its counter vault (only curves where one of them exists). Rows are
 -- updated in place and only when a value changed (HOT updates, no churn);
 -- rows of the given triples that no longer have a definition are deleted.
-WITH targets AS (SELECT unnest($1::text[]) AS term_id),
-computed AS (
+-- Every read is a per-key index lookup (LATERAL, OFFSET 0: ADR 0008).
+WITH computed AS (
     SELECT t.term_id, t.counter_term_id, v.curve_id,
            sum(v.total_shares) AS total_shares, sum(v.total_assets) AS total_assets,
            sum(v.position_count) AS position_count, sum(v.market_cap) AS market_cap
-    FROM targets x
-    JOIN triple t ON t.term_id = x.term_id
-    JOIN vault v ON v.term_id IN (t.term_id, t.counter_term_id)
+    FROM unnest($1::text[]) AS x(term_id)
+    CROSS JOIN LATERAL (SELECT term_id, counter_term_id FROM triple WHERE term_id = x.term_id OFFSET 0) t
+    CROSS JOIN LATERAL (
+        SELECT curve_id, total_shares, total_assets, position_count, market_cap
+        FROM vault WHERE term_id IN (t.term_id, t.counter_term_id) OFFSET 0
+    ) v
     GROUP BY t.term_id, t.counter_term_id, v.curve_id
 ), written AS (
     INSERT INTO triple_vault AS tv (term_id, counter_term_id, curve_id, total_shares, total_assets, position_count, market_cap)
@@ -23,6 +26,15 @@ computed AS (
           IS DISTINCT FROM (EXCLUDED.total_shares, EXCLUDED.total_assets, EXCLUDED.position_count, EXCLUDED.market_cap)
 )
 DELETE FROM triple_vault tv
-WHERE tv.term_id = ANY($1::text[])
-  -- NOT IN (key columns are NOT NULL): one hashed lookup per row.
-  AND (tv.term_id, tv.counter_term_id, tv.curve_id) NOT IN (SELECT term_id, counter_term_id, curve_id FROM computed)
+USING (
+    SELECT s.ctid
+    FROM unnest($1::text[]) AS x(term_id)
+    CROSS JOIN LATERAL (
+        SELECT ctid, term_id, counter_term_id, curve_id FROM triple_vault WHERE term_id = x.term_id OFFSET 0
+    ) s
+    -- NOT IN (key columns are NOT NULL): one hashed lookup per row.
+    WHERE (s.term_id, s.counter_term_id, s.curve_id) NOT IN (SELECT term_id, counter_term_id, curve_id FROM computed)
+) gone
+-- The pair locks taken before this statement keep other transactions off
+-- these rows, so the row version found above is the one deleted.
+WHERE tv.ctid = gone.ctid
