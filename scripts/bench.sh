@@ -2,8 +2,8 @@
 # Benchmark: throughput, latency, analytics drain and memory of the worker on
 # this machine (PostgreSQL and Redis local, started by scripts/services.sh).
 #
-#   scripts/bench.sh                       # 200,000 events, 1 and 2 workers, 100,000-term analytics drain
-#   BENCH_EVENTS=50000 BENCH_WORKERS=1 BENCH_ANALYTICS_TERMS=0 scripts/bench.sh
+#   scripts/bench.sh                       # 200,000 events, 1 and 2 workers (3 runs each, median), 100,000-term analytics drain
+#   BENCH_EVENTS=50000 BENCH_WORKERS=1 BENCH_REPEAT=1 BENCH_ANALYTICS_TERMS=0 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -5,7 +5,9 @@
 //!
 //! Settings (environment): BENCH_EVENTS (default 200000), BENCH_WORKERS
 //! (default "1,2"), BENCH_ANALYTICS_TERMS (default 100000, 0 skips),
-//! BENCH_PACED_RATE (events/s of the latency phase, default 5000).
+//! BENCH_PACED_RATE (events/s of the latency phase, default 5000),
+//! BENCH_REPEAT (runs per worker count, default 3: one run on a shared 2-core
+//! machine can be 15 % off, so the summary gives the median and the range).
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -219,7 +221,10 @@ async fn pipeline_run(
     paced_rate: u64,
 ) -> Row {
     let (url, pool) = fresh_database(admin, &format!("pgw_bench_w{workers}")).await;
-    let prefix = format!("bench{}_{}", workers, std::process::id());
+    // Fresh stream names per run (a repeated run must not meet the last one's group).
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!("bench{}_{}_{run}", workers, std::process::id());
     let spec = GeneratorSpec {
         events,
         events_per_entry: 10,
@@ -435,6 +440,18 @@ async fn analytics_run(admin: &str, terms: i64) {
     }
 }
 
+/// The middle value (the mean of the two middle values for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
@@ -449,6 +466,11 @@ async fn main() {
     let analytics_terms: i64 = env_or("BENCH_ANALYTICS_TERMS", "100000")
         .parse()
         .expect("BENCH_ANALYTICS_TERMS");
+    let repeat: usize = env_or("BENCH_REPEAT", "3")
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .expect("BENCH_REPEAT: a whole number of runs, at least 1");
     let workers: Vec<usize> = env_or("BENCH_WORKERS", "1,2")
         .split(',')
         .map(|w| w.trim().parse().expect("BENCH_WORKERS"))
@@ -459,8 +481,10 @@ async fn main() {
     }
     let mut rows = Vec::new();
     for w in workers.iter().copied().filter(|w| *w > 0) {
-        let row = pipeline_run(&admin, &redis_url, events, w, paced).await;
-        rows.push(row);
+        for _ in 0..repeat {
+            let row = pipeline_run(&admin, &redis_url, events, w, paced).await;
+            rows.push(row);
+        }
     }
     println!();
     println!("| workers | events | seconds | events/s | p50 entry→commit | p99 entry→commit | analytics drained after last commit (terms queued then) | peak RSS (max worker) | verify, every event stored |");
@@ -478,6 +502,28 @@ async fn main() {
             r.queued_at_last_commit,
             r.rss_mib,
             if r.verified { "OK" } else { "FAILED" }
+        );
+    }
+    println!();
+    println!("| workers | runs | events/s median (min–max) | p50 median | p99 median | analytics drain median (max) | peak RSS (max) | all verified |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for w in workers.iter().copied().filter(|w| *w > 0) {
+        let runs: Vec<&Row> = rows.iter().filter(|r| r.workers == w).collect();
+        let rate: Vec<f64> = runs.iter().map(|r| r.events as f64 / r.seconds).collect();
+        let drain: Vec<f64> = runs.iter().map(|r| r.analytics_drain_s).collect();
+        println!(
+            "| {} | {} | {:.0} ({:.0}–{:.0}) | {:.1} ms | {:.1} ms | {:.2} s ({:.2} s) | {:.1} MiB | {} |",
+            w,
+            runs.len(),
+            median(&rate),
+            rate.iter().copied().fold(f64::INFINITY, f64::min),
+            rate.iter().copied().fold(0.0, f64::max),
+            median(&runs.iter().map(|r| r.p50_ms).collect::<Vec<_>>()),
+            median(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
+            median(&drain),
+            drain.iter().copied().fold(0.0, f64::max),
+            runs.iter().map(|r| r.rss_mib).fold(0.0, f64::max),
+            if runs.iter().all(|r| r.verified) { "OK" } else { "FAILED" }
         );
     }
     if rows.iter().any(|r| !r.verified) {
