@@ -241,49 +241,6 @@ async fn changes_within_the_coalescing_window_share_one_recomputation() {
     db.assert_verified().await;
 }
 
-/// A counter triple's change queues its triple (the unit analytics rows are
-/// computed for): changes to both vaults share one queue row.
-#[tokio::test]
-async fn a_counter_vault_change_queues_its_triple() {
-    let db = TestDb::new().await;
-    let mut c = Chain::new();
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(10, 1, 2, 3));
-    write(&db, &events).await;
-    db.drain_analytics().await;
-    let counter = counter_term_id(&term(10));
-    write(
-        &db,
-        &c.deposit(&counter, 1, ADDR_A, 10, "1000000000000000000"),
-    )
-    .await;
-    write(
-        &db,
-        &c.deposit(&term(10), 1, ADDR_B, 20, "1000000000000000000"),
-    )
-    .await;
-    let queued: Vec<(String,)> = sqlx::query_as("SELECT term_id FROM analytics_queue")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        queued,
-        vec![(term(10),)],
-        "two vaults changed, one queue row for the triple"
-    );
-    db.drain_analytics().await;
-    assert_eq!(
-        row(
-            &db,
-            "SELECT total_position_count::text FROM triple_term WHERE term_id = $1",
-            &term(10)
-        )
-        .await,
-        vec!["2"]
-    );
-    db.assert_verified().await;
-}
-
 #[tokio::test]
 async fn deposits_on_the_counter_vault_only_and_several_curves() {
     let db = TestDb::new().await;

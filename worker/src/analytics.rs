@@ -290,15 +290,10 @@ pub async fn recompute_terms(
             .bind(&sp_p)
             .execute(&mut **tx)
             .await?;
-        for statement in [
-            queries::RECOMPUTE_TRIPLE_VAULTS,
-            queries::RECOMPUTE_TRIPLE_TERMS,
-        ] {
-            sqlx::query(statement)
-                .bind(&triple_ids)
-                .execute(&mut **tx)
-                .await?;
-        }
+        sqlx::query(queries::RECOMPUTE_TRIPLES)
+            .bind(&triple_ids)
+            .execute(&mut **tx)
+            .await?;
         sqlx::query(queries::RECOMPUTE_PREDICATE_OBJECTS)
             .bind(&po_p)
             .bind(&po_o)
