@@ -576,7 +576,7 @@ pub fn settings_table() -> String {
             subs.join(", ")
         ));
     }
-    out.push_str("| `RUST_LOG` |  | `info,sqlx=warn` | Log filter (tracing EnvFilter syntax), logs go to stderr. | all |\n");
+    out.push_str("| `RUST_LOG` |  | `info,sqlx=warn` | Log filter (tracing EnvFilter syntax), logs go to stderr; `sqlx=info` adds statements slower than 1 s. | all |\n");
     out
 }
 

@@ -3,6 +3,7 @@
 use crate::config::DatabaseArgs;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::ConnectOptions;
 use sqlx::PgPool;
 use std::str::FromStr;
 
@@ -29,7 +30,11 @@ pub enum DbError {
 pub fn pool(args: &DatabaseArgs, application_name: &str) -> Result<PgPool, DbError> {
     let options = PgConnectOptions::from_str(&args.database_url)
         .map_err(DbError::BadUrl)?
-        .application_name(application_name);
+        .application_name(application_name)
+        // A batch statement waiting a second for another batch's row locks is
+        // normal under load; sqlx would log each one, SQL text included, at
+        // WARN. Shown with RUST_LOG=sqlx=info; the batch metrics cover it.
+        .log_slow_statements(log::LevelFilter::Info, std::time::Duration::from_secs(1));
     Ok(PgPoolOptions::new()
         .min_connections(args.db_pool_min_connections)
         .max_connections(args.db_pool_max_connections)
