@@ -12,6 +12,7 @@ pub mod numbers;
 use members::Members;
 use numbers::Spelling;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// 9999-12-31T23:59:59Z: PostgreSQL's timestamptz cannot go much further.
@@ -406,18 +407,32 @@ impl<'a> Fields<'a> {
     }
 
     fn string(&self, field: &str) -> Result<String, DecodeError> {
+        self.text(field).map(Cow::into_owned)
+    }
+
+    /// A string field's text, borrowed from the input when it holds no
+    /// escapes (ids and numbers never do), decoded otherwise.
+    fn text(&self, field: &str) -> Result<Cow<'a, str>, DecodeError> {
         let raw = self
             .raw(field)
             .ok_or_else(|| self.error(field, FieldError::Missing))?;
-        serde_json::from_str::<String>(raw.get()).map_err(|_| {
-            self.error(
-                field,
-                FieldError::Type {
-                    value: ids::truncate(raw.get()),
-                    expected: "a string",
-                },
-            )
-        })
+        let json = raw.get();
+        if let Some(inner) = json.strip_prefix('"').and_then(|j| j.strip_suffix('"')) {
+            if !inner.contains(['\\', '"']) {
+                return Ok(Cow::Borrowed(inner));
+            }
+        }
+        serde_json::from_str::<String>(json)
+            .map(Cow::Owned)
+            .map_err(|_| {
+                self.error(
+                    field,
+                    FieldError::Type {
+                        value: ids::truncate(json),
+                        expected: "a string",
+                    },
+                )
+            })
     }
 
     fn spelling<T>(
@@ -484,7 +499,7 @@ impl<'a> Fields<'a> {
         field: &str,
         f: impl FnOnce(&str) -> Result<T, FieldError>,
     ) -> Result<T, DecodeError> {
-        let value = self.string(field)?;
+        let value = self.text(field)?;
         f(&value).map_err(|e| self.error(field, e))
     }
 
