@@ -381,8 +381,21 @@ struct EnvelopeContext<'a> {
 
 fn optional_string(map: &Members<'_>, key: &str) -> Option<String> {
     map.get(key)
-        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        .and_then(json_string)
         .filter(|s| !s.is_empty() && !s.contains('\0'))
+        .map(Cow::into_owned)
+}
+
+/// A JSON string's value: borrowed from the input when it holds no escapes
+/// (ids and numbers never do), decoded otherwise; `None` when not a string.
+fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let json = raw.get();
+    if let Some(inner) = json.strip_prefix('"').and_then(|j| j.strip_suffix('"')) {
+        if !inner.contains(['\\', '"']) {
+            return Some(Cow::Borrowed(inner));
+        }
+    }
+    serde_json::from_str::<String>(json).ok().map(Cow::Owned)
 }
 
 /// Accessor over one JSON object's fields, producing errors that name the field.
@@ -410,29 +423,20 @@ impl<'a> Fields<'a> {
         self.text(field).map(Cow::into_owned)
     }
 
-    /// A string field's text, borrowed from the input when it holds no
-    /// escapes (ids and numbers never do), decoded otherwise.
+    /// A string field's value (see `json_string`).
     fn text(&self, field: &str) -> Result<Cow<'a, str>, DecodeError> {
         let raw = self
             .raw(field)
             .ok_or_else(|| self.error(field, FieldError::Missing))?;
-        let json = raw.get();
-        if let Some(inner) = json.strip_prefix('"').and_then(|j| j.strip_suffix('"')) {
-            if !inner.contains(['\\', '"']) {
-                return Ok(Cow::Borrowed(inner));
-            }
-        }
-        serde_json::from_str::<String>(json)
-            .map(Cow::Owned)
-            .map_err(|_| {
-                self.error(
-                    field,
-                    FieldError::Type {
-                        value: ids::truncate(json),
-                        expected: "a string",
-                    },
-                )
-            })
+        json_string(raw).ok_or_else(|| {
+            self.error(
+                field,
+                FieldError::Type {
+                    value: ids::truncate(raw.get()),
+                    expected: "a string",
+                },
+            )
+        })
     }
 
     fn spelling<T>(
@@ -445,15 +449,7 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| self.error(field, FieldError::Missing))?;
         let text = raw.get();
         let result = if text.starts_with('"') {
-            let inner: String = serde_json::from_str(text).map_err(|_| {
-                self.error(
-                    field,
-                    FieldError::Type {
-                        value: ids::truncate(text),
-                        expected: "a string",
-                    },
-                )
-            })?;
+            let inner = self.text(field)?;
             parse(Spelling::Text(&inner))
         } else if text.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
             parse(Spelling::Literal(text))

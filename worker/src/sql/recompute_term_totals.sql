@@ -1,6 +1,8 @@
 -- term.total_assets / total_market_cap = sums over the term's vaults. Runs
 -- after upsert_terms.sql has locked the term rows. The sums are per-term index
--- lookups; the term rows are found by `id = ANY`, an index scan (ADR 0008).
+-- lookups (ADR 0008); `id = ANY` restricts the term rows read to these ids
+-- (an index scan on large tables; below ~10^5 terms the planner may prefer a
+-- sequential scan with a hashed ANY).
 UPDATE term t
 SET total_assets = s.total_assets, total_market_cap = s.total_market_cap
 FROM (
