@@ -5,6 +5,8 @@
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -E 'test(crash)' # nextest filter arguments pass through
+#   PGW_COVERAGE=1 scripts/test.sh  # the same run, instrumented: prints line coverage
+#                                   # (needs cargo-llvm-cov and rustup's llvm-tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,11 +21,34 @@ unset DATABASE_URL REDIS_URL
 tools=$(scripts/tools.sh)
 export HELM=$tools/helm
 
+# Coverage: the same build and test run, instrumented by cargo-llvm-cov. The
+# worker processes the system tests spawn inherit LLVM_PROFILE_FILE, so their
+# lines count too.
+coverage=${PGW_COVERAGE:-0}
+if [ "$coverage" = 1 ]; then
+  eval "$(cargo llvm-cov show-env --export-prefix)"
+  cargo llvm-cov clean --workspace
+fi
+
 cargo build --bin postgres-writer
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 export POSTGRES_WRITER_BIN=$target_dir/debug/postgres-writer
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+if [ "$coverage" = 1 ]; then
+  # Line coverage of the workspace's own code (the system-test crate and test files excluded).
+  ignore='(^|/)tests(/|\.rs$)'
+  cargo llvm-cov report --summary-only --ignore-filename-regex "$ignore"
+  cargo llvm-cov report --json --summary-only --ignore-filename-regex "$ignore" \
+    --output-path "$target_dir/coverage-summary.json"
+  python3 - "$target_dir/coverage-summary.json" <<'PY'
+import json, sys
+lines = json.load(open(sys.argv[1]))["data"][0]["totals"]["lines"]
+print(f"coverage: {lines['percent']:.1f} % of lines ({lines['covered']} of {lines['count']} lines of the workspace)")
+PY
+fi
+exit "$status"
