@@ -609,7 +609,11 @@ async fn a_late_completion_keeps_a_term_queued_anew() {
     assert_eq!(claimed_terms(&a), vec![t.clone()]);
     expire_leases(&db).await;
     let b = claim(&db.pool, &settings).await.unwrap();
-    assert_eq!(claimed_terms(&b), vec![t.clone()], "B claims the expired lease");
+    assert_eq!(
+        claimed_terms(&b),
+        vec![t.clone()],
+        "B claims the expired lease"
+    );
     assert_eq!(complete(&db.pool, &b).await.unwrap().1, 1);
     write(&db, &[c.price(&t, 1, "2000000000000000000")]).await;
     let version: i64 = sqlx::query_scalar("SELECT version FROM analytics_queue WHERE term_id = $1")
@@ -617,9 +621,15 @@ async fn a_late_completion_keeps_a_term_queued_anew() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(version, a[0].version, "queued anew at the version A claimed");
+    assert_eq!(
+        version, a[0].version,
+        "queued anew at the version A claimed"
+    );
     let (_, completed) = complete(&db.pool, &a).await.unwrap();
-    assert_eq!(completed, 0, "A's late completion removed a row it does not own");
+    assert_eq!(
+        completed, 0,
+        "A's late completion removed a row it does not own"
+    );
     assert_eq!(db.count("analytics_queue").await, 1);
     db.drain_analytics().await;
     db.assert_verified().await;
@@ -656,11 +666,12 @@ async fn a_late_failure_leaves_the_new_owners_lease() {
         "A's late completion released B's lease"
     );
     assert_eq!(complete(&db.pool, &b).await.unwrap().1, 0);
-    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM analytics_queue WHERE term_id = $1")
-        .bind(&t)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM analytics_queue WHERE term_id = $1")
+            .bind(&t)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(attempts, 0);
     db.drain_analytics().await;
     db.assert_verified().await;
@@ -759,6 +770,12 @@ async fn rebuild_analytics_only_keeps_terms_queued_during_it() {
     drop(gate);
     rebuild.await.unwrap().unwrap();
     writer.await.unwrap();
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_queue WHERE term_id = $1")
+        .bind(term(10))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "the deposit's term is no longer queued");
     sqlx::query("DROP TRIGGER hold_rebuild ON triple_vault")
         .execute(&db.pool)
         .await

@@ -316,17 +316,37 @@ async fn readiness_on_a_newer_schema_follows_its_declared_compatibility() {
     applied(&db, newer + 1).await;
     exec(&db, declare, &[newer + 1, own]).await;
     exec(&db, declare, &[newer, newer]).await;
-    wait_readyz(&worker, 503, "when one of two newer migrations is incompatible").await;
+    wait_readyz(
+        &worker,
+        503,
+        "when one of two newer migrations is incompatible",
+    )
+    .await;
     exec(&db, declare, &[newer, own]).await;
     wait_readyz(&worker, 200, "when both newer migrations are compatible").await;
 
     // A newer migration that declares nothing counts as incompatible.
-    exec(&db, "DELETE FROM schema_compatibility WHERE version = $1", &[newer + 1]).await;
+    exec(
+        &db,
+        "DELETE FROM schema_compatibility WHERE version = $1",
+        &[newer + 1],
+    )
+    .await;
     wait_readyz(&worker, 503, "on a newer schema without a declaration").await;
 
     // A schema older than the binary's: unready, as before.
-    exec(&db, "DELETE FROM _sqlx_migrations WHERE version >= $1", &[newer]).await;
+    exec(
+        &db,
+        "DELETE FROM _sqlx_migrations WHERE version >= $1",
+        &[newer],
+    )
+    .await;
     wait_readyz(&worker, 200, "back on its own schema").await;
-    exec(&db, "DELETE FROM _sqlx_migrations WHERE version = $1", &[own]).await;
+    exec(
+        &db,
+        "DELETE FROM _sqlx_migrations WHERE version = $1",
+        &[own],
+    )
+    .await;
     wait_readyz(&worker, 503, "on a schema older than its own").await;
 }

@@ -6,8 +6,10 @@
 //! transaction of its own, so writers never wait for analytics work), then in
 //! one transaction lock the affected pair rows in key order, recompute the
 //! affected triples and pairs with a handful of set-based statements, and
-//! delete the claimed queue rows whose version did not move, commit. A failing batch is retried term by term so that one bad term
-//! cannot hold back the rest; a failing term is retried with jittered
+//! delete the claimed queue rows whose version did not move and that still
+//! carry this claim's token (a lease another worker took over is not ours,
+//! ADR 0012), commit. A failing batch is retried term by term so that one bad
+//! term cannot hold back the rest; a failing term is retried with jittered
 //! exponential backoff and parked after the configured number of attempts.
 
 use crate::backoff;
@@ -79,6 +81,10 @@ pub struct Claimed {
     pub attempts: i32,
     /// traceparent of the batch that enqueued the term.
     pub trace_context: Option<String>,
+    /// Stamped on the row by this claim: completion, release and failure act
+    /// only while the row still carries it (another worker may have claimed
+    /// the term after this lease expired).
+    pub token: i64,
 }
 
 /// Claims and processes one batch. Returns a report with `claimed == 0` when
@@ -156,22 +162,22 @@ async fn process_batch_in(
 
 /// One analytics transaction: recompute, mark done (version unchanged), end
 /// the lease of what stays queued. Returns (triples recomputed, terms done).
-pub async fn complete(
-    pool: &PgPool,
-    claimed: &[Claimed],
-) -> Result<(usize, usize), sqlx::Error> {
+pub async fn complete(pool: &PgPool, claimed: &[Claimed]) -> Result<(usize, usize), sqlx::Error> {
     let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
     let versions: Vec<i64> = claimed.iter().map(|c| c.version).collect();
+    let tokens: Vec<i64> = claimed.iter().map(|c| c.token).collect();
     let mut tx = pool.begin().await?;
     let triples = recompute_terms(&mut tx, &terms).await?;
     let completed = sqlx::query(queries::COMPLETE_ANALYTICS_TERMS)
         .bind(&terms)
         .bind(&versions)
+        .bind(&tokens)
         .execute(&mut *tx)
         .await?
         .rows_affected();
     sqlx::query(queries::RELEASE_ANALYTICS_TERMS)
         .bind(&terms)
+        .bind(&tokens)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -222,7 +228,12 @@ pub async fn record_failures(
         return Ok((0, 0));
     }
     let rows = sqlx::query(queries::FAIL_ANALYTICS_TERMS)
-        .bind(failed.iter().map(|f| f.0.term_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            failed
+                .iter()
+                .map(|f| f.0.term_id.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(failed.iter().map(|f| f.1.as_str()).collect::<Vec<_>>())
         .bind(
             failed
@@ -231,6 +242,7 @@ pub async fn record_failures(
                 .collect::<Vec<_>>(),
         )
         .bind(settings.max_attempts)
+        .bind(failed.iter().map(|f| f.0.token).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
     let (mut retried, mut parked) = (0, 0);
@@ -245,7 +257,10 @@ pub async fn record_failures(
 }
 
 /// Claims due terms for a lease, in its own (auto-committed) statement.
-pub async fn claim(pool: &PgPool, settings: &AnalyticsSettings) -> Result<Vec<Claimed>, sqlx::Error> {
+pub async fn claim(
+    pool: &PgPool,
+    settings: &AnalyticsSettings,
+) -> Result<Vec<Claimed>, sqlx::Error> {
     let rows = sqlx::query(queries::CLAIM_ANALYTICS_TERMS)
         .bind(settings.batch_size)
         .bind(settings.claim_lease.as_millis() as i64)
@@ -259,6 +274,7 @@ pub async fn claim(pool: &PgPool, settings: &AnalyticsSettings) -> Result<Vec<Cl
                 version: r.try_get("version")?,
                 attempts: r.try_get("attempts")?,
                 trace_context: r.try_get("trace_context")?,
+                token: r.try_get("claim_token")?,
             })
         })
         .collect()
