@@ -7,11 +7,15 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use system_tests::payload::*;
 use system_tests::{test_analytics_settings, TestDb};
-use worker::analytics::{process_batch, requeue_parked};
+use worker::analytics::{claim, complete, process_batch, record_failures, requeue_parked};
 use worker::decode::{decode_entry, ids::counter_term_id};
 
 /// Writes events through the real batch transaction (one entry each).
 async fn write(db: &TestDb, events: &[(&str, Value)]) {
+    write_to(&db.pool, events).await
+}
+
+async fn write_to(pool: &sqlx::PgPool, events: &[(&str, Value)]) {
     let entries: Vec<_> = events
         .iter()
         .enumerate()
@@ -29,7 +33,7 @@ async fn write(db: &TestDb, events: &[(&str, Value)]) {
     for e in &entries {
         assert!(e.dead_letters.is_empty(), "{:?}", e.dead_letters);
     }
-    worker::persistence::write_entries(&db.pool, &entries, Default::default(), None)
+    worker::persistence::write_entries(pool, &entries, Default::default(), None)
         .await
         .unwrap();
 }
@@ -561,5 +565,221 @@ async fn rebuild_restores_drifted_tables_and_verify_reports_the_drift() {
         report.render()
     );
     worker::verify::rebuild(&db.pool, false).await.unwrap();
+    db.assert_verified().await;
+}
+
+/// Issue 13: ends every lease now, as if the workers holding them had been
+/// busy for longer than ANALYTICS_CLAIM_LEASE_MS.
+async fn expire_leases(db: &TestDb) {
+    sqlx::query(
+        "UPDATE analytics_queue SET claimed_until = now() - interval '1 second' \
+         WHERE claimed_until IS NOT NULL",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+fn claimed_terms(claimed: &[worker::analytics::Claimed]) -> Vec<String> {
+    claimed.iter().map(|c| c.term_id.clone()).collect()
+}
+
+/// A triple whose analytics are current, then a change that queues it.
+async fn one_queued_triple(db: &TestDb, c: &mut Chain) -> String {
+    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
+    events.push(c.triple(10, 1, 2, 3));
+    write(db, &events).await;
+    db.drain_analytics().await;
+    let t = term(10);
+    write(db, &c.deposit(&t, 1, ADDR_A, 100, "1000000000000000000")).await;
+    t
+}
+
+/// Issue 13 (analytics leases have no owner): worker A's lease expires while
+/// it is still busy, B claims the term and completes it, a writer queues the
+/// term anew (version 0 again), then A completes late. A's completion must
+/// not delete the new row, or the new change is never recomputed.
+#[tokio::test]
+async fn a_late_completion_keeps_a_term_queued_anew() {
+    let db = TestDb::new().await;
+    let mut c = Chain::new();
+    let t = one_queued_triple(&db, &mut c).await;
+    let settings = test_analytics_settings();
+    let a = claim(&db.pool, &settings).await.unwrap();
+    assert_eq!(claimed_terms(&a), vec![t.clone()]);
+    expire_leases(&db).await;
+    let b = claim(&db.pool, &settings).await.unwrap();
+    assert_eq!(
+        claimed_terms(&b),
+        vec![t.clone()],
+        "B claims the expired lease"
+    );
+    assert_eq!(complete(&db.pool, &b).await.unwrap().1, 1);
+    write(&db, &[c.price(&t, 1, "2000000000000000000")]).await;
+    let version: i64 = sqlx::query_scalar("SELECT version FROM analytics_queue WHERE term_id = $1")
+        .bind(&t)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        version, a[0].version,
+        "queued anew at the version A claimed"
+    );
+    let (_, completed) = complete(&db.pool, &a).await.unwrap();
+    assert_eq!(
+        completed, 0,
+        "A's late completion removed a row it does not own"
+    );
+    assert_eq!(db.count("analytics_queue").await, 1);
+    db.drain_analytics().await;
+    db.assert_verified().await;
+}
+
+/// Issue 13: a late failure (or release) of worker A must not end the lease
+/// B now holds, or a third worker could claim the term while B works on it.
+#[tokio::test]
+async fn a_late_failure_leaves_the_new_owners_lease() {
+    let db = TestDb::new().await;
+    let mut c = Chain::new();
+    let t = one_queued_triple(&db, &mut c).await;
+    let settings = test_analytics_settings();
+    let a = claim(&db.pool, &settings).await.unwrap();
+    expire_leases(&db).await;
+    let b = claim(&db.pool, &settings).await.unwrap();
+    assert_eq!(claimed_terms(&b), vec![t.clone()]);
+    let late = [(&a[0], "late failure".to_string(), std::time::Duration::ZERO)];
+    assert_eq!(
+        record_failures(&db.pool, &settings, &late).await.unwrap(),
+        (0, 0),
+        "A's late failure was recorded on B's claim"
+    );
+    assert!(
+        claim(&db.pool, &settings).await.unwrap().is_empty(),
+        "the term became claimable while B holds it"
+    );
+    // A change while B works, then A's late completion: A neither deletes nor
+    // releases the row; B's completion keeps it (version moved) for a new round.
+    write(&db, &[c.price(&t, 1, "2000000000000000000")]).await;
+    assert_eq!(complete(&db.pool, &a).await.unwrap().1, 0);
+    assert!(
+        claim(&db.pool, &settings).await.unwrap().is_empty(),
+        "A's late completion released B's lease"
+    );
+    assert_eq!(complete(&db.pool, &b).await.unwrap().1, 0);
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM analytics_queue WHERE term_id = $1")
+            .bind(&t)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 0);
+    db.drain_analytics().await;
+    db.assert_verified().await;
+}
+
+/// Waits until some backend of this database waits for a lock of `locktype`
+/// (on `relation` when given), or `done` says the other side finished.
+async fn wait_for_lock_wait(
+    db: &TestDb,
+    locktype: &str,
+    relation: Option<&str>,
+    done: impl Fn() -> bool,
+) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND locktype = $1 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND ($2::text IS NULL OR relation = to_regclass($2)))",
+        )
+        .bind(locktype)
+        .bind(relation)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting {
+            return true;
+        }
+        if done() {
+            return false;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "neither a {locktype} lock wait nor completion"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Issue 13: `rebuild --analytics-only` must not delete a term a writer
+/// queued after the rebuild read the tables. The test holds the rebuild right
+/// after it wrote triple_vault (a trigger waits for an advisory lock the test
+/// holds), lets a writer deposit into the triple meanwhile, then lets the
+/// rebuild finish: the deposit must reach the analytics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_analytics_only_keeps_terms_queued_during_it() {
+    let db = TestDb::new().await;
+    let mut c = Chain::new();
+    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
+    events.push(c.triple(10, 1, 2, 3));
+    events.extend(c.deposit(&term(10), 1, ADDR_A, 10, "1000000000000000000"));
+    write(&db, &events).await;
+    db.drain_analytics().await;
+    sqlx::query(
+        "CREATE FUNCTION hold_rebuild() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER hold_rebuild AFTER INSERT ON triple_vault \
+         FOR EACH STATEMENT EXECUTE FUNCTION hold_rebuild()",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut gate = db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+
+    let rebuild = tokio::spawn({
+        let pool = db.pool.clone();
+        async move { worker::verify::rebuild(&pool, true).await }
+    });
+    // The rebuild has read the tables for triple_vault and waits at the gate.
+    assert!(wait_for_lock_wait(&db, "advisory", None, || rebuild.is_finished()).await);
+
+    let deposit = c.deposit(&term(10), 1, ADDR_B, 77, "1200000000000000000");
+    let writer = tokio::spawn({
+        let pool = db.pool.clone();
+        async move { write_to(&pool, &deposit).await }
+    });
+    // Either the writer committed (and queued the term) or it waits for the
+    // rebuild's lock on the queue.
+    wait_for_lock_wait(&db, "relation", Some("analytics_queue"), || {
+        writer.is_finished()
+    })
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    drop(gate);
+    rebuild.await.unwrap().unwrap();
+    writer.await.unwrap();
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_queue WHERE term_id = $1")
+        .bind(term(10))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "the deposit's term is no longer queued");
+    sqlx::query("DROP TRIGGER hold_rebuild ON triple_vault")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    db.drain_analytics().await;
     db.assert_verified().await;
 }

@@ -250,3 +250,103 @@ fn invalid_settings_stop_start_up_with_a_message() {
         "{stderr}"
     );
 }
+
+/// Polls `/readyz` until it answers `code` (the monitor checks every 2 s).
+async fn wait_readyz(worker: &WorkerProcess, code: u16, what: &str) {
+    let started = Instant::now();
+    loop {
+        let got = worker.get("/readyz").await.map(|r| r.0);
+        if got == Some(code) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "/readyz answered {got:?}, not {code}, {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `statement` with the given int8 parameters ($1, $2, ...).
+async fn exec(db: &TestDb, statement: &str, params: &[i64]) {
+    let mut query = sqlx::query(statement);
+    for p in params {
+        query = query.bind(*p);
+    }
+    query.execute(&db.pool).await.unwrap();
+}
+
+/// Records migration `version` as applied, as a Job of another image would.
+async fn applied(db: &TestDb, version: i64) {
+    exec(
+        db,
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ($1, 'applied by another image', true, '\\x00'::bytea, 0)",
+        &[version],
+    )
+    .await;
+}
+
+/// Issue 13: a migration Job of a newer image must not turn old pods unready
+/// when the newer schema declares it keeps binaries of their schema working.
+/// A newer migration that is incompatible, or declares nothing, and a schema
+/// older than the binary's make the worker unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_on_a_newer_schema_follows_its_declared_compatibility() {
+    let (db, redis, streams, group) = loaded("schema", 20).await;
+    let worker = WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-s", &[]);
+    worker.wait_http().await;
+    let own = worker::db::expected_schema_version();
+    wait_readyz(&worker, 200, "on the binary's own schema").await;
+
+    // A newer image's Job applied migration own+1, unknown to this binary.
+    let newer = own + 1;
+    applied(&db, newer).await;
+    let declare = "INSERT INTO schema_compatibility (version, oldest_compatible) VALUES ($1, $2) \
+                   ON CONFLICT (version) DO UPDATE SET oldest_compatible = EXCLUDED.oldest_compatible";
+    exec(&db, declare, &[newer, newer]).await;
+    wait_readyz(&worker, 503, "on a newer schema incompatible with it").await;
+    exec(&db, declare, &[newer, own]).await;
+    wait_readyz(&worker, 200, "on a newer schema compatible with it").await;
+    let (_, body) = worker.get("/health").await.unwrap();
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["schema_version_ok"], true, "{body}");
+
+    // Every newer migration must keep this binary working, not only the newest.
+    applied(&db, newer + 1).await;
+    exec(&db, declare, &[newer + 1, own]).await;
+    exec(&db, declare, &[newer, newer]).await;
+    wait_readyz(
+        &worker,
+        503,
+        "when one of two newer migrations is incompatible",
+    )
+    .await;
+    exec(&db, declare, &[newer, own]).await;
+    wait_readyz(&worker, 200, "when both newer migrations are compatible").await;
+
+    // A newer migration that declares nothing counts as incompatible.
+    exec(
+        &db,
+        "DELETE FROM schema_compatibility WHERE version = $1",
+        &[newer + 1],
+    )
+    .await;
+    wait_readyz(&worker, 503, "on a newer schema without a declaration").await;
+
+    // A schema older than the binary's: unready, as before.
+    exec(
+        &db,
+        "DELETE FROM _sqlx_migrations WHERE version >= $1",
+        &[newer],
+    )
+    .await;
+    wait_readyz(&worker, 200, "back on its own schema").await;
+    exec(
+        &db,
+        "DELETE FROM _sqlx_migrations WHERE version = $1",
+        &[own],
+    )
+    .await;
+    wait_readyz(&worker, 503, "on a schema older than its own").await;
+}

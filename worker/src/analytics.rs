@@ -6,8 +6,10 @@
 //! transaction of its own, so writers never wait for analytics work), then in
 //! one transaction lock the affected pair rows in key order, recompute the
 //! affected triples and pairs with a handful of set-based statements, and
-//! delete the claimed queue rows whose version did not move, commit. A failing batch is retried term by term so that one bad term
-//! cannot hold back the rest; a failing term is retried with jittered
+//! delete the claimed queue rows whose version did not move and that still
+//! carry this claim's token (a lease another worker took over is not ours,
+//! ADR 0012), commit. A failing batch is retried term by term so that one bad
+//! term cannot hold back the rest; a failing term is retried with jittered
 //! exponential backoff and parked after the configured number of attempts.
 
 use crate::backoff;
@@ -69,13 +71,20 @@ pub struct BatchReport {
     pub triples: usize,
 }
 
-struct Claimed {
-    term_id: String,
+/// A term this worker claimed for a lease: what completion, release and
+/// failure need to find the queue row again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub term_id: String,
     /// Version at claim time: the row is done only if it is still this one.
-    version: i64,
-    attempts: i32,
+    pub version: i64,
+    pub attempts: i32,
     /// traceparent of the batch that enqueued the term.
-    trace_context: Option<String>,
+    pub trace_context: Option<String>,
+    /// Stamped on the row by this claim: completion, release and failure act
+    /// only while the row still carries it (another worker may have claimed
+    /// the term after this lease expired).
+    pub token: i64,
 }
 
 /// Claims and processes one batch. Returns a report with `claimed == 0` when
@@ -121,7 +130,7 @@ async fn process_batch_in(
 
     let mut conflicts = 0u32;
     loop {
-        match run_transaction(pool, &claimed).await {
+        match complete(pool, &claimed).await {
             Ok((triples, completed)) => {
                 return Ok(BatchReport {
                     claimed: claimed.len(),
@@ -153,22 +162,22 @@ async fn process_batch_in(
 
 /// One analytics transaction: recompute, mark done (version unchanged), end
 /// the lease of what stays queued. Returns (triples recomputed, terms done).
-async fn run_transaction(
-    pool: &PgPool,
-    claimed: &[Claimed],
-) -> Result<(usize, usize), sqlx::Error> {
+pub async fn complete(pool: &PgPool, claimed: &[Claimed]) -> Result<(usize, usize), sqlx::Error> {
     let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
     let versions: Vec<i64> = claimed.iter().map(|c| c.version).collect();
+    let tokens: Vec<i64> = claimed.iter().map(|c| c.token).collect();
     let mut tx = pool.begin().await?;
     let triples = recompute_terms(&mut tx, &terms).await?;
     let completed = sqlx::query(queries::COMPLETE_ANALYTICS_TERMS)
         .bind(&terms)
         .bind(&versions)
+        .bind(&tokens)
         .execute(&mut *tx)
         .await?
         .rows_affected();
     sqlx::query(queries::RELEASE_ANALYTICS_TERMS)
         .bind(&terms)
+        .bind(&tokens)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -185,9 +194,9 @@ async fn process_individually(
         claimed: claimed.len(),
         ..Default::default()
     };
-    let mut failed: Vec<(String, String, i64)> = Vec::new();
+    let mut failed: Vec<(&Claimed, String, Duration)> = Vec::new();
     for term in claimed {
-        match run_transaction(pool, std::slice::from_ref(term)).await {
+        match complete(pool, std::slice::from_ref(term)).await {
             Ok((triples, completed)) => {
                 report.completed += completed;
                 report.triples += triples;
@@ -197,35 +206,61 @@ async fn process_individually(
                 let attempt = (term.attempts + 1) as u32;
                 let delay = backoff::jittered(settings.backoff_base, attempt, settings.backoff_max);
                 tracing::warn!(term = %term.term_id, %error, attempt, "analytics failed for term");
-                failed.push((
-                    term.term_id.clone(),
-                    error.to_string().replace('\0', ""),
-                    delay.as_millis() as i64,
-                ));
+                failed.push((term, error.to_string().replace('\0', ""), delay));
             }
         }
     }
-    if !failed.is_empty() {
-        let rows = sqlx::query(queries::FAIL_ANALYTICS_TERMS)
-            .bind(failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>())
-            .bind(failed.iter().map(|f| f.1.as_str()).collect::<Vec<_>>())
-            .bind(failed.iter().map(|f| f.2).collect::<Vec<_>>())
-            .bind(settings.max_attempts)
-            .fetch_all(pool)
-            .await?;
-        for row in rows {
-            if row.try_get::<bool, _>("parked")? {
-                report.parked += 1;
-            } else {
-                report.retried += 1;
-            }
-        }
-    }
+    let (retried, parked) = record_failures(pool, settings, &failed).await?;
+    report.retried = retried;
+    report.parked = parked;
     Ok(report)
 }
 
+/// Records failed attempts (term, error, delay before the next attempt):
+/// each term is retried later or parked once it used its attempts, and its
+/// lease ends. Returns (retried, parked).
+pub async fn record_failures(
+    pool: &PgPool,
+    settings: &AnalyticsSettings,
+    failed: &[(&Claimed, String, Duration)],
+) -> Result<(usize, usize), sqlx::Error> {
+    if failed.is_empty() {
+        return Ok((0, 0));
+    }
+    let rows = sqlx::query(queries::FAIL_ANALYTICS_TERMS)
+        .bind(
+            failed
+                .iter()
+                .map(|f| f.0.term_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(failed.iter().map(|f| f.1.as_str()).collect::<Vec<_>>())
+        .bind(
+            failed
+                .iter()
+                .map(|f| f.2.as_millis() as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(settings.max_attempts)
+        .bind(failed.iter().map(|f| f.0.token).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+    let (mut retried, mut parked) = (0, 0);
+    for row in rows {
+        if row.try_get::<bool, _>("parked")? {
+            parked += 1;
+        } else {
+            retried += 1;
+        }
+    }
+    Ok((retried, parked))
+}
+
 /// Claims due terms for a lease, in its own (auto-committed) statement.
-async fn claim(pool: &PgPool, settings: &AnalyticsSettings) -> Result<Vec<Claimed>, sqlx::Error> {
+pub async fn claim(
+    pool: &PgPool,
+    settings: &AnalyticsSettings,
+) -> Result<Vec<Claimed>, sqlx::Error> {
     let rows = sqlx::query(queries::CLAIM_ANALYTICS_TERMS)
         .bind(settings.batch_size)
         .bind(settings.claim_lease.as_millis() as i64)
@@ -239,6 +274,7 @@ async fn claim(pool: &PgPool, settings: &AnalyticsSettings) -> Result<Vec<Claime
                 version: r.try_get("version")?,
                 attempts: r.try_get("attempts")?,
                 trace_context: r.try_get("trace_context")?,
+                token: r.try_get("claim_token")?,
             })
         })
         .collect()

@@ -1,6 +1,7 @@
 //! PostgreSQL pool and schema migrations.
 
 use crate::config::DatabaseArgs;
+use crate::queries;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::ConnectOptions;
@@ -21,6 +22,8 @@ pub enum DbError {
     BadUrl(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Declaration(#[from] DeclarationError),
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
 }
@@ -43,9 +46,15 @@ pub fn pool(args: &DatabaseArgs, application_name: &str) -> Result<PgPool, DbErr
 }
 
 /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it
-/// migrates, so two pods running this at once apply each migration once.
+/// migrates, so two pods running this at once apply each migration once. The
+/// compatibility declarations are written before (so a running older binary
+/// never sees a new migration without its declaration) and after (the first
+/// time, the table is created by the migrations themselves).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    let declared = declared_compatibility()?;
+    record_compatibility(pool, &declared).await?;
     MIGRATOR.run(pool).await?;
+    record_compatibility(pool, &declared).await?;
     Ok(())
 }
 
@@ -60,4 +69,206 @@ pub async fn applied_schema_version(pool: &PgPool) -> Result<Option<i64>, sqlx::
     sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
         .fetch_one(pool)
         .await
+}
+
+/// The comment line by which a migration declares the oldest binary schema it
+/// keeps working (migrations/README.md): `-- compatible-with-binaries-from: N`.
+pub const COMPATIBILITY_HEADER: &str = "-- compatible-with-binaries-from:";
+
+/// The first migration that must declare its compatibility; older ones predate
+/// the rule and are never newer than a binary that reads the declarations.
+pub const FIRST_DECLARING_MIGRATION: i64 = 7;
+
+/// A migration's compatibility declaration that is missing or unreadable.
+#[derive(Debug, thiserror::Error)]
+#[error("migration {version} ({description}) needs a line `{COMPATIBILITY_HEADER} N` with 1 <= N <= {version}: {problem}")]
+pub struct DeclarationError {
+    pub version: i64,
+    pub description: String,
+    pub problem: &'static str,
+}
+
+/// (version, oldest compatible binary schema) of every embedded migration from
+/// [`FIRST_DECLARING_MIGRATION`] on, read from their header lines.
+pub fn declared_compatibility() -> Result<Vec<(i64, i64)>, DeclarationError> {
+    MIGRATOR
+        .iter()
+        .filter(|m| m.version >= FIRST_DECLARING_MIGRATION)
+        .map(|m| {
+            let error = |problem| DeclarationError {
+                version: m.version,
+                description: m.description.to_string(),
+                problem,
+            };
+            let value = m
+                .sql
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(COMPATIBILITY_HEADER))
+                .ok_or_else(|| error("no such line"))?;
+            let oldest: i64 = value
+                .trim()
+                .parse()
+                .map_err(|_| error("N is not a number"))?;
+            if !(1..=m.version).contains(&oldest) {
+                return Err(error("N is out of range"));
+            }
+            Ok((m.version, oldest))
+        })
+        .collect()
+}
+
+/// Where the database's schema stands for this binary (readiness).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaState {
+    /// No migration applied yet.
+    Empty,
+    /// Older than this binary's schema.
+    Older { applied: i64 },
+    /// Exactly this binary's schema.
+    Current,
+    /// Newer, and every newer migration keeps this binary working.
+    NewerCompatible { applied: i64 },
+    /// Newer, and migration `version` needs binaries of schema
+    /// `oldest_compatible` or later (`None`: it declares nothing).
+    NewerIncompatible {
+        applied: i64,
+        version: i64,
+        oldest_compatible: Option<i64>,
+    },
+}
+
+impl SchemaState {
+    /// Whether this binary may work on the schema (and be ready).
+    pub fn is_usable(&self) -> bool {
+        matches!(
+            self,
+            SchemaState::Current | SchemaState::NewerCompatible { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for SchemaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let own = expected_schema_version();
+        match self {
+            SchemaState::Empty => write!(f, "no migration applied; run `postgres-writer migrate`"),
+            SchemaState::Older { applied } => write!(
+                f,
+                "schema version {applied} is older than this binary's {own}; run `postgres-writer migrate`"
+            ),
+            SchemaState::Current => write!(f, "schema version {own}"),
+            SchemaState::NewerCompatible { applied } => write!(
+                f,
+                "schema version {applied} is newer than this binary's {own} and declared compatible with it"
+            ),
+            SchemaState::NewerIncompatible {
+                applied,
+                version,
+                oldest_compatible: Some(oldest),
+            } => write!(
+                f,
+                "schema version {applied} is newer than this binary's {own}; migration {version} needs binaries of schema {oldest} or later"
+            ),
+            SchemaState::NewerIncompatible {
+                applied, version, ..
+            } => write!(
+                f,
+                "schema version {applied} is newer than this binary's {own}; migration {version} declares no compatibility"
+            ),
+        }
+    }
+}
+
+/// Compares the applied schema with this binary's: equal, or newer with every
+/// newer migration declaring it keeps this binary working, is usable.
+pub async fn schema_state(pool: &PgPool) -> Result<SchemaState, sqlx::Error> {
+    let own = expected_schema_version();
+    let Some(applied) = applied_schema_version(pool).await? else {
+        return Ok(SchemaState::Empty);
+    };
+    if applied < own {
+        return Ok(SchemaState::Older { applied });
+    }
+    if applied == own {
+        return Ok(SchemaState::Current);
+    }
+    let has_table: bool =
+        sqlx::query_scalar("SELECT to_regclass('schema_compatibility') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    let newer: Vec<(i64, Option<i64>)> = if has_table {
+        sqlx::query_as(queries::SCHEMA_NEWER_MIGRATIONS)
+            .bind(own)
+            .fetch_all(pool)
+            .await?
+    } else {
+        vec![(applied, None)]
+    };
+    Ok(
+        match newer
+            .into_iter()
+            .find(|(_, oldest)| oldest.is_none_or(|n| n > own))
+        {
+            Some((version, oldest_compatible)) => SchemaState::NewerIncompatible {
+                applied,
+                version,
+                oldest_compatible,
+            },
+            None => SchemaState::NewerCompatible { applied },
+        },
+    )
+}
+
+/// Writes the embedded migrations' declarations into `schema_compatibility`
+/// (nothing while the table does not exist yet).
+async fn record_compatibility(pool: &PgPool, declared: &[(i64, i64)]) -> Result<(), sqlx::Error> {
+    let has_table: bool =
+        sqlx::query_scalar("SELECT to_regclass('schema_compatibility') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if has_table {
+        let (versions, oldest): (Vec<i64>, Vec<i64>) = declared.iter().copied().unzip();
+        sqlx::query(queries::RECORD_SCHEMA_COMPATIBILITY)
+            .bind(versions)
+            .bind(oldest)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every migration from 0007 on declares its compatibility (migrations/README.md).
+    #[test]
+    fn every_new_migration_declares_its_compatibility() {
+        let declared = declared_compatibility().expect("declarations");
+        let versions: Vec<i64> = declared.iter().map(|d| d.0).collect();
+        let expected: Vec<i64> = MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| *v >= FIRST_DECLARING_MIGRATION)
+            .collect();
+        assert_eq!(versions, expected);
+        assert!(declared.contains(&(8, 6)), "{declared:?}");
+    }
+
+    #[test]
+    fn only_the_current_or_a_compatible_newer_schema_is_usable() {
+        assert!(SchemaState::Current.is_usable());
+        assert!(SchemaState::NewerCompatible { applied: 99 }.is_usable());
+        assert!(!SchemaState::Empty.is_usable());
+        assert!(!SchemaState::Older { applied: 1 }.is_usable());
+        let blocked = SchemaState::NewerIncompatible {
+            applied: 99,
+            version: 98,
+            oldest_compatible: None,
+        };
+        assert!(!blocked.is_usable());
+        assert!(blocked
+            .to_string()
+            .contains("migration 98 declares no compatibility"));
+    }
 }

@@ -294,23 +294,25 @@ async fn monitor(
         )
         .ok()
     });
-    let expected = db::expected_schema_version();
+    let mut last_schema: Option<db::SchemaState> = None;
     loop {
         // A short deadline: a pool waiting for a dead server must not keep
         // readiness true (the pool's own acquire timeout is much longer).
-        let checked = tokio::time::timeout(PROBE_TIMEOUT, db::applied_schema_version(&pool))
+        let checked = tokio::time::timeout(PROBE_TIMEOUT, db::schema_state(&pool))
             .await
             .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
         match checked {
-            Ok(version) => {
+            Ok(state) => {
                 health.postgres_ok.store(true, Ordering::Relaxed);
-                let ok = version == Some(expected);
-                if !ok && !health.schema_ok.load(Ordering::Relaxed) {
-                    tracing::warn!(
-                        ?version,
-                        expected,
-                        "schema version does not match; run `postgres-writer migrate`"
-                    );
+                // Equal, or newer and declared compatible (migrations/README.md).
+                let ok = state.is_usable();
+                if last_schema.as_ref() != Some(&state) {
+                    if ok {
+                        tracing::info!(%state, "schema usable");
+                    } else {
+                        tracing::warn!(%state, "schema not usable by this binary; not ready");
+                    }
+                    last_schema = Some(state);
                 }
                 health.schema_ok.store(ok, Ordering::Relaxed);
                 if ok {

@@ -43,3 +43,8 @@ named_queries! {
 named_queries! {
     ROLLBACK_COLLECT_KEYS => "rollback_collect_keys.sql",
 }
+
+named_queries! {
+    SCHEMA_NEWER_MIGRATIONS => "schema_newer_migrations.sql",
+    RECORD_SCHEMA_COMPATIBILITY => "record_schema_compatibility.sql",
+}

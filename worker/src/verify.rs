@@ -349,6 +349,13 @@ pub async fn rebuild(
     ))
     .execute(&mut *tx)
     .await?;
+    // The queue too, before anything is read: a writer's enqueue waits for
+    // this commit, so every queue row deleted below is covered by what the
+    // rebuild reads (ADR 0012). Last, in the order writers and analytics
+    // workers take these tables; EXCLUSIVE still lets /health read the queue.
+    sqlx::query("LOCK TABLE analytics_queue IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(&format!("TRUNCATE {}", names.join(", ")))
         .execute(&mut *tx)
         .await?;
@@ -362,7 +369,8 @@ pub async fn rebuild(
         written.push((table.name, result.rows_affected()));
     }
     // The rebuilt analytics reflect every change committed before this
-    // transaction, so the queued terms are done.
+    // transaction took its locks, and no writer could queue a term since, so
+    // the queued terms are done.
     sqlx::query("DELETE FROM analytics_queue")
         .execute(&mut *tx)
         .await?;
