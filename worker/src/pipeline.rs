@@ -302,11 +302,22 @@ impl Consumer {
         m.refused_entries.inc_by(outcome.refused_entries);
         m.transaction_retries.inc_by(outcome.conflict_retries);
         for entry in entries {
-            m.entries_processed
-                .get_or_create(&StreamLabel {
-                    stream: entry.stream.to_string(),
-                })
-                .inc();
+            let label = StreamLabel {
+                stream: entry.stream.to_string(),
+            };
+            m.entries_processed.get_or_create(&label).inc();
+            if entry.address_checksum_mismatches > 0 {
+                let before = m
+                    .address_checksum_mismatches
+                    .get_or_create(&label)
+                    .inc_by(u64::from(entry.address_checksum_mismatches));
+                // Once per producer (stream) and process, not per event.
+                if before == 0 {
+                    tracing::warn!(stream = %entry.stream, entry_id = %entry.entry_id,
+                        address = entry.mismatched_address.as_deref().unwrap_or_default(),
+                        "producer spells addresses with a wrong EIP-55 checksum; storing them checksummed (counted in pgw_address_checksum_mismatches_total, logged once per stream)");
+                }
+            }
             if let Some(created_ms) = entry_time_ms(&entry.entry_id) {
                 m.entry_to_commit_seconds
                     .observe(now_ms.saturating_sub(created_ms) as f64 / 1000.0);

@@ -43,3 +43,10 @@ named_queries! {
 named_queries! {
     ROLLBACK_COLLECT_KEYS => "rollback_collect_keys.sql",
 }
+
+named_queries! {
+    SELECT_DEAD_LETTERS => "select_dead_letters.sql",
+    LOCK_DEAD_LETTER => "lock_dead_letter.sql",
+    MARK_DEAD_LETTER_REPLAYED => "mark_dead_letter_replayed.sql",
+    MARK_DEAD_LETTER_FAILED => "mark_dead_letter_failed.sql",
+}
