@@ -510,7 +510,7 @@ pub fn render_list(letters: &[Letter]) -> String {
 pub fn render_show(letter: &Letter) -> String {
     let mut out = String::new();
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let fields: [(&str, String); 14] = [
+    let mut fields: Vec<(&str, String)> = vec![
         ("id", letter.id.to_string()),
         ("stream", letter.stream.clone()),
         ("entry id", letter.entry_id.clone()),
@@ -530,15 +530,18 @@ pub fn render_show(letter: &Letter) -> String {
         ("last replay", opt(&letter.last_replay_at)),
         ("replay result", opt(&letter.replay_result)),
         ("replay note", opt(&letter.replay_note)),
-        (
+    ];
+    // An item's letter holds the item only; its envelope is kept beside it.
+    if letter.item_index.is_some() {
+        fields.push((
             "envelope",
             format!(
                 "network {}, event_signature_hash {}",
                 opt(&letter.envelope_network),
                 opt(&letter.event_signature_hash)
             ),
-        ),
-    ];
+        ));
+    }
     for (name, value) in fields {
         let _ = writeln!(out, "{name:<16} {value}");
     }
