@@ -41,6 +41,9 @@ pub enum Command {
     Requeue(RequeueArgs),
     /// Print row counts of the read model.
     Summary(DatabaseArgs),
+    /// Inspect dead letters and replay them once their cause is fixed.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
     /// Print the settings table (Markdown) documented in the README.
     Settings,
 }
@@ -253,6 +256,83 @@ pub struct GenerateArgs {
     /// Network name written into the events.
     #[arg(long, default_value = "intuition-testnet")]
     pub network: String,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List dead letters, newest first.
+    List(DeadLetterListArgs),
+    /// Show one dead letter in full, its payload included.
+    Show(DeadLetterShowArgs),
+    /// Send dead letters back through decode and the write path, one transaction each (exit 2 if any fails again).
+    Replay(DeadLetterReplayArgs),
+}
+
+/// Which dead letters a command works on (every given filter must match).
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterFilterArgs {
+    /// Only these letter ids (repeatable).
+    #[arg(long = "id")]
+    pub ids: Vec<i64>,
+    /// Only letters of this stream.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Only letters whose reason contains this text (case-insensitive).
+    #[arg(long)]
+    pub reason_contains: Option<String>,
+}
+
+impl DeadLetterFilterArgs {
+    pub fn filter(&self) -> crate::dead_letters::Filter {
+        crate::dead_letters::Filter {
+            ids: self.ids.clone(),
+            stream: self.stream.clone(),
+            reason_contains: self.reason_contains.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterListArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub filter: DeadLetterFilterArgs,
+    /// Which letters: not yet replayed, replayed, or both.
+    #[arg(long, value_enum, default_value = "all")]
+    pub status: crate::dead_letters::Status,
+    /// Most letters listed.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+}
+
+impl DeadLetterListArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.database.validate()?;
+        in_range("limit", "limit", self.limit, 1..=1_000_000)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterShowArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The letter's id (first column of `dead-letters list`).
+    pub id: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterReplayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub filter: DeadLetterFilterArgs,
+    /// Decode and write each letter in a transaction that is rolled back: reports what would happen, writes nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Why the letters are replayed, kept with each letter for audit.
+    #[arg(long)]
+    pub note: Option<String>,
 }
 
 fn default_consumer_name() -> String {
@@ -540,11 +620,15 @@ pub fn settings_table() -> String {
     let command = Cli::command();
     let mut rows: Vec<(String, String, String, String, Vec<String>)> = Vec::new();
     for sub in command.get_subcommands() {
-        for arg in sub.get_arguments() {
+        // `dead-letters list|show|replay` read their settings as `dead-letters`.
+        let nested = sub.get_subcommands().flat_map(|s| s.get_arguments());
+        for arg in sub.get_arguments().chain(nested) {
             let Some(env) = arg.get_env() else { continue };
             let env = env.to_string_lossy().to_string();
             if let Some(row) = rows.iter_mut().find(|r| r.0 == env) {
-                row.4.push(sub.get_name().to_string());
+                if !row.4.iter().any(|s| s == sub.get_name()) {
+                    row.4.push(sub.get_name().to_string());
+                }
                 continue;
             }
             let flag = arg

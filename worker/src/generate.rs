@@ -117,7 +117,7 @@ pub fn generate(spec: &GeneratorSpec) -> Vec<GeneratedEntry> {
         .map(|i| {
             let hash = ids::keccak256(&[b"account", &spec.seed.to_be_bytes(), &i.to_be_bytes()]);
             let lower = format!("0x{}", hex::encode(&hash[12..]));
-            ids::address(&lower).expect("40 hex digits")
+            ids::address(&lower).expect("40 hex digits").checksummed
         })
         .collect();
     let start_block = 1_000_000 + rng.below(1_000);

@@ -8,6 +8,7 @@
 //! - [`aggregates`]: base tables, term aggregates, analytics queue;
 //! - [`analytics`]: triple-level analytics from the queue;
 //! - [`verify`]: from-scratch comparison and rebuild;
+//! - [`dead_letters`]: inspecting and replaying dead letters;
 //! - [`pipeline`], [`http`], [`health`], [`metrics`]: the running process.
 
 pub mod aggregates;
@@ -15,6 +16,7 @@ pub mod analytics;
 pub mod backoff;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod decode;
 pub mod generate;
 pub mod health;

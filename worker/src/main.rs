@@ -10,12 +10,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker::analytics::{self, AnalyticsSettings};
-use worker::config::{AnalyticsArgs, Cli, Command, DatabaseArgs, HttpArgs, StreamArgs};
+use worker::config::{
+    AnalyticsArgs, Cli, Command, DatabaseArgs, DeadLettersCommand, HttpArgs, StreamArgs,
+};
 use worker::health::Health;
 use worker::http::{self, AppState};
 use worker::metrics::Metrics;
 use worker::pipeline::Consumer;
-use worker::{db, generate, verify};
+use worker::{db, dead_letters, generate, verify};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -143,9 +145,59 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::DeadLetters(command) => dead_letters_command(command).await,
         Command::Settings => {
             print!("{}", worker::config::settings_table());
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `dead-letters list | show | replay`. Replay exits 2 when a letter failed
+/// again (it stays pending with its new reason), 1 on an outage.
+async fn dead_letters_command(command: DeadLettersCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DeadLettersCommand::List(args) => {
+            args.validate()?;
+            let pool = db::pool(&args.database, "postgres-writer-dead-letters")?;
+            let letters =
+                dead_letters::select(&pool, &args.filter.filter(), args.status, true, args.limit)
+                    .await
+                    .context("listing dead letters")?;
+            print!("{}", dead_letters::render_list(&letters));
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadLettersCommand::Show(args) => {
+            args.database.validate()?;
+            let pool = db::pool(&args.database, "postgres-writer-dead-letters")?;
+            match dead_letters::get(&pool, args.id)
+                .await
+                .context("reading the dead letter")?
+            {
+                Some(letter) => {
+                    print!("{}", dead_letters::render_show(&letter));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => bail!("no dead letter with id {}", args.id),
+            }
+        }
+        DeadLettersCommand::Replay(args) => {
+            args.database.validate()?;
+            let pool = db::pool(&args.database, "postgres-writer-dead-letters")?;
+            let report = dead_letters::replay(
+                &pool,
+                &args.filter.filter(),
+                args.dry_run,
+                args.note.as_deref(),
+            )
+            .await
+            .context("replaying dead letters")?;
+            print!("{}", report.render());
+            Ok(if report.failed_again() > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

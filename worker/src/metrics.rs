@@ -31,6 +31,7 @@ pub struct Metrics {
     pub entries_processed: Family<StreamLabel, Counter>,
     pub dead_letters: Counter,
     pub refused_entries: Counter,
+    pub address_checksum_mismatches: Family<StreamLabel, Counter>,
     pub batches: Counter,
     pub batch_entries: Histogram,
     pub batch_events: Histogram,
@@ -79,6 +80,7 @@ impl Metrics {
             entries_processed: Family::default(),
             dead_letters: Counter::default(),
             refused_entries: Counter::default(),
+            address_checksum_mismatches: Family::default(),
             batches: Counter::default(),
             batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
             batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 18)),
@@ -125,6 +127,11 @@ impl Metrics {
             "refused_entries",
             "Entries the database refused, dead-lettered whole",
             m.refused_entries.clone(),
+        );
+        registry.register(
+            "address_checksum_mismatches",
+            "Addresses of stored events spelt with a wrong EIP-55 checksum (stored checksummed), by stream",
+            m.address_checksum_mismatches.clone(),
         );
         registry.register("batches", "Batches committed", m.batches.clone());
         registry.register(

@@ -145,6 +145,8 @@ pub async fn write_entries(
                     raw_payload: Vec::new(),
                     events: Vec::new(),
                     dead_letters: vec![letter],
+                    address_checksum_mismatches: 0,
+                    mismatched_address: None,
                 };
                 match write_with_retries(pool, std::slice::from_ref(&dead), retry, trace_context)
                     .await
@@ -508,6 +510,14 @@ async fn insert_dead_letters(
     let event_name: Vec<Option<&str>> = letters.iter().map(|d| d.event_name.as_deref()).collect();
     let reason: Vec<&str> = letters.iter().map(|d| d.reason.as_str()).collect();
     let raw: Vec<&[u8]> = letters.iter().map(|d| d.raw_payload.as_slice()).collect();
+    let network: Vec<Option<&str>> = letters
+        .iter()
+        .map(|d| d.envelope_network.as_deref())
+        .collect();
+    let signature: Vec<Option<&str>> = letters
+        .iter()
+        .map(|d| d.event_signature_hash.as_deref())
+        .collect();
     let result = sqlx::query(queries::INSERT_DEAD_LETTERS)
         .bind(stream)
         .bind(entry_id)
@@ -515,6 +525,8 @@ async fn insert_dead_letters(
         .bind(event_name)
         .bind(reason)
         .bind(raw)
+        .bind(network)
+        .bind(signature)
         .execute(&mut **tx)
         .await?;
     Ok(result.rows_affected())

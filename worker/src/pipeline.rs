@@ -302,11 +302,22 @@ impl Consumer {
         m.refused_entries.inc_by(outcome.refused_entries);
         m.transaction_retries.inc_by(outcome.conflict_retries);
         for entry in entries {
-            m.entries_processed
-                .get_or_create(&StreamLabel {
-                    stream: entry.stream.to_string(),
-                })
-                .inc();
+            let label = StreamLabel {
+                stream: entry.stream.to_string(),
+            };
+            m.entries_processed.get_or_create(&label).inc();
+            if entry.address_checksum_mismatches > 0 {
+                let before = m
+                    .address_checksum_mismatches
+                    .get_or_create(&label)
+                    .inc_by(u64::from(entry.address_checksum_mismatches));
+                // Once per producer (stream) and process, not per event.
+                if before == 0 {
+                    tracing::warn!(stream = %entry.stream, entry_id = %entry.entry_id,
+                        address = entry.mismatched_address.as_deref().unwrap_or_default(),
+                        "producer spells addresses with a wrong EIP-55 checksum; storing them checksummed (counted in pgw_address_checksum_mismatches_total, logged once per stream)");
+                }
+            }
             if let Some(created_ms) = entry_time_ms(&entry.entry_id) {
                 m.entry_to_commit_seconds
                     .observe(now_ms.saturating_sub(created_ms) as f64 / 1000.0);
@@ -334,5 +345,61 @@ pub async fn pause(stop: &CancellationToken, duration: Duration) -> bool {
     tokio::select! {
         _ = stop.cancelled() => false,
         _ = tokio::time::sleep(duration) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StreamArgs;
+
+    #[tokio::test]
+    async fn wrong_checksums_are_counted_per_stream() {
+        let deposit = |log_index: u32| {
+            format!(
+                r#"{{"sender":"0x742d35Cc6634C0532925a3b844Bc9e7595f0bEb0","receiver":"0x742d35Cc6634C0532925a3b844Bc9e7595f0bEb0",
+                "termId":"0x{:064x}","curveId":"1","assets":"1","assetsAfterFees":"1","shares":"1","totalShares":"1","vaultType":0,
+                "transaction_information":{{"block_number":1,"log_index":{log_index},"network":"n","transaction_hash":"0x{:064x}"}}}}"#,
+                1, 2
+            )
+        };
+        let payload = format!(
+            r#"{{"event_name":"Deposited","event_data":[{},{}]}}"#,
+            deposit(0),
+            deposit(1)
+        );
+        let entry = decode_entry(
+            &Arc::from("s"),
+            &Arc::from("1-0"),
+            &[("payload".to_string(), payload.into_bytes())],
+        );
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://localhost/unused")
+            .expect("a lazy pool never connects here");
+        let consumer = Consumer {
+            args: StreamArgs {
+                redis_url: String::new(),
+                redis_streams: vec!["s".into()],
+                consumer_group: "g".into(),
+                consumer_name: "c".into(),
+                batch_size: 1,
+                batch_timeout_ms: 1,
+                claim_idle_ms: 1,
+                claim_interval_ms: 1,
+                max_entries_per_second: 0,
+                consumer_concurrency: 1,
+            },
+            pool,
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::new(true, false)),
+        };
+        let outcome = persistence::WriteOutcome::default();
+        consumer.record(std::slice::from_ref(&entry), &outcome, 2, 0);
+        consumer.record(std::slice::from_ref(&entry), &outcome, 2, 0);
+        let text = consumer.metrics.encode();
+        assert!(
+            text.contains(r#"pgw_address_checksum_mismatches_total{stream="s"} 8"#),
+            "{text}"
+        );
     }
 }

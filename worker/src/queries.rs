@@ -47,4 +47,8 @@ named_queries! {
 named_queries! {
     SCHEMA_NEWER_MIGRATIONS => "schema_newer_migrations.sql",
     RECORD_SCHEMA_COMPATIBILITY => "record_schema_compatibility.sql",
+    SELECT_DEAD_LETTERS => "select_dead_letters.sql",
+    LOCK_DEAD_LETTER => "lock_dead_letter.sql",
+    MARK_DEAD_LETTER_REPLAYED => "mark_dead_letter_replayed.sql",
+    MARK_DEAD_LETTER_FAILED => "mark_dead_letter_failed.sql",
 }

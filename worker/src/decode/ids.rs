@@ -39,26 +39,33 @@ pub fn counter_term_id(term_id: &str) -> String {
     format!("0x{}", hex::encode(keccak256(&[&salt, &bytes])))
 }
 
-/// Normalises an address to its EIP-55 checksummed form. All-lower and
-/// all-upper inputs are accepted; a mixed-case input must carry a valid checksum.
-pub fn address(value: &str) -> Result<String, FieldError> {
+/// An address in its EIP-55 checksummed form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub checksummed: String,
+    /// The input was mixed-case with a wrong EIP-55 checksum: still the same
+    /// 20 bytes (a producer's cosmetic slip), counted and logged by the caller.
+    pub checksum_mismatch: bool,
+}
+
+/// Normalises an address to its EIP-55 checksummed form. Any case is
+/// accepted; a mixed-case input with a wrong checksum is flagged, not
+/// refused. Only a wrong length or non-hex digits are malformed.
+pub fn address(value: &str) -> Result<Address, FieldError> {
     let digits = strip_0x(value);
     if digits.len() != 40 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(FieldError::Id {
-            value: value.to_string(),
+            value: truncate(value),
             expected: "an address: 0x followed by 40 hex digits",
         });
     }
     let checksummed = checksum_cached(&digits.to_ascii_lowercase());
     let mixed = digits.bytes().any(|b| b.is_ascii_lowercase())
         && digits.bytes().any(|b| b.is_ascii_uppercase());
-    if mixed && checksummed[2..] != *digits {
-        return Err(FieldError::Id {
-            value: value.to_string(),
-            expected: "an address with a valid EIP-55 checksum",
-        });
-    }
-    Ok(checksummed)
+    Ok(Address {
+        checksum_mismatch: mixed && checksummed[2..] != *digits,
+        checksummed,
+    })
 }
 
 /// Distinct addresses remembered per thread: an indexer stream names the same
@@ -153,12 +160,15 @@ mod tests {
             "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
             "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
         ] {
-            assert_eq!(address(&expected.to_lowercase()).unwrap(), expected);
-            assert_eq!(address(expected).unwrap(), expected);
-            assert_eq!(
-                address(&format!("0x{}", expected[2..].to_uppercase())).unwrap(),
-                expected
-            );
+            for spelling in [
+                expected.to_lowercase(),
+                expected.to_string(),
+                format!("0x{}", expected[2..].to_uppercase()),
+            ] {
+                let a = address(&spelling).unwrap();
+                assert_eq!(a.checksummed, expected);
+                assert!(!a.checksum_mismatch, "{spelling}");
+            }
         }
     }
 
@@ -177,13 +187,38 @@ mod tests {
     }
 
     #[test]
-    fn bad_addresses_are_named() {
-        let err = address("0x5aaeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("checksum"), "{err}");
-        assert!(address("0x1234").is_err());
-        assert!(address("0xzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz").is_err());
+    fn a_wrong_checksum_is_the_same_address_normalised_and_flagged() {
+        // Spellings the predecessor's fixtures use: mixed case, wrong checksum.
+        for (input, expected) in [
+            (
+                "0x742d35Cc6634C0532925a3b844Bc9e7595f0bEb0",
+                checksum("742d35cc6634c0532925a3b844bc9e7595f0beb0"),
+            ),
+            (
+                "0x5aaeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+                "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".to_string(),
+            ),
+        ] {
+            let a = address(input).unwrap();
+            assert!(a.checksum_mismatch, "{input}");
+            assert_eq!(a.checksummed, expected);
+            assert_eq!(a.checksummed.to_lowercase(), input.to_lowercase());
+            assert_ne!(a.checksummed, input);
+        }
+    }
+
+    #[test]
+    fn malformed_addresses_are_named() {
+        for bad in [
+            "0x1234",
+            "0xzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+            "0x742d35Cc6634C0532925a3b844Bc9e7595f0bEb",
+            "0x742d35Cc6634C0532925a3b844Bc9e7595f0bEb00",
+            "",
+        ] {
+            let err = address(bad).unwrap_err().to_string();
+            assert!(err.contains("40 hex digits"), "{bad}: {err}");
+        }
     }
 
     #[test]

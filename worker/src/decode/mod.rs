@@ -218,6 +218,10 @@ pub struct DeadLetter {
     pub event_name: Option<String>,
     pub reason: String,
     pub raw_payload: Vec<u8>,
+    /// The envelope's `network` and `event_signature_hash`: an item's letter
+    /// holds the item only, and a replay needs them to decode it again.
+    pub envelope_network: Option<String>,
+    pub event_signature_hash: Option<String>,
 }
 
 /// Everything one stream entry turned into.
@@ -230,6 +234,11 @@ pub struct DecodedEntry {
     pub raw_payload: Vec<u8>,
     pub events: Vec<DecodedEvent>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Addresses of the stored events spelt with a wrong EIP-55 checksum
+    /// (stored normalised); the pipeline counts and logs them.
+    pub address_checksum_mismatches: u32,
+    /// The first such spelling, for the log line.
+    pub mismatched_address: Option<String>,
 }
 
 impl DecodedEntry {
@@ -247,6 +256,8 @@ impl DecodedEntry {
             event_name,
             reason,
             raw_payload: self.raw_payload,
+            envelope_network: None,
+            event_signature_hash: None,
         }
     }
 }
@@ -270,7 +281,11 @@ pub fn decode_entry(
                 event_name,
                 reason: reason.to_string(),
                 raw_payload: raw,
+                envelope_network: None,
+                event_signature_hash: None,
             }],
+            address_checksum_mismatches: 0,
+            mismatched_address: None,
         };
 
     if fields.is_empty() {
@@ -346,6 +361,8 @@ pub fn decode_entry(
         raw_payload: raw.clone(),
         events: Vec::with_capacity(items.len()),
         dead_letters: Vec::new(),
+        address_checksum_mismatches: 0,
+        mismatched_address: None,
     };
     for (index, item) in items.iter().enumerate() {
         let item_index = i32::try_from(index).unwrap_or(i32::MAX);
@@ -354,12 +371,19 @@ pub fn decode_entry(
             entry_id: entry_id.clone(),
             item_index,
         };
-        match decode_item(&envelope_context, item) {
-            Ok((position, body)) => out.events.push(DecodedEvent {
-                source,
-                position,
-                body,
-            }),
+        let mismatches = AddressMismatches::default();
+        match decode_item(&envelope_context, item, &mismatches) {
+            Ok((position, body)) => {
+                out.events.push(DecodedEvent {
+                    source,
+                    position,
+                    body,
+                });
+                out.address_checksum_mismatches += mismatches.count.get();
+                if out.mismatched_address.is_none() {
+                    out.mismatched_address = mismatches.first.take();
+                }
+            }
             Err(reason) => out.dead_letters.push(DeadLetter {
                 stream: stream.clone(),
                 entry_id: entry_id.clone(),
@@ -367,10 +391,19 @@ pub fn decode_entry(
                 event_name: Some(event_name.clone()),
                 reason: reason.to_string(),
                 raw_payload: item.get().as_bytes().to_vec(),
+                envelope_network: envelope_context.network.clone(),
+                event_signature_hash: envelope_context.event_signature_hash.clone(),
             }),
         }
     }
     out
+}
+
+/// Addresses of one item spelt with a wrong checksum (see [`ids::Address`]).
+#[derive(Default)]
+struct AddressMismatches {
+    count: std::cell::Cell<u32>,
+    first: std::cell::RefCell<Option<String>>,
 }
 
 struct EnvelopeContext<'a> {
@@ -403,6 +436,7 @@ struct Fields<'a> {
     event: &'a str,
     prefix: &'static str,
     map: Members<'a>,
+    mismatches: &'a AddressMismatches,
 }
 
 impl<'a> Fields<'a> {
@@ -504,7 +538,16 @@ impl<'a> Fields<'a> {
     }
 
     fn address(&self, field: &str) -> Result<String, DecodeError> {
-        self.with(field, ids::address)
+        let value = self.text(field)?;
+        let address = ids::address(&value).map_err(|e| self.error(field, e))?;
+        if address.checksum_mismatch {
+            self.mismatches.count.set(self.mismatches.count.get() + 1);
+            let mut first = self.mismatches.first.borrow_mut();
+            if first.is_none() {
+                *first = Some(value.into_owned());
+            }
+        }
+        Ok(address.checksummed)
     }
 }
 
@@ -512,24 +555,31 @@ fn object<'a>(
     event: &'a str,
     prefix: &'static str,
     raw: &'a RawValue,
+    mismatches: &'a AddressMismatches,
 ) -> Result<Fields<'a>, DecodeError> {
     let map = serde_json::from_str(raw.get()).map_err(|_| DecodeError::ItemNotObject {
         event: event.to_string(),
         detail: format!("{}is {}", prefix, json_kind(raw)),
     })?;
-    Ok(Fields { event, prefix, map })
+    Ok(Fields {
+        event,
+        prefix,
+        map,
+        mismatches,
+    })
 }
 
-fn decode_item(
+fn decode_item<'a>(
     envelope: &EnvelopeContext<'_>,
-    item: &RawValue,
+    item: &'a RawValue,
+    mismatches: &'a AddressMismatches,
 ) -> Result<(ChainPosition, EventBody), DecodeError> {
     let event = envelope.event_name;
-    let fields = object(event, "", item)?;
+    let fields = object(event, "", item, mismatches)?;
     let info_raw = fields
         .raw("transaction_information")
         .ok_or_else(|| fields.error("transaction_information", FieldError::Missing))?;
-    let info = object(event, "transaction_information.", info_raw)?;
+    let info = object(event, "transaction_information.", info_raw, mismatches)?;
 
     let network = match info.raw("network") {
         Some(_) => info.string("network")?,

@@ -95,6 +95,54 @@ fn one_bad_item_keeps_its_neighbours() {
 }
 
 #[test]
+fn an_items_letter_keeps_the_envelope_for_replay() {
+    let payload = format!(
+        r#"{{"event_name":"Deposited","network":"base","event_signature_hash":"0xfeed","event_data":[{},{}]}}"#,
+        deposit("1", "1"),
+        deposit("\"12x\"", "2"),
+    );
+    let out = entry("payload", &payload);
+    let dead = &out.dead_letters[0];
+    assert_eq!(dead.envelope_network.as_deref(), Some("base"));
+    assert_eq!(dead.event_signature_hash.as_deref(), Some("0xfeed"));
+}
+
+#[test]
+fn wrong_checksums_are_stored_normalised_and_counted() {
+    let bad = "0x742d35Cc6634C0532925a3b844Bc9e7595f0bEb0";
+    let item = |log_index: &str| {
+        deposit("1", log_index).replacen(
+            &format!("\"receiver\":\"{ADDR}\""),
+            &format!("\"receiver\":\"{bad}\""),
+            1,
+        )
+    };
+    let payload = format!(
+        r#"{{"event_name":"Deposited","network":"base","event_data":[{},{},{}]}}"#,
+        item("1"),
+        deposit("1", "2"),
+        item("3"),
+    );
+    let out = entry("payload", &payload);
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert_eq!(out.events.len(), 3);
+    assert_eq!(out.address_checksum_mismatches, 2);
+    assert_eq!(out.mismatched_address.as_deref(), Some(bad));
+    let EventBody::Deposited(d) = &out.events[0].body else {
+        panic!("not a deposit")
+    };
+    assert_eq!(d.receiver.to_lowercase(), bad.to_lowercase());
+    assert_eq!(d.receiver, ids::address(bad).unwrap().checksummed);
+    // A wrong length stays malformed.
+    let short = deposit("1", "1").replacen(ADDR, &ADDR[..41], 1);
+    let payload = format!(r#"{{"event_name":"Deposited","network":"base","event_data":{short}}}"#);
+    let out = entry("payload", &payload);
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(out.address_checksum_mismatches, 0);
+    assert!(out.dead_letters[0].reason.contains("40 hex digits"));
+}
+
+#[test]
 fn whole_entry_failures_are_named() {
     let cases = [
         ("payload", "not json", "not valid JSON"),
