@@ -8,7 +8,8 @@
 //! - [`aggregates`]: base tables, term aggregates, analytics queue;
 //! - [`analytics`]: triple-level analytics from the queue;
 //! - [`verify`]: from-scratch comparison and rebuild;
-//! - [`pipeline`], [`http`], [`health`], [`metrics`]: the running process.
+//! - [`failure`]: the one failure policy (conflict, data, outage) and retry loop;
+//! - [`pipeline`], [`http`], [`health`], [`lifecycle`], [`metrics`]: the running process.
 
 pub mod aggregates;
 pub mod analytics;
@@ -16,10 +17,12 @@ pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod decode;
+pub mod failure;
 pub mod generate;
 pub mod health;
 pub mod http;
 pub mod intake;
+pub mod lifecycle;
 pub mod metrics;
 pub mod persistence;
 pub mod pipeline;
