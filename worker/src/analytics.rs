@@ -122,6 +122,29 @@ async fn process_batch_in(
     parents.dedup();
     telemetry::link(span, parents);
 
+    let result = recompute_claimed(pool, settings, &claimed).await;
+    if matches!(&result, Err(e) if classify(e) == Failure::Outage) {
+        // Best effort: when the database takes this, the terms are claimable
+        // again at once instead of when the lease ends.
+        let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
+        if let Err(error) = sqlx::query(queries::RELEASE_ANALYTICS_TERMS)
+            .bind(&terms)
+            .execute(pool)
+            .await
+        {
+            tracing::debug!(%error, "could not release claims after an outage; their lease ends them");
+        }
+    }
+    result
+}
+
+/// Recomputes the claimed terms in one transaction, or term by term when
+/// that fails for a reason other than an outage.
+async fn recompute_claimed(
+    pool: &PgPool,
+    settings: &AnalyticsSettings,
+    claimed: &[Claimed],
+) -> Result<BatchReport, sqlx::Error> {
     let policy = Policy {
         conflicts: ConflictRetry {
             max_attempts: 11,
@@ -130,7 +153,7 @@ async fn process_batch_in(
         },
         outages: None,
     };
-    match failure::retry(&policy, || run_transaction(pool, &claimed)).await {
+    match failure::retry(&policy, || run_transaction(pool, claimed)).await {
         Ok(done) => {
             let (triples, completed) = done.value;
             Ok(BatchReport {
@@ -144,7 +167,7 @@ async fn process_batch_in(
         Err(error) if classify(&error) == Failure::Outage => Err(error),
         Err(error) => {
             tracing::warn!(%error, terms = claimed.len(), "analytics batch failed; retrying its terms one by one");
-            process_individually(pool, settings, &claimed).await
+            process_individually(pool, settings, claimed).await
         }
     }
 }
