@@ -429,9 +429,15 @@ async fn two_analytics_workers_race_on_the_same_terms() {
 }
 
 /// Makes writes of triple_term rows for `term_id` fail the first `times` calls
-/// (a sequence counts calls even when the failing transaction rolls back).
+/// (a sequence counts calls even when the failing transaction rolls back) with
+/// a data error (SQLSTATE 22023), which is the term's own failure.
 async fn inject_failures(db: &TestDb, term_id: &str, times: i64) -> String {
-    let name = format!("fail_{}", &term_id[term_id.len() - 8..]);
+    inject_errors(db, term_id, times, "22023").await
+}
+
+/// Like `inject_failures`, raising SQLSTATE `sqlstate`.
+async fn inject_errors(db: &TestDb, term_id: &str, times: i64, sqlstate: &str) -> String {
+    let name = format!("fail_{sqlstate}_{}", &term_id[term_id.len() - 8..]);
     sqlx::query(&format!("CREATE SEQUENCE {name}"))
         .execute(&db.pool)
         .await
@@ -440,7 +446,7 @@ async fn inject_failures(db: &TestDb, term_id: &str, times: i64) -> String {
         "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
            IF NEW.term_id = '{term_id}' AND nextval('{name}') <= {times} THEN
-             RAISE EXCEPTION 'injected failure for %', NEW.term_id;
+             RAISE EXCEPTION 'injected failure for %', NEW.term_id USING ERRCODE = '{sqlstate}';
            END IF;
            RETURN NEW;
          END $$"
@@ -455,6 +461,44 @@ async fn inject_failures(db: &TestDb, term_id: &str, times: i64) -> String {
     .await
     .unwrap();
     name
+}
+
+/// An outage (here an internal error, XX000, on every analytics write) is not
+/// the terms' fault: no attempt is spent and nothing is parked, however long
+/// it lasts; once it is over the terms are processed.
+#[tokio::test]
+async fn an_outage_costs_no_attempt_and_parks_nothing() {
+    let db = TestDb::new().await;
+    let mut c = Chain::new();
+    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
+    events.push(c.triple(40, 1, 2, 3));
+    events.push(c.triple(41, 2, 2, 3));
+    write(&db, &events).await;
+    let trigger = inject_errors(&db, &term(40), 1_000_000, "XX000").await;
+    let mut settings = test_analytics_settings(); // 3 attempts
+    settings.claim_lease = std::time::Duration::from_millis(50);
+    for _ in 0..6 {
+        let error = process_batch(&db.pool, &settings).await.unwrap_err();
+        assert_eq!(
+            worker::failure::classify(&error),
+            worker::failure::Failure::Outage,
+            "{error}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    let (attempts, parked): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(attempts), 0)::int8, count(*) FILTER (WHERE parked_at IS NOT NULL) FROM analytics_queue",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((attempts, parked), (0, 0), "an outage spent attempts");
+    sqlx::query(&format!("DROP TRIGGER {trigger} ON triple_term"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    db.drain_analytics().await;
+    db.assert_verified().await;
 }
 
 #[tokio::test]

@@ -392,3 +392,305 @@ async fn drain_during_load_exits_zero_with_nothing_unacked() {
     );
     run.finish("drain during load", drain_started).await;
 }
+
+/// A login role of the test's own (not a superuser) with the rights the
+/// worker needs on the test's database; returns (role, its database URL).
+async fn worker_role(db: &TestDb) -> (String, String) {
+    let role = unique("pgw_worker");
+    let database = db.url.rsplit_once('/').map(|(_, d)| d).unwrap().to_string();
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT CONNECT, TEMP ON DATABASE {database} TO {role}"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+        format!("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::query(&statement).execute(&db.pool).await.unwrap();
+    }
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    (role.clone(), format!("{scheme}://{role}@{host}"))
+}
+
+/// Ends every session of `role`: role-level settings apply to new sessions only.
+async fn terminate_sessions(db: &TestDb, role: &str) {
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(role)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+async fn run_sql(db: &TestDb, statements: &[String]) {
+    for statement in statements {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+}
+
+async fn wait_ready(w: &WorkerProcess, status: u16, within: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    while w.get("/readyz").await.map(|r| r.0) != Some(status) {
+        assert!(
+            started.elapsed() < within,
+            "{what}: /readyz never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// A database fault: SQL that causes it, the SQLSTATE it must be reported
+/// as, and SQL that fixes it.
+struct DatabaseFault {
+    name: &'static str,
+    sqlstate: &'static str,
+    inject: Vec<String>,
+    fix: Vec<String>,
+    /// Role or database settings: sessions must be renewed to see them.
+    new_sessions: bool,
+}
+
+/// Under load: strike, see the worker unready with the outage metric naming
+/// the SQLSTATE, hold the fault, fix it, see it ready again and finish the
+/// history with every event stored once and only the malformed entries
+/// dead-lettered.
+async fn database_outage(seed: u64, fault: impl FnOnce(&str) -> DatabaseFault) {
+    let db = TestDb::new().await;
+    let (role, url) = worker_role(&db).await;
+    let fault = fault(&role);
+    let run = Scenario::start(seed, db, shared_redis()).await;
+    // Paced so that most of the history is still to be written when the fault strikes.
+    let w = WorkerProcess::start(
+        &url,
+        &run.redis_url,
+        &run.streams,
+        &run.group,
+        "pod-db",
+        &[
+            ("MAX_ENTRIES_PER_SECOND", "150"),
+            ("ANALYTICS_CLAIM_LEASE_MS", "2000"),
+        ],
+    );
+    w.wait_http().await;
+    wait_ready(&w, 200, Duration::from_secs(30), fault.name).await;
+    run.wait_progress().await;
+
+    run_sql(&run.db, &fault.inject).await;
+    if fault.new_sessions {
+        terminate_sessions(&run.db, &role).await;
+    }
+    let struck = Instant::now();
+    let unready_in = wait_ready(&w, 503, Duration::from_secs(30), fault.name).await;
+    let label = format!(r#"sqlstate="{}""#, fault.sqlstate);
+    let started = Instant::now();
+    loop {
+        let metrics = w.get("/metrics").await.map(|r| r.1).unwrap_or_default();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("pgw_database_outage_errors_total{") && l.contains(&label))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}: no outage metric with {label}:\n{}",
+            fault.name,
+            metrics
+                .lines()
+                .filter(|l| l.contains("outage"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = w.get("/health").await.map(|r| r.1).unwrap_or_default();
+    assert!(
+        health.contains(fault.sqlstate),
+        "{}: /health does not name {}: {health}",
+        fault.name,
+        fault.sqlstate
+    );
+    // The pipeline stays paused a while under the fault.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.get("/readyz").await.map(|r| r.0),
+        Some(503),
+        "{}: ready while the fault lasts",
+        fault.name
+    );
+    let dead_during: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT raw_payload) FROM dead_letters")
+            .fetch_one(&run.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        dead_during as usize <= run.load.bad_entries,
+        "{}: {dead_during} dead letters for {} malformed entries",
+        fault.name,
+        run.load.bad_entries
+    );
+
+    let stored_at_fix = run.db.count("share_price_changed_events").await;
+    run_sql(&run.db, &fault.fix).await;
+    if fault.new_sessions {
+        terminate_sessions(&run.db, &role).await;
+    }
+    let fixed = Instant::now();
+    let paused = fixed - struck;
+    let ready_in = wait_ready(&w, 200, Duration::from_secs(60), fault.name).await;
+    let mut resumed_in = None;
+    while resumed_in.is_none() {
+        if run.db.count("share_price_changed_events").await > stored_at_fix {
+            resumed_in = Some(fixed.elapsed());
+        }
+        assert!(
+            fixed.elapsed() < Duration::from_secs(60),
+            "{}: no progress after the fix",
+            fault.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The outage's error goes away with the success of the loop that hit it
+    // (no stale `last_error`).
+    let started = Instant::now();
+    loop {
+        let health: serde_json::Value = w
+            .get("/health")
+            .await
+            .and_then(|r| serde_json::from_str(&r.1).ok())
+            .unwrap_or_default();
+        if health["errors"] == serde_json::json!({}) && health["last_error"].is_null() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{}: errors stay in /health after the fix: {health}",
+            fault.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "OUTAGE {:<24} SQLSTATE {} | unready {:>5.2} s after the fault | paused {:>5.2} s | ready {:>5.2} s and writing {:>5.2} s after the fix",
+        fault.name,
+        fault.sqlstate,
+        unready_in.as_secs_f64(),
+        paused.as_secs_f64(),
+        ready_in.as_secs_f64(),
+        resumed_in.unwrap_or_default().as_secs_f64()
+    );
+    run.finish(fault.name, fixed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_statement_timeout_is_an_outage_not_bad_data() {
+    database_outage(21, |role| DatabaseFault {
+        name: "statement_timeout 1ms",
+        sqlstate: "57014",
+        inject: vec![format!("ALTER ROLE {role} SET statement_timeout = '1ms'")],
+        fix: vec![format!("ALTER ROLE {role} RESET statement_timeout")],
+        new_sessions: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_insert_is_an_outage_not_bad_data() {
+    database_outage(22, |role| DatabaseFault {
+        name: "revoked INSERT",
+        sqlstate: "42501",
+        inject: vec![format!("REVOKE INSERT ON deposited_events FROM {role}")],
+        fix: vec![format!("GRANT INSERT ON deposited_events TO {role}")],
+        new_sessions: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_column_is_an_outage_not_bad_data() {
+    database_outage(23, |_| DatabaseFault {
+        name: "dropped column",
+        sqlstate: "42703",
+        inject: vec!["ALTER TABLE deposited_events DROP COLUMN contract_address".into()],
+        fix: vec!["ALTER TABLE deposited_events ADD COLUMN contract_address TEXT".into()],
+        new_sessions: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transactions_are_an_outage_not_bad_data() {
+    database_outage(24, |role| DatabaseFault {
+        name: "read-only transactions",
+        sqlstate: "25006",
+        inject: vec![format!(
+            "ALTER ROLE {role} SET default_transaction_read_only = on"
+        )],
+        fix: vec![format!(
+            "ALTER ROLE {role} RESET default_transaction_read_only"
+        )],
+        new_sessions: true,
+    })
+    .await;
+}
+
+/// A drain that cannot finish (every batch stuck on an outage) is reported as
+/// a failure by `postgres-writer drain` and by the exit status; a replacement
+/// worker then finishes the history once the outage is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_that_times_out_is_reported_as_failed() {
+    let db = TestDb::new().await;
+    let (role, url) = worker_role(&db).await;
+    let run = Scenario::start(25, db, shared_redis()).await;
+    let mut w = WorkerProcess::start(
+        &url,
+        &run.redis_url,
+        &run.streams,
+        &run.group,
+        "pod-stuck",
+        &[
+            ("DRAIN_TIMEOUT_MS", "1500"),
+            ("MAX_ENTRIES_PER_SECOND", "150"),
+        ],
+    );
+    w.wait_http().await;
+    run.wait_progress().await;
+    run_sql(
+        &run.db,
+        &[format!(
+            "REVOKE INSERT ON share_price_changed_events FROM {role}"
+        )],
+    )
+    .await;
+    wait_ready(&w, 503, Duration::from_secs(30), "stuck drain").await;
+    let drain = std::process::Command::new(system_tests::worker_binary())
+        .arg("drain")
+        .env("HTTP_PORT", w.port.to_string())
+        .env("DRAIN_TIMEOUT_MS", "1500")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&drain.stderr);
+    assert!(
+        !drain.status.success(),
+        "drain reported success with a batch unfinished"
+    );
+    assert!(stderr.contains("unfinished"), "{stderr}");
+    let status = w.wait_exit(Duration::from_secs(20)).await;
+    assert!(!status.success(), "exit status after a timed-out drain");
+    run_sql(
+        &run.db,
+        &[format!(
+            "GRANT INSERT ON share_price_changed_events TO {role}"
+        )],
+    )
+    .await;
+    let fixed = Instant::now();
+    let _next = WorkerProcess::start(
+        &url,
+        &run.redis_url,
+        &run.streams,
+        &run.group,
+        "pod-next",
+        &[("CLAIM_IDLE_MS", "1000"), ("CLAIM_INTERVAL_MS", "300")],
+    );
+    run.finish("timed-out drain", fixed).await;
+}

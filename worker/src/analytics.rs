@@ -11,12 +11,15 @@
 //! ADR 0012), commit. A failing batch is retried term by term so that one bad
 //! term cannot hold back the rest; a failing term is retried with jittered
 //! exponential backoff and parked after the configured number of attempts.
+//! An outage (see [`crate::failure`]) is not the terms' fault: it costs no
+//! attempt; the loop waits it out, unready, and the claims' leases run out.
 
 use crate::backoff;
 use crate::config::AnalyticsArgs;
-use crate::health::Health;
+use crate::failure::{self, classify, ConflictRetry, Failure, OutageRetry, Policy};
+use crate::health::{Health, Source};
+use crate::lifecycle::pause;
 use crate::metrics::Metrics;
-use crate::persistence::{classify, FailureKind};
 use crate::queries;
 use crate::ratelimit::RateLimit;
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -128,34 +131,54 @@ async fn process_batch_in(
     parents.dedup();
     telemetry::link(span, parents);
 
-    let mut conflicts = 0u32;
-    loop {
-        match complete(pool, &claimed).await {
-            Ok((triples, completed)) => {
-                return Ok(BatchReport {
-                    claimed: claimed.len(),
-                    completed,
-                    triples,
-                    ..Default::default()
-                })
-            }
-            Err(error) => match classify(&error) {
-                FailureKind::Conflict if conflicts < 10 => {
-                    conflicts += 1;
-                    let delay = backoff::jittered(
-                        Duration::from_millis(5),
-                        conflicts,
-                        Duration::from_millis(500),
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-                // The lease runs out and another worker (or this one) claims the terms again.
-                FailureKind::Unavailable => return Err(error),
-                _ => {
-                    tracing::warn!(%error, terms = claimed.len(), "analytics batch failed; retrying its terms one by one");
-                    return process_individually(pool, settings, &claimed).await;
-                }
-            },
+    let result = recompute_claimed(pool, settings, &claimed).await;
+    if matches!(&result, Err(e) if classify(e) == Failure::Outage) {
+        // Best effort: when the database takes this, the terms are claimable
+        // again at once instead of when the lease ends.
+        let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
+        let tokens: Vec<i64> = claimed.iter().map(|c| c.token).collect();
+        if let Err(error) = sqlx::query(queries::RELEASE_ANALYTICS_TERMS)
+            .bind(&terms)
+            .bind(&tokens)
+            .execute(pool)
+            .await
+        {
+            tracing::debug!(%error, "could not release claims after an outage; their lease ends them");
+        }
+    }
+    result
+}
+
+/// Recomputes the claimed terms in one transaction, or term by term when
+/// that fails for a reason other than an outage.
+async fn recompute_claimed(
+    pool: &PgPool,
+    settings: &AnalyticsSettings,
+    claimed: &[Claimed],
+) -> Result<BatchReport, sqlx::Error> {
+    let policy = Policy {
+        conflicts: ConflictRetry {
+            max_attempts: 11,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(500),
+        },
+        outages: None,
+    };
+    match failure::retry(&policy, || complete(pool, claimed)).await {
+        Ok(done) => {
+            let (triples, completed) = done.value;
+            Ok(BatchReport {
+                claimed: claimed.len(),
+                completed,
+                triples,
+                ..Default::default()
+            })
+        }
+        // The lease runs out and another worker (or this one) claims the terms again.
+        Err(error) if classify(&error) == Failure::Outage => Err(error),
+        Err(error) => {
+            tracing::warn!(%error, terms = claimed.len(), "analytics batch failed; retrying its terms one by one");
+            process_individually(pool, settings, claimed).await
         }
     }
 }
@@ -201,7 +224,8 @@ async fn process_individually(
                 report.completed += completed;
                 report.triples += triples;
             }
-            Err(error) if classify(&error) == FailureKind::Unavailable => return Err(error),
+            // Not the term's fault: no attempt is spent on it.
+            Err(error) if classify(&error) == Failure::Outage => return Err(error),
             Err(error) => {
                 let attempt = (term.attempts + 1) as u32;
                 let delay = backoff::jittered(settings.backoff_base, attempt, settings.backoff_max);
@@ -365,25 +389,43 @@ pub async fn queue_stats(pool: &PgPool) -> Result<(i64, i64, f64), sqlx::Error> 
     ))
 }
 
-/// The analytics loop: runs until `stop`, never interrupting a transaction.
+/// Analytics loop number `index`: runs until `stop`, never interrupting a
+/// transaction. Outages are waited out with backoff (health slot
+/// [`Source::analytics`] unready meanwhile); per-term failures are shown there
+/// until the loop's next batch without failures.
 pub async fn run_loop(
     pool: PgPool,
     settings: AnalyticsSettings,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     stop: CancellationToken,
+    index: usize,
 ) {
+    let source = Source::analytics(index);
+    let policy = Policy {
+        conflicts: ConflictRetry::NONE,
+        outages: Some(OutageRetry {
+            metrics: &metrics,
+            health: &health,
+            source: &source,
+            operation: "analytics",
+            stop: Some(&stop),
+            base_delay: Duration::from_millis(200),
+            max_delay: failure::MAX_OUTAGE_BACKOFF,
+        }),
+    };
     let mut limit = RateLimit::new(settings.max_terms_per_second);
     let mut failures = 0u32;
     while !stop.is_cancelled() {
         let started = Instant::now();
-        match process_batch(&pool, &settings).await {
-            Ok(report) if report.claimed == 0 => {
+        match failure::retry(&policy, || process_batch(&pool, &settings)).await {
+            Ok(done) if done.value.claimed == 0 => {
                 failures = 0;
-                crate::pipeline::pause(&stop, settings.poll_interval).await;
+                pause(&stop, settings.poll_interval).await;
             }
-            Ok(report) => {
+            Ok(done) => {
                 failures = 0;
+                let report = done.value;
                 metrics
                     .analytics_terms_processed
                     .inc_by(report.completed as u64);
@@ -394,24 +436,27 @@ pub async fn run_loop(
                 metrics.analytics_retries.inc_by(report.retried as u64);
                 metrics.analytics_parked.inc_by(report.parked as u64);
                 if report.retried + report.parked > 0 {
-                    let mut a = health.analytics.lock().unwrap_or_else(|e| e.into_inner());
-                    a.last_error = Some(format!(
-                        "{} term(s) failed ({} parked); see analytics_queue.last_error",
-                        report.retried + report.parked,
-                        report.parked
-                    ));
+                    health.warn(
+                        &source,
+                        format!(
+                            "{} term(s) failed ({} parked); see analytics_queue.last_error",
+                            report.retried + report.parked,
+                            report.parked
+                        ),
+                    );
                 }
-                crate::pipeline::pause(&stop, limit.reserve(report.claimed)).await;
+                pause(&stop, limit.reserve(report.claimed)).await;
             }
+            // Stopped during an outage, or a data error outside any term
+            // (recording the terms' failures): shown, retried after a pause.
             Err(error) => {
+                if stop.is_cancelled() {
+                    break;
+                }
                 failures += 1;
                 tracing::warn!(%error, "analytics batch could not run; retrying");
-                health
-                    .analytics
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .last_error = Some(error.to_string());
-                crate::pipeline::pause(
+                health.warn(&source, error.to_string());
+                pause(
                     &stop,
                     backoff::jittered(
                         Duration::from_millis(200),

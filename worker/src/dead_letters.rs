@@ -9,12 +9,12 @@
 //! new reason (the first reason is kept in `first_reason`).
 
 use crate::decode::{decode_entry, DecodedEntry};
-use crate::persistence::{self, FailureKind, WriteOutcome};
+use crate::failure::{self, classify, ConflictRetry, Failure, Policy};
+use crate::persistence::{self, WriteOutcome};
 use crate::queries;
 use sqlx::{PgPool, Row};
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Which letters `list` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -265,9 +265,6 @@ pub enum ReplayError {
     Select(#[source] sqlx::Error),
 }
 
-/// Conflicts (deadlock, serialization) on one letter are retried this often.
-const CONFLICT_ATTEMPTS: u32 = 20;
-
 /// Replays the letters matching `filter`, oldest first, one transaction each.
 /// With `dry_run` each transaction is rolled back instead of committed, so
 /// the report says what the database would do without writing anything.
@@ -292,46 +289,44 @@ pub async fn replay(
             continue;
         }
         let decoded = decode_letter(&letter);
-        let mut attempt = 0u32;
-        let outcome = loop {
-            attempt += 1;
-            match replay_one(pool, &letter, &decoded, dry_run, note).await {
-                Ok((outcome, stored)) => {
-                    report.events_stored += stored;
-                    break outcome;
-                }
-                Err(error) => match persistence::classify(&error) {
-                    FailureKind::Conflict if attempt < CONFLICT_ATTEMPTS => {
-                        tokio::time::sleep(crate::backoff::jittered(
-                            Duration::from_millis(5),
-                            attempt,
-                            Duration::from_secs(1),
-                        ))
-                        .await;
-                    }
-                    FailureKind::Rejected => {
-                        let reason = format!(
-                            "database refused the entry: {}",
-                            error.to_string().replace('\0', "")
-                        );
-                        if dry_run {
-                            break Outcome::WouldFail { reason };
-                        }
-                        mark_failed(pool, letter.id, &reason, note)
-                            .await
-                            .map_err(|source| ReplayError::Unavailable {
-                                id: letter.id,
-                                source,
-                            })?;
-                        break Outcome::FailedAgain { reason };
-                    }
-                    FailureKind::Conflict | FailureKind::Unavailable => {
-                        return Err(ReplayError::Unavailable {
+        // The one failure policy (crate::failure): conflicts rerun, data errors
+        // fail the letter again, an outage stops the replay.
+        let policy = Policy {
+            conflicts: ConflictRetry::default(),
+            outages: None,
+        };
+        let outcome = match failure::retry(&policy, || {
+            replay_one(pool, &letter, &decoded, dry_run, note)
+        })
+        .await
+        {
+            Ok(done) => {
+                let (outcome, stored) = done.value;
+                report.events_stored += stored;
+                outcome
+            }
+            Err(error) if classify(&error) == Failure::Data => {
+                let reason = format!(
+                    "database refused the entry: {}",
+                    error.to_string().replace('\0', "")
+                );
+                if dry_run {
+                    Outcome::WouldFail { reason }
+                } else {
+                    mark_failed(pool, letter.id, &reason, note)
+                        .await
+                        .map_err(|source| ReplayError::Unavailable {
                             id: letter.id,
-                            source: error,
-                        })
-                    }
-                },
+                            source,
+                        })?;
+                    Outcome::FailedAgain { reason }
+                }
+            }
+            Err(error) => {
+                return Err(ReplayError::Unavailable {
+                    id: letter.id,
+                    source: error,
+                })
             }
         };
         report.letters.push((letter, outcome));

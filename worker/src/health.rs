@@ -1,23 +1,101 @@
-//! Shared health state, updated by the pipeline and the monitor task, read by
-//! `/readyz` and `/health`.
+//! Shared health state, updated by the consumer loops, the analytics loops and
+//! the monitor task, read by `/readyz` and `/health`.
+//!
+//! Each task reports into its own [`Source`] slot and only its own success
+//! clears it, so one task's success never hides another's failure (a commit
+//! does not clear the monitor's Redis error, an analytics error does not
+//! outlive the analytics loop's next good batch).
 
 use crate::intake::StreamBacklog;
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+
+/// The service a health source depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Service {
+    Postgres,
+    Redis,
+}
+
+/// One task's health slot: a service and the task using it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Source {
+    pub service: Service,
+    pub task: String,
+}
+
+impl Source {
+    /// The monitor's reachability probe of PostgreSQL (schema version query).
+    pub fn postgres_probe() -> Source {
+        Source::new(Service::Postgres, "probe")
+    }
+    /// The monitor's reachability probe of Redis (stream backlog).
+    pub fn redis_probe() -> Source {
+        Source::new(Service::Redis, "probe")
+    }
+    /// The monitor's analytics queue statistics (informational only).
+    pub fn queue_stats() -> Source {
+        Source::new(Service::Postgres, "analytics queue stats")
+    }
+    /// A consumer loop's batch writes.
+    pub fn batch(consumer: &str) -> Source {
+        Source::new(Service::Postgres, format!("batch {consumer}"))
+    }
+    /// A consumer loop's reads and acknowledgements.
+    pub fn stream(consumer: &str) -> Source {
+        Source::new(Service::Redis, format!("stream {consumer}"))
+    }
+    /// Analytics loop number `index`.
+    pub fn analytics(index: usize) -> Source {
+        Source::new(Service::Postgres, format!("analytics {index}"))
+    }
+
+    fn new(service: Service, task: impl Into<String>) -> Source {
+        Source {
+            service,
+            task: task.into(),
+        }
+    }
+
+    fn is_analytics(&self) -> bool {
+        self.task.starts_with("analytics ") && self.service == Service::Postgres
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let service = match self.service {
+            Service::Postgres => "postgres",
+            Service::Redis => "redis",
+        };
+        write!(f, "{service} {}", self.task)
+    }
+}
+
+/// The current problem of a source.
+#[derive(Debug, Clone)]
+struct Problem {
+    message: String,
+    /// An outage makes the process unready; a warning is only shown.
+    outage: bool,
+    /// Order of reports, to show the latest one as `last_error`.
+    seq: u64,
+}
 
 #[derive(Debug, Default)]
 pub struct Health {
     /// Whether this process consumes streams (false for `analytics`).
     pub consumes_streams: bool,
-    pub postgres_ok: AtomicBool,
-    pub redis_ok: AtomicBool,
     pub schema_ok: AtomicBool,
     pub draining: AtomicBool,
     pub last_commit_unix_ms: AtomicU64,
     pub backlog: Mutex<Vec<StreamBacklog>>,
     pub analytics: Mutex<AnalyticsHealth>,
-    pub last_error: Mutex<Option<String>>,
+    problems: Mutex<BTreeMap<Source, Problem>>,
+    seq: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -26,6 +104,7 @@ pub struct AnalyticsHealth {
     pub queue_depth: i64,
     pub parked: i64,
     pub oldest_pending_seconds: f64,
+    /// The latest problem of an analytics loop, while it lasts.
     pub last_error: Option<String>,
 }
 
@@ -41,7 +120,10 @@ pub struct HealthReport {
     pub last_commit_unix_ms: Option<u64>,
     pub streams: Vec<StreamBacklog>,
     pub analytics: AnalyticsHealth,
+    /// The latest current problem, if any.
     pub last_error: Option<String>,
+    /// Every current problem, by source ("postgres batch pod-0", …).
+    pub errors: BTreeMap<String, String>,
 }
 
 impl Health {
@@ -51,28 +133,85 @@ impl Health {
             ..Default::default()
         };
         health.analytics.lock().expect("fresh mutex").enabled = analytics_enabled;
+        // Unready until the first probe answers.
+        health.outage(&Source::postgres_probe(), "not checked yet".into());
+        if consumes_streams {
+            health.outage(&Source::redis_probe(), "not checked yet".into());
+        }
         health
     }
 
-    /// Ready: PostgreSQL (and Redis, when consuming) reachable, schema current,
-    /// not draining.
+    fn problems(&self) -> std::sync::MutexGuard<'_, BTreeMap<Source, Problem>> {
+        self.problems.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, source: &Source, message: String, outage: bool) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.problems().insert(
+            source.clone(),
+            Problem {
+                message,
+                outage,
+                seq,
+            },
+        );
+    }
+
+    /// `source` cannot do its work: unready until `source` succeeds again.
+    pub fn outage(&self, source: &Source, message: String) {
+        self.put(source, message, true);
+    }
+
+    /// `source` works but reports a problem (shown, readiness unchanged).
+    pub fn warn(&self, source: &Source, message: String) {
+        self.put(source, message, false);
+    }
+
+    /// `source` succeeded: its problem is over.
+    pub fn clear(&self, source: &Source) {
+        self.problems().remove(source);
+    }
+
+    /// A probe succeeded (same as [`Health::clear`]).
+    pub fn probe_ok(&self, source: &Source) {
+        self.clear(source);
+    }
+
+    fn service_ok(&self, service: Service) -> bool {
+        !self
+            .problems()
+            .iter()
+            .any(|(s, p)| p.outage && s.service == service)
+    }
+
+    /// Ready: no task has a PostgreSQL (or, when consuming, Redis) outage,
+    /// schema current, not draining.
     pub fn ready(&self) -> bool {
-        self.postgres_ok.load(Ordering::Relaxed)
+        self.service_ok(Service::Postgres)
             && self.schema_ok.load(Ordering::Relaxed)
-            && (!self.consumes_streams || self.redis_ok.load(Ordering::Relaxed))
+            && (!self.consumes_streams || self.service_ok(Service::Redis))
             && !self.draining.load(Ordering::Relaxed)
     }
 
-    pub fn set_error(&self, error: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
-    }
-
     pub fn report(&self) -> HealthReport {
-        let postgres =
-            self.postgres_ok.load(Ordering::Relaxed) && self.schema_ok.load(Ordering::Relaxed);
-        let redis = !self.consumes_streams || self.redis_ok.load(Ordering::Relaxed);
+        let postgres = self.service_ok(Service::Postgres) && self.schema_ok.load(Ordering::Relaxed);
+        let redis = !self.consumes_streams || self.service_ok(Service::Redis);
         let ready = self.ready();
         let last_commit = self.last_commit_unix_ms.load(Ordering::Relaxed);
+        let problems = self.problems().clone();
+        let latest = |filter: &dyn Fn(&Source) -> bool| {
+            problems
+                .iter()
+                .filter(|(s, _)| filter(s))
+                .max_by_key(|(_, p)| p.seq)
+                .map(|(s, p)| format!("{s}: {}", p.message))
+        };
+        let mut analytics = self
+            .analytics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        analytics.last_error = latest(&|s: &Source| s.is_analytics());
         HealthReport {
             status: if postgres && redis { "ok" } else { "degraded" },
             ready,
@@ -86,16 +225,92 @@ impl Health {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
-            analytics: self
-                .analytics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            analytics,
+            last_error: latest(&|_: &Source| true),
+            errors: problems
+                .iter()
+                .map(|(s, p)| (s.to_string(), p.message.clone()))
+                .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy(consumes: bool) -> Health {
+        let health = Health::new(consumes, true);
+        assert!(!health.ready(), "unready before the first probe");
+        health.probe_ok(&Source::postgres_probe());
+        health.probe_ok(&Source::redis_probe());
+        health.schema_ok.store(true, Ordering::Relaxed);
+        assert!(health.ready());
+        health
+    }
+
+    #[test]
+    fn a_commit_does_not_clear_the_monitors_redis_error() {
+        let health = healthy(true);
+        health.outage(&Source::redis_probe(), "connection refused".into());
+        // A consumer loop commits and acknowledges a batch.
+        health.clear(&Source::batch("pod-0"));
+        health.clear(&Source::stream("pod-0"));
+        let report = health.report();
+        assert!(!report.ready && !report.redis_consumer_healthy);
+        assert_eq!(
+            report.last_error.as_deref(),
+            Some("redis probe: connection refused")
+        );
+        health.probe_ok(&Source::redis_probe());
+        let report = health.report();
+        assert!(report.ready);
+        assert_eq!(report.last_error, None);
+        assert!(report.errors.is_empty());
+    }
+
+    #[test]
+    fn analytics_error_is_cleared_by_its_own_next_success() {
+        let health = healthy(false);
+        health.warn(&Source::analytics(0), "2 term(s) failed".into());
+        health.warn(&Source::analytics(1), "1 term(s) failed".into());
+        let report = health.report();
+        assert!(
+            report.ready,
+            "term failures do not make the process unready"
+        );
+        assert_eq!(
+            report.analytics.last_error.as_deref(),
+            Some("postgres analytics 1: 1 term(s) failed")
+        );
+        // Another source's success leaves it; its own success clears it.
+        health.clear(&Source::batch("pod-0"));
+        health.clear(&Source::analytics(1));
+        assert_eq!(
+            health.report().analytics.last_error.as_deref(),
+            Some("postgres analytics 0: 2 term(s) failed")
+        );
+        health.clear(&Source::analytics(0));
+        assert_eq!(health.report().analytics.last_error, None);
+    }
+
+    #[test]
+    fn an_outage_of_one_loop_keeps_the_process_unready_until_that_loop_recovers() {
+        let health = healthy(true);
+        health.outage(&Source::batch("pod-0-1"), "SQLSTATE 42501".into());
+        // The monitor's probe and another loop succeed meanwhile.
+        health.probe_ok(&Source::postgres_probe());
+        health.clear(&Source::batch("pod-0-0"));
+        let report = health.report();
+        assert!(!report.ready && !report.postgres_sync_healthy);
+        assert_eq!(
+            report
+                .errors
+                .get("postgres batch pod-0-1")
+                .map(String::as_str),
+            Some("SQLSTATE 42501")
+        );
+        health.clear(&Source::batch("pod-0-1"));
+        assert!(health.ready());
     }
 }

@@ -3,6 +3,7 @@
 //! Also the tiny HTTP/1.1 client that `postgres-writer drain` uses.
 
 use crate::health::Health;
+use crate::lifecycle::{DrainOutcome, Lifecycle};
 use crate::metrics::Metrics;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
@@ -19,10 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// Cancelled to stop intake (SIGTERM or drain).
-    pub stop: CancellationToken,
-    /// Cancelled once in-flight work is committed and acknowledged.
-    pub drained: CancellationToken,
+    /// Stop signal and the drain's outcome.
+    pub lifecycle: Arc<Lifecycle>,
     pub drain_timeout: Duration,
 }
 
@@ -65,7 +64,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Stops intake and answers once the in-flight batch is committed and acked.
+/// Stops intake and answers 200 once the in-flight batch is committed and
+/// acked; an error status when the drain timed out with work unfinished.
 async fn drain(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -78,16 +78,28 @@ async fn drain(
             .into_response();
     }
     tracing::info!("drain requested");
-    state.stop.cancel();
-    match tokio::time::timeout(state.drain_timeout, state.drained.cancelled()).await {
-        Ok(()) => (StatusCode::OK, "drained\n").into_response(),
-        Err(_) => (
+    state.lifecycle.request_stop();
+    // The process ends the drain itself after its drain timeout; the margin
+    // lets that outcome, not this wait, decide the answer.
+    let wait = state.drain_timeout + DRAIN_ANSWER_MARGIN;
+    match state.lifecycle.drain_outcome(wait).await {
+        Some(DrainOutcome::Finished) => (StatusCode::OK, "drained\n").into_response(),
+        Some(DrainOutcome::TimedOut) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "drain timed out with work unfinished (it will be redelivered)\n",
+        )
+            .into_response(),
+        None => (
             StatusCode::GATEWAY_TIMEOUT,
             "drain did not finish in time\n",
         )
             .into_response(),
     }
 }
+
+/// How much longer than the drain timeout `/drain` (and the `drain` command)
+/// wait for the process to report how the drain ended.
+pub const DRAIN_ANSWER_MARGIN: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
 pub async fn serve(
@@ -133,4 +145,45 @@ pub async fn request(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn drain_answer(outcome: DrainOutcome) -> (u16, String) {
+        let lifecycle = Arc::new(Lifecycle::new());
+        let state = AppState {
+            health: Arc::new(Health::new(true, false)),
+            metrics: Arc::new(Metrics::new()),
+            lifecycle: lifecycle.clone(),
+            drain_timeout: Duration::from_millis(200),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, state, shutdown.clone()));
+        let stop = lifecycle.stop_token();
+        let ender = tokio::spawn(async move {
+            stop.cancelled().await;
+            lifecycle.end_drain(outcome);
+        });
+        let answer = request(addr, "POST", "/drain", Duration::from_secs(10))
+            .await
+            .unwrap();
+        ender.await.unwrap();
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn drain_reports_a_timed_out_drain_as_a_failure() {
+        let (status, body) = drain_answer(DrainOutcome::TimedOut).await;
+        assert_eq!(status, 504, "{body}");
+        assert!(body.contains("unfinished"), "{body}");
+        let (status, body) = drain_answer(DrainOutcome::Finished).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body.trim(), "drained");
+    }
 }

@@ -9,7 +9,8 @@
 //! - [`analytics`]: triple-level analytics from the queue;
 //! - [`verify`]: from-scratch comparison and rebuild;
 //! - [`dead_letters`]: inspecting and replaying dead letters;
-//! - [`pipeline`], [`http`], [`health`], [`metrics`]: the running process.
+//! - [`failure`]: the one failure policy (conflict, data, outage) and retry loop;
+//! - [`pipeline`], [`http`], [`health`], [`lifecycle`], [`metrics`]: the running process.
 
 pub mod aggregates;
 pub mod analytics;
@@ -18,10 +19,12 @@ pub mod config;
 pub mod db;
 pub mod dead_letters;
 pub mod decode;
+pub mod failure;
 pub mod generate;
 pub mod health;
 pub mod http;
 pub mod intake;
+pub mod lifecycle;
 pub mod metrics;
 pub mod persistence;
 pub mod pipeline;

@@ -13,8 +13,9 @@ use worker::analytics::{self, AnalyticsSettings};
 use worker::config::{
     AnalyticsArgs, Cli, Command, DatabaseArgs, DeadLettersCommand, HttpArgs, StreamArgs,
 };
-use worker::health::Health;
+use worker::health::{Health, Source};
 use worker::http::{self, AppState};
+use worker::lifecycle::{pause, DrainOutcome, Lifecycle};
 use worker::metrics::Metrics;
 use worker::pipeline::Consumer;
 use worker::{db, dead_letters, generate, verify};
@@ -60,7 +61,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Drain(args) => {
             args.validate()?;
             let addr = SocketAddr::from(([127, 0, 0, 1], args.http_port as u16));
-            let timeout = Duration::from_millis(args.drain_timeout_ms);
+            // The worker answers within its own drain timeout plus a margin.
+            let timeout =
+                Duration::from_millis(args.drain_timeout_ms) + http::DRAIN_ANSWER_MARGIN * 2;
             let (status, body) = http::request(addr, "POST", "/drain", timeout)
                 .await
                 .with_context(|| format!("asking the worker on {addr} to drain"))?;
@@ -217,8 +220,8 @@ async fn serve(
         streams.is_some(),
         analytics_args.analytics_enabled,
     ));
-    let stop = CancellationToken::new();
-    let drained = CancellationToken::new();
+    let lifecycle = Arc::new(Lifecycle::new());
+    let stop = lifecycle.stop_token();
     let http_shutdown = CancellationToken::new();
 
     let addr = SocketAddr::new(http_args.http_bind_address, http_args.http_port as u16);
@@ -229,8 +232,7 @@ async fn serve(
     let state = AppState {
         health: health.clone(),
         metrics: metrics.clone(),
-        stop: stop.clone(),
-        drained: drained.clone(),
+        lifecycle: lifecycle.clone(),
         drain_timeout: Duration::from_millis(http_args.drain_timeout_ms),
     };
     let http_task = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
@@ -267,13 +269,14 @@ async fn serve(
     }
     if analytics_args.analytics_enabled {
         let settings = AnalyticsSettings::from(&analytics_args);
-        for _ in 0..analytics_args.analytics_concurrency {
+        for index in 0..analytics_args.analytics_concurrency {
             work.spawn(analytics::run_loop(
                 pool.clone(),
                 settings.clone(),
                 metrics.clone(),
                 health.clone(),
                 stop.clone(),
+                index as usize,
             ));
         }
     }
@@ -284,10 +287,14 @@ async fn serve(
         _ = stop.cancelled() => tracing::info!("drain requested: draining"),
     }
     health.draining.store(true, Ordering::Relaxed);
-    stop.cancel();
+    lifecycle.request_stop();
     let timeout = Duration::from_millis(http_args.drain_timeout_ms);
     let finished = tokio::time::timeout(timeout, work.wait()).await.is_ok();
-    drained.cancel();
+    lifecycle.end_drain(if finished {
+        DrainOutcome::Finished
+    } else {
+        DrainOutcome::TimedOut
+    });
     http_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     pool.close().await;
@@ -355,7 +362,7 @@ async fn monitor(
             .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
         match checked {
             Ok(state) => {
-                health.postgres_ok.store(true, Ordering::Relaxed);
+                health.probe_ok(&Source::postgres_probe());
                 // Equal, or newer and declared compatible (migrations/README.md).
                 let ok = state.is_usable();
                 if last_schema.as_ref() != Some(&state) {
@@ -368,20 +375,27 @@ async fn monitor(
                 }
                 health.schema_ok.store(ok, Ordering::Relaxed);
                 if ok {
-                    if let Ok((depth, parked, oldest)) = analytics::queue_stats(&pool).await {
-                        metrics.analytics_queue_depth.set(depth);
-                        metrics.analytics_queue_parked.set(parked);
-                        metrics.analytics_oldest_pending_seconds.set(oldest);
-                        let mut a = health.analytics.lock().unwrap_or_else(|e| e.into_inner());
-                        a.queue_depth = depth;
-                        a.parked = parked;
-                        a.oldest_pending_seconds = oldest;
+                    match analytics::queue_stats(&pool).await {
+                        Ok((depth, parked, oldest)) => {
+                            health.clear(&Source::queue_stats());
+                            metrics.analytics_queue_depth.set(depth);
+                            metrics.analytics_queue_parked.set(parked);
+                            metrics.analytics_oldest_pending_seconds.set(oldest);
+                            let mut a = health.analytics.lock().unwrap_or_else(|e| e.into_inner());
+                            a.queue_depth = depth;
+                            a.parked = parked;
+                            a.oldest_pending_seconds = oldest;
+                        }
+                        // Shown in /health and logged; the figures keep their last value.
+                        Err(error) => {
+                            tracing::warn!(%error, "reading analytics queue statistics failed");
+                            health.warn(&Source::queue_stats(), error.to_string());
+                        }
                     }
                 }
             }
             Err(error) => {
-                health.postgres_ok.store(false, Ordering::Relaxed);
-                health.set_error(Some(format!("postgres: {error}")));
+                health.outage(&Source::postgres_probe(), error.to_string());
             }
         }
         if let Some(intake) = intake.as_mut() {
@@ -395,7 +409,7 @@ async fn monitor(
                 });
             match backlog {
                 Ok(backlog) => {
-                    health.redis_ok.store(true, Ordering::Relaxed);
+                    health.probe_ok(&Source::redis_probe());
                     for b in &backlog {
                         let label = worker::metrics::StreamLabel {
                             stream: b.stream.clone(),
@@ -411,12 +425,11 @@ async fn monitor(
                     *health.backlog.lock().unwrap_or_else(|e| e.into_inner()) = backlog;
                 }
                 Err(error) => {
-                    health.redis_ok.store(false, Ordering::Relaxed);
-                    health.set_error(Some(format!("redis: {error}")));
+                    health.outage(&Source::redis_probe(), error.to_string());
                 }
             }
         }
-        if !worker::pipeline::pause(&stop, Duration::from_secs(2)).await {
+        if !pause(&stop, Duration::from_secs(2)).await {
             return;
         }
     }

@@ -23,6 +23,13 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// A database outage: its SQLSTATE (or error name) and the operation it hit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutageLabel {
+    pub sqlstate: String,
+    pub operation: String,
+}
+
 /// Every metric the worker exports. Cheap to clone (handles are shared).
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +46,7 @@ pub struct Metrics {
     pub transaction_duration: Histogram,
     pub transaction_retries: Counter,
     pub write_failures: Family<OutcomeLabel, Counter>,
+    pub database_outage_errors: Family<OutageLabel, Counter>,
     pub entries_claimed: Counter,
     pub stream_lag: Family<StreamLabel, Gauge>,
     pub stream_pending: Family<StreamLabel, Gauge>,
@@ -88,6 +96,7 @@ impl Metrics {
             transaction_duration: latency_histogram(),
             transaction_retries: Counter::default(),
             write_failures: Family::default(),
+            database_outage_errors: Family::default(),
             entries_claimed: Counter::default(),
             stream_lag: Family::default(),
             stream_pending: Family::default(),
@@ -163,6 +172,11 @@ impl Metrics {
             "write_failures",
             "Batch writes that failed, by cause",
             m.write_failures.clone(),
+        );
+        registry.register(
+            "database_outage_errors",
+            "Failed database operations retried as an outage, by SQLSTATE and operation",
+            m.database_outage_errors.clone(),
         );
         registry.register(
             "entries_claimed",

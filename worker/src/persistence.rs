@@ -1,32 +1,30 @@
 //! Persistence: writes a batch of decoded stream entries in ONE PostgreSQL
 //! transaction (event rows, dead letters, base tables, aggregates and the
-//! analytics queue), retrying deadlocks and serialization failures, and
-//! isolating entries the database refuses so the pipeline never stops.
+//! analytics queue).
+//!
+//! Failures follow the one policy of [`crate::failure`]: a deadlock or
+//! serialization failure reruns the transaction (bounded, quick); a data error
+//! (SQLSTATE class 22 or 23) splits the batch until the entry responsible is
+//! alone, and that entry alone is dead-lettered with the database's message;
+//! every other error is an outage, returned to the caller (the pipeline
+//! retries the whole batch until it commits, acknowledging nothing meanwhile).
 
 use crate::aggregates;
 use crate::decode::{DeadLetter, DecodedEntry, DecodedEvent, EventBody};
+use crate::failure::{self, Classify, Failure, Policy};
 use crate::queries;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
-/// How a failed transaction should be handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Deadlock or serialization failure: run the same transaction again.
-    Conflict,
-    /// PostgreSQL unreachable, restarting, or the pool exhausted: wait and retry.
-    Unavailable,
-    /// The database refused the data itself: isolate the entry responsible.
-    Rejected,
-}
+pub use crate::failure::ConflictRetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     #[error("PostgreSQL is unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Outage(#[source] sqlx::Error),
     #[error("transaction kept conflicting after {attempts} attempts: {source}")]
     Conflicts {
         attempts: u32,
@@ -35,42 +33,24 @@ pub enum PersistError {
     },
 }
 
-/// Classifies an error by SQLSTATE class (PostgreSQL appendix A).
-pub fn classify(error: &sqlx::Error) -> FailureKind {
-    match error {
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("40001" | "40P01") => FailureKind::Conflict,
-            // 08: connection exception; 57P0x: shutdown/crash recovery; 53: out of resources.
-            Some(code)
-                if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") =>
-            {
-                FailureKind::Unavailable
-            }
-            _ => FailureKind::Rejected,
-        },
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => FailureKind::Unavailable,
-        _ => FailureKind::Rejected,
+impl PersistError {
+    fn cause(&self) -> &sqlx::Error {
+        match self {
+            PersistError::Outage(e) | PersistError::Conflicts { source: e, .. } => e,
+        }
     }
 }
 
-/// Retry policy for conflicting transactions.
-#[derive(Debug, Clone, Copy)]
-pub struct ConflictRetry {
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-}
-
-impl Default for ConflictRetry {
-    fn default() -> Self {
-        Self {
-            max_attempts: 20,
-            base_delay: Duration::from_millis(5),
+impl Classify for PersistError {
+    fn failure(&self) -> Failure {
+        match self {
+            PersistError::Outage(_) => Failure::Outage,
+            PersistError::Conflicts { .. } => Failure::Conflict,
         }
+    }
+
+    fn sqlstate(&self) -> Cow<'static, str> {
+        self.cause().sqlstate()
     }
 }
 
@@ -110,9 +90,11 @@ impl WriteOutcome {
 
 /// Writes the entries; returns once everything is committed (acks may follow).
 ///
-/// Normally one transaction. If the database refuses the data, the batch is
-/// split in halves until the refused entry is alone; that entry is then
-/// dead-lettered with the database's message and its neighbours are written.
+/// Normally one transaction. If the database refuses the data (SQLSTATE class
+/// 22 or 23 only), the batch is split in halves until the refused entry is
+/// alone; that entry is then dead-lettered with the database's message and its
+/// neighbours are written. An outage returns at once: nothing is dead-lettered
+/// because of it, and parts already committed are idempotent when rerun.
 pub async fn write_entries(
     pool: &PgPool,
     entries: &[DecodedEntry],
@@ -156,7 +138,7 @@ pub async fn write_entries(
                         outcome.refused_entries += 1;
                     }
                     // Even the dead letter cannot be written: treat as an outage, retry later.
-                    Err(WriteError::Rejected(e)) => return Err(PersistError::Unavailable(e)),
+                    Err(WriteError::Rejected(e)) => return Err(PersistError::Outage(e)),
                     Err(WriteError::Fatal(e)) => return Err(e),
                 }
             }
@@ -183,43 +165,31 @@ async fn write_with_retries(
     retry: ConflictRetry,
     trace_context: Option<&str>,
 ) -> Result<WriteOutcome, WriteError> {
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let result = async {
-            let mut tx = pool.begin().await?;
-            let outcome = write_in_transaction(&mut tx, entries, trace_context).await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(outcome)
+    let policy = Policy {
+        conflicts: retry,
+        outages: None,
+    };
+    let result = failure::retry(&policy, || async {
+        let mut tx = pool.begin().await?;
+        let outcome = write_in_transaction(&mut tx, entries, trace_context).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(outcome)
+    })
+    .await;
+    match result {
+        Ok(done) => {
+            let mut outcome = done.value;
+            outcome.conflict_retries = u64::from(done.conflict_retries);
+            Ok(outcome)
         }
-        .await;
-        match result {
-            Ok(mut outcome) => {
-                outcome.conflict_retries = u64::from(attempt - 1);
-                return Ok(outcome);
-            }
-            Err(error) => match classify(&error) {
-                FailureKind::Conflict if attempt < retry.max_attempts => {
-                    tracing::debug!(attempt, %error, "transaction conflict; retrying");
-                    tokio::time::sleep(crate::backoff::jittered(
-                        retry.base_delay,
-                        attempt,
-                        Duration::from_secs(1),
-                    ))
-                    .await;
-                }
-                FailureKind::Conflict => {
-                    return Err(WriteError::Fatal(PersistError::Conflicts {
-                        attempts: attempt,
-                        source: error,
-                    }))
-                }
-                FailureKind::Unavailable => {
-                    return Err(WriteError::Fatal(PersistError::Unavailable(error)))
-                }
-                FailureKind::Rejected => return Err(WriteError::Rejected(error)),
-            },
-        }
+        Err(error) => Err(match error.failure() {
+            Failure::Data => WriteError::Rejected(error),
+            Failure::Conflict => WriteError::Fatal(PersistError::Conflicts {
+                attempts: retry.max_attempts,
+                source: error,
+            }),
+            Failure::Outage => WriteError::Fatal(PersistError::Outage(error)),
+        }),
     }
 }
 

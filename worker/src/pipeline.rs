@@ -7,20 +7,19 @@
 use crate::backoff;
 use crate::config::StreamArgs;
 use crate::decode::{decode_entry, DecodedEntry};
-use crate::health::Health;
+use crate::failure::{self, ConflictRetry, OutageRetry, Policy, MAX_OUTAGE_BACKOFF};
+use crate::health::{Health, Source};
 use crate::intake::{RawEntry, ReadFrom, StreamIntake};
+use crate::lifecycle::pause;
 use crate::metrics::{Metrics, OutcomeLabel, StreamLabel};
-use crate::persistence::{self, ConflictRetry, PersistError};
+use crate::persistence::{self, PersistError};
 use crate::ratelimit::RateLimit;
 use sqlx::PgPool;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// Longest pause between retries while PostgreSQL or Redis is down.
-const MAX_OUTAGE_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct Consumer {
     pub args: StreamArgs,
@@ -75,7 +74,7 @@ impl Consumer {
             let entries = match read {
                 Ok(entries) => {
                     failures = 0;
-                    self.health.redis_ok.store(true, Ordering::Relaxed);
+                    self.health.clear(&self.stream_source());
                     entries
                 }
                 Err(e) => {
@@ -111,10 +110,15 @@ impl Consumer {
         Ok(())
     }
 
+    /// This loop's health slot for Redis (reads and acknowledgements).
+    fn stream_source(&self) -> Source {
+        Source::stream(&self.args.consumer_name)
+    }
+
     fn redis_down(&self, error: &str) {
         tracing::warn!(%error, "Redis unavailable; retrying");
-        self.health.redis_ok.store(false, Ordering::Relaxed);
-        self.health.set_error(Some(format!("redis: {error}")));
+        self.health
+            .outage(&self.stream_source(), format!("redis: {error}"));
     }
 
     /// Decodes, commits and acknowledges one batch, in a `batch` span with
@@ -175,49 +179,68 @@ impl Consumer {
         // Carried in the analytics-queue rows so the analytics work links back here.
         let trace_context = telemetry::traceparent(span);
 
-        let mut failures = 0u32;
+        // Outages are waited out here, batch kept, even when stopping: the
+        // process's drain timeout bounds this.
+        let source = Source::batch(&self.args.consumer_name);
+        let policy = Policy {
+            conflicts: ConflictRetry::NONE,
+            outages: Some(OutageRetry {
+                metrics: &self.metrics,
+                health: &self.health,
+                source: &source,
+                operation: "batch",
+                stop: None,
+                base_delay: Duration::from_millis(100),
+                max_delay: MAX_OUTAGE_BACKOFF,
+            }),
+        };
+        let attempts = AtomicU32::new(0);
         let outcome = loop {
-            let tx_started = Instant::now();
-            let write = persistence::write_entries(
-                &self.pool,
-                &entries,
-                ConflictRetry::default(),
-                trace_context.as_deref(),
-            )
-            .instrument(tracing::info_span!(
-                "db.transaction",
-                entries = entries.len(),
-                attempt = failures + 1
-            ));
-            match write.await {
-                Ok(outcome) => {
-                    self.metrics
-                        .transaction_duration
-                        .observe(tx_started.elapsed().as_secs_f64());
-                    break outcome;
-                }
-                Err(error) => {
-                    failures += 1;
-                    let cause = match &error {
-                        PersistError::Unavailable(_) => "unavailable",
-                        PersistError::Conflicts { .. } => "conflicts",
-                    };
-                    self.metrics
-                        .write_failures
-                        .get_or_create(&OutcomeLabel {
-                            outcome: cause.into(),
-                        })
-                        .inc();
-                    if matches!(error, PersistError::Unavailable(_)) {
-                        self.health.postgres_ok.store(false, Ordering::Relaxed);
+            let written = failure::retry(&policy, || {
+                let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                let tx_started = Instant::now();
+                let write = persistence::write_entries(
+                    &self.pool,
+                    &entries,
+                    ConflictRetry::default(),
+                    trace_context.as_deref(),
+                )
+                .instrument(tracing::info_span!(
+                    "db.transaction",
+                    entries = entries.len(),
+                    attempt
+                ));
+                async move {
+                    let result = write.await;
+                    match &result {
+                        Ok(_) => self
+                            .metrics
+                            .transaction_duration
+                            .observe(tx_started.elapsed().as_secs_f64()),
+                        Err(error) => {
+                            let cause = match error {
+                                PersistError::Outage(_) => "outage",
+                                PersistError::Conflicts { .. } => "conflicts",
+                            };
+                            self.metrics
+                                .write_failures
+                                .get_or_create(&OutcomeLabel {
+                                    outcome: cause.into(),
+                                })
+                                .inc();
+                        }
                     }
-                    self.health.set_error(Some(format!("postgres: {error}")));
-                    tracing::warn!(%error, attempt = failures, entries = entries.len(),
-                        "batch not committed; retrying (nothing was acknowledged)");
-                    let delay =
-                        backoff::jittered(Duration::from_millis(100), failures, MAX_OUTAGE_BACKOFF);
-                    // Keep the batch even when stopping: the process's drain timeout bounds this.
-                    tokio::time::sleep(delay).await;
+                    result
+                }
+            })
+            .await;
+            match written {
+                Ok(done) => break done.value,
+                // Not reached: without a stop, `retry` returns only data errors,
+                // which `write_entries` handles itself. Keep the batch anyway.
+                Err(error) => {
+                    tracing::error!(%error, "batch not committed; retrying (nothing was acknowledged)");
+                    tokio::time::sleep(MAX_OUTAGE_BACKOFF).await;
                 }
             }
         };
@@ -225,7 +248,6 @@ impl Consumer {
         span.record("events.duplicate", outcome.duplicate_events);
         span.record("dead_letters", outcome.dead_letters);
         span.record("terms_enqueued", outcome.terms_enqueued);
-        self.health.postgres_ok.store(true, Ordering::Relaxed);
         let committed_at = SystemTime::now();
         let now_ms = committed_at
             .duration_since(UNIX_EPOCH)
@@ -246,7 +268,10 @@ impl Consumer {
                 .ack(&keys)
                 .instrument(tracing::info_span!("redis.ack", entries = keys.len()));
             match ack.await {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.health.clear(&self.stream_source());
+                    break;
+                }
                 Err(error) => {
                     failures += 1;
                     self.redis_down(&error.to_string());
@@ -265,7 +290,6 @@ impl Consumer {
                 }
             }
         }
-        self.health.set_error(None);
         self.metrics
             .batch_duration
             .observe(started.elapsed().as_secs_f64());
@@ -336,18 +360,6 @@ impl Consumer {
 pub fn entry_time_ms(id: &str) -> Option<u64> {
     id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
 }
-
-/// Sleeps unless stopped; returns false when `stop` fired first.
-pub async fn pause(stop: &CancellationToken, duration: Duration) -> bool {
-    if duration.is_zero() {
-        return !stop.is_cancelled();
-    }
-    tokio::select! {
-        _ = stop.cancelled() => false,
-        _ = tokio::time::sleep(duration) => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! event rows are gone, so they are new again).
 
 use crate::analytics;
-use crate::persistence::{classify, FailureKind};
+use crate::failure::{self, ConflictRetry, Policy};
 use crate::queries;
 use crate::verify::{DERIVED_TABLES, EVENT_TABLES};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -44,27 +44,22 @@ pub async fn rollback(
     network: &str,
     to_block: i64,
 ) -> Result<RollbackReport, sqlx::Error> {
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
+    let policy = Policy {
+        conflicts: ConflictRetry {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(2),
+        },
+        outages: None,
+    };
+    let done = failure::retry(&policy, || async {
         let mut tx = pool.begin().await?;
-        match rollback_in(&mut tx, network, to_block).await {
-            Ok(report) => {
-                tx.commit().await?;
-                return Ok(report);
-            }
-            Err(e) if classify(&e) == FailureKind::Conflict && attempt < 10 => {
-                tx.rollback().await?;
-                tokio::time::sleep(crate::backoff::jittered(
-                    Duration::from_millis(50),
-                    attempt,
-                    Duration::from_secs(2),
-                ))
-                .await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+        let report = rollback_in(&mut tx, network, to_block).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(report)
+    })
+    .await?;
+    Ok(done.value)
 }
 
 async fn rollback_in(
