@@ -15,6 +15,7 @@ command -v kubectl >/dev/null 2>&1 || PATH="$("$root/scripts/tools.sh"):$PATH"
 ns=smoke-$RANDOM$RANDOM
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+trap 'echo "smoke: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 k() { kubectl -n "$ns" "$@"; }
 passed=0
 step() {
@@ -58,6 +59,20 @@ rs=$(k get replicasets -l app=web -o jsonpath='{.items[0].metadata.name}')
 owner=$(k get pods -l app=web -o jsonpath='{.items[0].metadata.ownerReferences[0].name}')
 [ "$owner" = "$rs" ]
 
+step "Deployment Available once its pods are marked Running and Ready"
+now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+# What a kubelet would report for a started, ready container (README.md).
+for pod in $(k get pods -l app=web -o jsonpath='{.items[*].metadata.name}'); do
+  k patch pod "$pod" --subresource=status --type=merge -p "{\"status\":{
+    \"phase\":\"Running\",\"startTime\":\"$now\",
+    \"conditions\":[{\"type\":\"Ready\",\"status\":\"True\",\"lastTransitionTime\":\"$now\"},
+      {\"type\":\"ContainersReady\",\"status\":\"True\",\"lastTransitionTime\":\"$now\"}],
+    \"containerStatuses\":[{\"name\":\"web\",\"image\":\"registry.invalid/web:1\",\"imageID\":\"\",
+      \"ready\":true,\"started\":true,\"restartCount\":0,\"state\":{\"running\":{\"startedAt\":\"$now\"}}}]}}" >/dev/null
+done
+k wait --for=condition=Available deployment/web --timeout=90s >/dev/null
+[ "$(k get deployment web -o jsonpath='{.status.availableReplicas}')" = 2 ]
+
 step "Job completes once its pod is marked Succeeded"
 k create job finish --image=registry.invalid/job:1 >/dev/null
 until_ok "pod of job finish" has pods batch.kubernetes.io/job-name=finish 1
@@ -84,7 +99,7 @@ as_reader() { kubectl --kubeconfig=/dev/null --server="$server" --certificate-au
 [ "$(as_reader auth whoami -o jsonpath='{.status.userInfo.username}')" = "system:serviceaccount:$ns:reader" ]
 [ "$(as_reader auth can-i list pods)" = yes ]
 [ "$(as_reader auth can-i list secrets || true)" = no ]
-as_reader get pods -l app=web -o name | grep -q '^pod/'
+[ -n "$(as_reader get pods -l app=web -o name)" ]
 if as_reader get secrets >"$work/out" 2>&1; then
   echo "smoke: FAILED: the reader token listed secrets" >&2
   exit 1
