@@ -141,10 +141,18 @@ async fn run(
     let store = controller.store();
     let ready = metrics.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            tracing::info!("PostgresWriter store synced; ready");
-            ready.ready.store(true, Ordering::Relaxed);
+        // Polled again every second: the store's readiness is a oneshot
+        // channel that wakes only its latest waiter, and the controller
+        // waits on it too.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
+        tracing::info!("PostgresWriter store synced; ready");
+        ready.ready.store(true, Ordering::Relaxed);
     });
     controller
         .owns(api::<Deployment>(&client, &namespace), owned.clone())
