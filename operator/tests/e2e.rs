@@ -332,8 +332,8 @@ fn wait_for_job(kube: &Kube, ns: &str, cr: &str, image: &str, attempt: u32) -> S
         jobs.iter()
             .find(|j| {
                 j["spec"]["template"]["spec"]["containers"][0]["image"] == image
-                    && j["metadata"]["annotations"]["pgwriter.io/migration-attempt"]
-                        == attempt.to_string()
+                    && j["metadata"]["annotations"]["pgwriter.io/migration-attempt"].as_str()
+                        == Some(attempt.to_string().as_str())
             })
             .map(|j| j["metadata"]["name"].as_str().unwrap().to_string())
             .ok_or_else(|| format!("{:?}", names(&jobs)))
@@ -959,7 +959,8 @@ fn user_story_against_a_real_api_server() {
     println!("setup took {:?}", started.elapsed());
 
     // The scenarios, each in its own namespace, in parallel.
-    let scenarios: Vec<(&str, fn(&Kube))> = vec![
+    type Scenario = (&'static str, fn(&Kube));
+    let scenarios: Vec<Scenario> = vec![
         ("story", story),
         ("no_wedge", no_wedge),
         ("reconcile_error_is_reported", reconcile_error_is_reported),
