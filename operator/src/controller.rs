@@ -6,6 +6,13 @@
 //! migration Job for that image has succeeded. Until then it keeps running
 //! the image it has (replica and setting changes still roll out).
 //!
+//! Migration Jobs are created, never updated: a Job's pod template is
+//! immutable, so each template (image, pull policy, Secret references) has
+//! its own Job, named by the template's hash. A failed Job is followed by a
+//! new attempt after a backoff (`--migration-retry-seconds`, doubling per
+//! attempt up to 32×), or at once when the spec changes the template; nobody
+//! needs to delete a Job by hand. See docs/adr/0014.
+//!
 //! Single replica: the operator Deployment runs one replica with the Recreate
 //! strategy (see the Helm chart); reconciles are idempotent, so a brief
 //! overlap during a node failure is harmless.
@@ -15,10 +22,10 @@ use crate::metrics::Metrics;
 use crate::resources::{self, Component};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -52,6 +59,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for `error_policy`'s backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Wait after a failed migration attempt before the next one (doubles per attempt).
+    pub migration_retry: Duration,
 }
 
 impl Context {
@@ -65,9 +74,18 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            migration_retry: DEFAULT_MIGRATION_RETRY,
         }
     }
+
+    pub fn with_migration_retry(mut self, retry: Duration) -> Self {
+        self.migration_retry = retry;
+        self
+    }
 }
+
+/// Default wait after a failed migration attempt before the next one.
+pub const DEFAULT_MIGRATION_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -82,49 +100,147 @@ pub enum Error {
 pub enum Migration {
     Running,
     Succeeded,
-    Failed(String),
+    /// The Job failed: its reason, and when the next attempt starts.
+    Failed {
+        reason: String,
+        retry_at: Option<Time>,
+    },
 }
 
 impl Migration {
+    /// The state of `job` alone (without the operator's retry schedule).
     pub fn of(job: &Job) -> Migration {
-        let status = job.status.clone().unwrap_or_default();
-        if status.succeeded.unwrap_or(0) > 0 {
-            return Migration::Succeeded;
-        }
-        let failed = status
-            .conditions
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.type_ == "Failed" && c.status == "True");
-        match failed {
-            Some(c) => Migration::Failed(format!(
-                "{}: {}",
-                c.reason.unwrap_or_else(|| "Failed".into()),
-                c.message.unwrap_or_default()
-            )),
+        match failed_condition(job) {
+            _ if job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0 => {
+                Migration::Succeeded
+            }
+            Some(c) => Migration::Failed {
+                reason: format!(
+                    "Job {} {}: {}",
+                    job.name_any(),
+                    c.reason.clone().unwrap_or_else(|| "Failed".into()),
+                    c.message.clone().unwrap_or_default()
+                ),
+                retry_at: None,
+            },
             None => Migration::Running,
         }
     }
+
+    pub fn failed(&self) -> bool {
+        matches!(self, Migration::Failed { .. })
+    }
+}
+
+fn failed_condition(job: &Job) -> Option<&k8s_openapi::api::batch::v1::JobCondition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+}
+
+fn attempt_of(job: &Job) -> u32 {
+    job.annotations()
+        .get(resources::MIGRATION_ATTEMPT_ANNOTATION)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Delay before attempt `next` after a failed attempt: the base doubling per
+/// failed attempt, at most 32 times the base.
+pub fn retry_delay(base: Duration, next: u32) -> Duration {
+    base.saturating_mul(2u32.saturating_pow(next.saturating_sub(1).min(5)))
 }
 
 fn object_key(cr: &PostgresWriter) -> String {
     format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
 }
 
-/// Reconciles one `PostgresWriter` (idempotent).
+/// Reconciles one `PostgresWriter` (idempotent). A failure is reported on
+/// the resource itself (Degraded condition and a Warning Event) before
+/// `error_policy` backs off.
 #[tracing::instrument(skip_all, fields(name = %cr.name_any(), namespace = %cr.namespace().unwrap_or_default()))]
 pub async fn reconcile(cr: Arc<PostgresWriter>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&cr, &ctx).await;
     ctx.metrics
         .observe_reconcile(started.elapsed(), result.is_ok());
-    if result.is_ok() {
-        ctx.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&object_key(&cr));
+    match &result {
+        Ok(_) => {
+            ctx.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&object_key(&cr));
+        }
+        Err(error) => report_failure(&cr, &ctx, error).await,
     }
     result
+}
+
+/// Short reason of a failed reconcile: the API server's reason (Forbidden,
+/// Invalid, Conflict, …) when it gave one.
+pub fn failure_reason(error: &Error) -> String {
+    match error {
+        Error::Kube(kube::Error::Api(e)) if !e.reason.is_empty() => {
+            format!("ReconcileFailed{}", e.reason)
+        }
+        _ => "ReconcileFailed".to_string(),
+    }
+}
+
+/// Degraded=True with the error, and a Warning Event. Best effort: when
+/// even the status write fails (e.g. no permission), it is logged.
+async fn report_failure(cr: &PostgresWriter, ctx: &Context, error: &Error) {
+    let Some(ns) = cr.namespace() else { return };
+    let old = cr.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let message = error.to_string();
+    let reason = failure_reason(error);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let previous = condition(&old, "Degraded");
+    let last_transition_time = previous
+        .filter(|c| c.status == "True")
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(now);
+    status.conditions.retain(|c| c.type_ != "Degraded");
+    status.conditions.push(Condition {
+        type_: "Degraded".to_string(),
+        status: "True".to_string(),
+        reason: reason.clone(),
+        message: message.chars().take(1000).collect(),
+        observed_generation: cr.metadata.generation,
+        last_transition_time,
+    });
+    let unchanged = previous.is_some_and(|c| c.status == "True" && c.message == message);
+    if !unchanged {
+        let api: Api<PostgresWriter> = Api::namespaced(ctx.client.clone(), &ns);
+        if let Err(e) = api
+            .patch_status(
+                &cr.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": { "conditions": status.conditions } })),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "could not report the reconcile failure in the status");
+        }
+    }
+    publish(ctx, cr, EventType::Warning, &reason, &message).await;
+}
+
+async fn publish(ctx: &Context, cr: &PostgresWriter, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
+        tracing::warn!(%error, reason, "could not publish event");
+    }
 }
 
 async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
@@ -164,6 +280,112 @@ fn deployment_image(deployment: &Deployment) -> Option<String> {
         .clone()
 }
 
+/// Why the pods of a failed Job failed, e.g. `pod x: Error (exit code 1): …`.
+async fn pod_failures(pods: &Api<Pod>, job: &str) -> Result<Vec<String>, kube::Error> {
+    let selector = format!("batch.kubernetes.io/job-name={job}");
+    let mut out = Vec::new();
+    for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+        let status = pod.status.clone().unwrap_or_default();
+        if status.phase.as_deref() != Some("Failed") {
+            continue;
+        }
+        let terminated = status
+            .container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|c| c.state.and_then(|s| s.terminated));
+        let why = match terminated {
+            Some(t) => format!(
+                "{} (exit code {}){}",
+                t.reason.unwrap_or_else(|| "Terminated".into()),
+                t.exit_code,
+                t.message.map(|m| format!(": {m}")).unwrap_or_default()
+            ),
+            None => format!(
+                "{}{}",
+                status.reason.unwrap_or_else(|| "Failed".into()),
+                status.message.map(|m| format!(": {m}")).unwrap_or_default()
+            ),
+        };
+        out.push(format!("pod {}: {why}", pod.name_any()));
+    }
+    Ok(out)
+}
+
+/// Finds or starts the migration Job for the current template. Jobs are
+/// created, never updated (their template is immutable); a failed attempt
+/// is followed by a new one after [`retry_delay`], and a template change
+/// (a fix in the spec) starts a new Job at once.
+async fn ensure_migration(
+    cr: &PostgresWriter,
+    ctx: &Context,
+    jobs: &Api<Job>,
+    pods: &Api<Pod>,
+) -> Result<Migration, Error> {
+    let selector = format!(
+        "app.kubernetes.io/instance={},{}={}",
+        cr.name_any(),
+        resources::MIGRATION_TEMPLATE_LABEL,
+        resources::migration_template_hash(cr)
+    );
+    let latest = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .max_by_key(attempt_of);
+    let Some(job) = latest else {
+        create_job(jobs, &resources::migration_job(cr, 0)).await?;
+        return Ok(Migration::Running);
+    };
+    match Migration::of(&job) {
+        Migration::Failed { mut reason, .. } => {
+            let next = attempt_of(&job) + 1;
+            let failed_at = failed_condition(&job)
+                .and_then(|c| c.last_transition_time.clone())
+                .map(|t| t.0)
+                .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+            let delay = retry_delay(ctx.migration_retry, next);
+            let retry_at = failed_at
+                .checked_add(k8s_openapi::jiff::SignedDuration::try_from(delay).unwrap_or_default())
+                .unwrap_or(failed_at);
+            if k8s_openapi::jiff::Timestamp::now() >= retry_at {
+                create_job(jobs, &resources::migration_job(cr, next)).await?;
+                publish(
+                    ctx,
+                    cr,
+                    EventType::Normal,
+                    "MigrationRetried",
+                    &format!(
+                        "attempt {next} of the migration of {} after: {reason}",
+                        cr.spec.image
+                    ),
+                )
+                .await;
+                return Ok(Migration::Running);
+            }
+            let pods = pod_failures(pods, &job.name_any()).await?;
+            if !pods.is_empty() {
+                reason = format!("{reason}; {}", pods.join("; "));
+            }
+            Ok(Migration::Failed {
+                reason,
+                retry_at: Some(Time(retry_at)),
+            })
+        }
+        state => Ok(state),
+    }
+}
+
+/// Creates a Job; one that exists already (a concurrent reconcile) is fine.
+async fn create_job(jobs: &Api<Job>, job: &Job) -> Result<(), kube::Error> {
+    match jobs.create(&PostParams::default(), job).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, Error> {
     if cr.metadata.deletion_timestamp.is_some() {
         // Owned objects are garbage-collected through their owner references.
@@ -175,13 +397,13 @@ async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, E
     let client = ctx.client.clone();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
 
     apply(&config_maps, &resources::config_map(cr)).await?;
-    let job = apply(&jobs, &resources::migration_job(cr)).await?;
-    let migration = Migration::of(&job);
+    let migration = ensure_migration(cr, ctx, &jobs, &pods).await?;
 
     let existing = deployments.get_opt(&resources::worker_name(cr)).await?;
     let image = match (&migration, existing.as_ref().and_then(deployment_image)) {
@@ -190,15 +412,19 @@ async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, E
         (_, running) => running,
     };
     let mut worker = existing;
+    let mut analytics = None;
     if let Some(image) = &image {
         worker = Some(apply(&deployments, &resources::worker_deployment(cr, image)).await?);
+        apply(&budgets, &resources::pod_disruption_budget(cr)).await?;
         if cr.spec.analytics.enabled {
-            apply(&deployments, &resources::analytics_deployment(cr, image)).await?;
+            analytics =
+                Some(apply(&deployments, &resources::analytics_deployment(cr, image)).await?);
+            apply(&budgets, &resources::analytics_disruption_budget(cr)).await?;
         } else {
             delete_if_present(&deployments, &resources::analytics_name(cr)).await?;
+            delete_if_present(&budgets, &resources::analytics_name(cr)).await?;
         }
         apply(&services, &resources::metrics_service(cr)).await?;
-        apply(&budgets, &resources::pod_disruption_budget(cr)).await?;
     }
     if migration == Migration::Succeeded {
         remove_old_migration_jobs(cr, &jobs).await?;
@@ -209,6 +435,7 @@ async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, E
         cr,
         &migration,
         worker.as_ref(),
+        analytics.as_ref(),
         &old,
         Time(k8s_openapi::jiff::Timestamp::now()),
     );
@@ -224,14 +451,20 @@ async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, E
     publish_transitions(cr, ctx, &old, &status).await;
 
     let progressing = condition(&status, "Progressing").is_some_and(|c| c.status == "True");
-    Ok(Action::requeue(if progressing {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(300)
-    }))
+    let wait = match &migration {
+        Migration::Failed {
+            retry_at: Some(at), ..
+        } => Duration::try_from(at.0.duration_since(k8s_openapi::jiff::Timestamp::now()))
+            .unwrap_or_default()
+            .max(Duration::from_secs(1)),
+        _ if progressing => Duration::from_secs(10),
+        _ => Duration::from_secs(300),
+    };
+    Ok(Action::requeue(wait))
 }
 
-/// Jobs of earlier images are deleted once the current one has succeeded.
+/// Once the current template's migration has succeeded, every other
+/// migration Job (earlier templates, failed attempts) is deleted.
 async fn remove_old_migration_jobs(
     cr: &PostgresWriter,
     jobs: &Api<Job>,
@@ -241,9 +474,10 @@ async fn remove_old_migration_jobs(
         cr.name_any(),
         Component::Migration.as_str()
     );
-    let current = resources::migration_job_name(cr);
+    let current = resources::migration_template_hash(cr);
     for job in jobs.list(&ListParams::default().labels(&selector)).await? {
-        if job.name_any() != current {
+        let same_template = job.labels().get(resources::MIGRATION_TEMPLATE_LABEL) == Some(&current);
+        if !(same_template && Migration::of(&job) == Migration::Succeeded) {
             delete_if_present(jobs, &job.name_any()).await?;
         }
     }
@@ -254,35 +488,85 @@ pub fn condition<'a>(status: &'a PostgresWriterStatus, type_: &str) -> Option<&'
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// Rollout state of one Deployment against what the spec asks for.
+struct Rollout {
+    desired: i32,
+    ready: i32,
+    updated: i32,
+    current: i32,
+    done: bool,
+    stuck: Option<String>,
+}
+
+impl Rollout {
+    fn of(deployment: Option<&Deployment>, desired: i32, image: &str) -> Rollout {
+        let status = deployment
+            .and_then(|d| d.status.clone())
+            .unwrap_or_default();
+        let on_image = deployment.and_then(deployment_image).as_deref() == Some(image);
+        let ready = status.ready_replicas.unwrap_or(0);
+        let updated = status.updated_replicas.unwrap_or(0);
+        let current = status.replicas.unwrap_or(0);
+        let done = on_image
+            && updated >= desired
+            && ready >= desired
+            && current == desired
+            && status.observed_generation >= deployment.and_then(|d| d.metadata.generation);
+        let stuck = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| {
+                (c.type_ == "Progressing" && c.status == "False")
+                    || (c.type_ == "ReplicaFailure" && c.status == "True")
+            })
+            .map(|c| c.message.unwrap_or_default());
+        Rollout {
+            desired,
+            ready,
+            updated,
+            current,
+            done,
+            stuck,
+        }
+    }
+}
+
 /// The status for what was observed (pure). A condition keeps its
-/// lastTransitionTime while its status does not change.
+/// lastTransitionTime while its status does not change. Ready needs both
+/// the worker and (when enabled) the analytics Deployment rolled out.
 pub fn desired_status(
     cr: &PostgresWriter,
     migration: &Migration,
     worker: Option<&Deployment>,
+    analytics: Option<&Deployment>,
     old: &PostgresWriterStatus,
     now: Time,
 ) -> PostgresWriterStatus {
     let generation = cr.metadata.generation;
-    let desired = cr.spec.replicas;
-    let worker_status = worker.and_then(|d| d.status.clone()).unwrap_or_default();
-    let running_image = worker.and_then(deployment_image);
-    let on_spec_image = running_image.as_deref() == Some(cr.spec.image.as_str());
-    let ready = worker_status.ready_replicas.unwrap_or(0);
-    let updated = worker_status.updated_replicas.unwrap_or(0);
-    let current = worker_status.replicas.unwrap_or(0);
-    let rollout_done = on_spec_image
-        && updated >= desired
-        && ready >= desired
-        && current == desired
-        && worker_status.observed_generation >= worker.and_then(|d| d.metadata.generation);
-    let stuck = worker_status
-        .conditions
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| {
-            (c.type_ == "Progressing" && c.status == "False")
-                || (c.type_ == "ReplicaFailure" && c.status == "True")
+    let image = &cr.spec.image;
+    let w = Rollout::of(worker, cr.spec.replicas, image);
+    let a = cr
+        .spec
+        .analytics
+        .enabled
+        .then(|| Rollout::of(analytics, cr.spec.analytics.replicas, image));
+    let rollout_done = w.done && a.as_ref().is_none_or(|a| a.done);
+    let pods = match &a {
+        Some(a) => format!(
+            "{}/{} worker pods ready, {}/{} analytics pods ready",
+            w.ready, w.desired, a.ready, a.desired
+        ),
+        None => format!("{}/{} worker pods ready", w.ready, w.desired),
+    };
+    let stuck = w
+        .stuck
+        .as_ref()
+        .map(|m| format!("worker Deployment: {m}"))
+        .or_else(|| {
+            a.as_ref()
+                .and_then(|a| a.stuck.as_ref())
+                .map(|m| format!("analytics Deployment: {m}"))
         });
 
     let mut conditions = Vec::new();
@@ -303,7 +587,10 @@ pub fn desired_status(
             last_transition_time,
         });
     };
-    let image = &cr.spec.image;
+    let retry = |retry_at: &Option<Time>| match retry_at {
+        Some(t) => format!("; next attempt at {}", t.0),
+        None => String::new(),
+    };
     match migration {
         Migration::Succeeded => set(
             "Migrated",
@@ -317,29 +604,24 @@ pub fn desired_status(
             "MigrationRunning",
             format!("migration Job for {image} is running"),
         ),
-        Migration::Failed(m) => set(
+        Migration::Failed { reason, retry_at } => set(
             "Migrated",
             false,
             "MigrationFailed",
-            format!("migration Job for {image} failed: {m}"),
+            format!("migration of {image} failed: {reason}{}", retry(retry_at)),
         ),
     }
     match (migration, &stuck) {
-        (Migration::Failed(m), _) => set(
+        (Migration::Failed { reason, retry_at }, _) => set(
             "Degraded",
             true,
             "MigrationFailed",
-            format!("workers stay on their current image: {m}"),
-        ),
-        (_, Some(c)) => set(
-            "Degraded",
-            true,
-            "RolloutStuck",
             format!(
-                "worker Deployment: {}",
-                c.message.clone().unwrap_or_default()
+                "workers stay on their current image: {reason}{}",
+                retry(retry_at)
             ),
         ),
+        (_, Some(m)) => set("Degraded", true, "RolloutStuck", m.clone()),
         _ => set(
             "Degraded",
             false,
@@ -354,47 +636,48 @@ pub fn desired_status(
             "MigrationRunning",
             format!("waiting for the migration of {image}"),
         ),
-        _ if !rollout_done && !matches!(migration, Migration::Failed(_)) => set(
+        Migration::Failed { .. } => set(
+            "Progressing",
+            false,
+            "MigrationFailed",
+            format!("{image} is not rolled out: its migration failed"),
+        ),
+        Migration::Succeeded if !rollout_done => set(
             "Progressing",
             true,
             "RollingOut",
-            format!("{ready}/{desired} worker pods ready, {updated} updated"),
+            format!("{pods}, {} worker pods updated", w.updated),
         ),
-        _ => set(
-            "Progressing",
-            false,
-            "RolloutComplete",
-            format!("{ready}/{desired} worker pods ready"),
-        ),
+        Migration::Succeeded => set("Progressing", false, "RolloutComplete", pods.clone()),
     }
     if rollout_done && *migration == Migration::Succeeded {
         set(
             "Ready",
             true,
             "AllReplicasReady",
-            format!("{ready}/{desired} worker pods ready on {image}"),
+            format!("{pods} on {image}"),
         );
     } else if *migration != Migration::Succeeded {
         set(
             "Ready",
             false,
             "WaitingForMigration",
-            format!("{ready}/{desired} worker pods ready; {image} not migrated yet"),
+            format!("{pods}; {image} not migrated yet"),
         );
     } else {
         set(
             "Ready",
             false,
             "ReplicasNotReady",
-            format!("{ready}/{desired} worker pods ready on {image}"),
+            format!("{pods} on {image}"),
         );
     }
 
     PostgresWriterStatus {
         observed_generation: generation,
         conditions,
-        replicas: current,
-        ready_replicas: ready,
+        replicas: w.current,
+        ready_replicas: w.ready,
         selector: resources::worker_selector(cr),
         schema_version: match migration {
             Migration::Succeeded => Some(image.clone()),
@@ -410,7 +693,6 @@ async fn publish_transitions(
     old: &PostgresWriterStatus,
     new: &PostgresWriterStatus,
 ) {
-    let reference = cr.object_ref(&());
     for c in &new.conditions {
         let before = condition(old, &c.type_);
         if before.is_some_and(|b| b.status == c.status && b.reason == c.reason) {
@@ -424,16 +706,7 @@ async fn publish_transitions(
             ("Ready", "True", _) => (EventType::Normal, "Ready"),
             _ => continue,
         };
-        let event = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(c.message.chars().take(1000).collect()),
-            action: "Reconcile".to_string(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(%error, reason, "could not publish event");
-        }
+        publish(ctx, cr, type_, reason, &c.message).await;
     }
 }
 

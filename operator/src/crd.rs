@@ -65,12 +65,20 @@ pub struct PostgresWriterSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
-    /// Redis streams to consume.
-    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 256)))]
+    /// Redis streams to consume: distinct names, none with a comma (the
+    /// worker reads them as one comma-separated REDIS_STREAMS).
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(length(min = 1, max = 256), regex(pattern = r"^[^,]*[^,\s\p{Z}][^,]*$")),
+        extend("x-kubernetes-list-type" = "set")
+    )]
     pub streams: Vec<String>,
-    /// Consumer group name (shared by every worker pod).
+    /// Consumer group name (shared by every worker pod): 1 to 200 printable characters, not blank.
     #[serde(default = "default_consumer_group")]
-    #[schemars(length(min = 1, max = 200))]
+    #[schemars(
+        length(min = 1, max = 200),
+        regex(pattern = r"^\P{Cc}*[^\s\p{Z}\p{Cc}]\P{Cc}*$")
+    )]
     pub consumer_group: String,
     /// Where Redis is.
     pub redis: RedisSpec,
@@ -157,6 +165,7 @@ pub struct DatabaseSpec {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "self.minConnections <= self.maxConnections", "message": "minConnections must not exceed maxConnections"}]))]
 pub struct PoolSpec {
     /// Connections kept open.
     #[serde(default = "default_pool_min")]
@@ -263,7 +272,7 @@ pub struct DrainSpec {
     /// Longest time a pod may take to commit its in-flight batch and exit, in
     /// seconds. The pod's terminationGracePeriodSeconds is this plus 15.
     #[serde(default = "default_drain_timeout")]
-    #[schemars(range(min = 5, max = 3600))]
+    #[schemars(range(min = 1, max = 3600))]
     pub timeout_seconds: i64,
 }
 
@@ -278,9 +287,13 @@ impl Default for DrainSpec {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TelemetrySpec {
-    /// OTLP endpoint for traces (`OTEL_EXPORTER_OTLP_ENDPOINT`); tracing is off when unset.
+    /// OTLP endpoint for traces (`OTEL_EXPORTER_OTLP_ENDPOINT`), an http:// or https:// URL; tracing is off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
     pub otlp_endpoint: Option<String>,
+    /// OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`): `http/protobuf` (port 4318, the default) or `grpc` (port 4317).
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
     /// Fraction of traces sampled (`OTEL_TRACES_SAMPLER_ARG`).
     #[serde(default = "default_sampling_ratio")]
     #[schemars(range(min = 0.0, max = 1.0))]
@@ -295,8 +308,29 @@ impl Default for TelemetrySpec {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
             sampling_ratio: default_sampling_ratio(),
             log_level: default_log_level(),
+        }
+    }
+}
+
+/// OTLP transport of the worker and analytics pods (the names the worker's
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` accepts).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
         }
     }
 }
@@ -377,8 +411,43 @@ fn default_log_level() -> String {
     "info".into()
 }
 
+/// CEL rule at the schema's root (where `self.metadata.name` is visible):
+/// names longer than [`crate::resources::MAX_NAME_LENGTH`] would make the
+/// derived object names invalid.
+fn name_length_rule() -> serde_json::Value {
+    let max = crate::resources::MAX_NAME_LENGTH;
+    serde_json::json!({
+        "rule": format!("self.metadata.name.size() <= {max}"),
+        "message": format!(
+            "metadata.name must be at most {max} characters: the longest derived name, \
+             <name>-migrate-<10 hex digits>, labels the Job's pods and a label value holds 63"
+        ),
+    })
+}
+
+/// The CustomResourceDefinition: the derived one plus the root CEL rule.
+pub fn crd(
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = PostgresWriter::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            let rule = serde_json::from_value(name_length_rule())
+                .expect("a ValidationRule from its JSON form");
+            schema
+                .x_kubernetes_validations
+                .get_or_insert_with(Vec::new)
+                .push(rule);
+        }
+    }
+    crd
+}
+
 /// The CRD as YAML, exactly what `crdgen` prints and `crds/` holds.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    use kube::CustomResourceExt;
-    serde_yaml::to_string(&PostgresWriter::crd())
+    serde_yaml::to_string(&crd())
 }

@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,8 +23,10 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabel, Counter>,
     pub reconcile_errors: Counter,
     pub reconcile_duration: Histogram,
-    /// Set once the controller is running (watches established).
+    /// Set once the controller's PostgresWriter store has synced.
     pub ready: AtomicBool,
+    /// Why the operator is not ready (shown by /readyz).
+    pub not_ready_reason: Mutex<String>,
 }
 
 impl Default for Metrics {
@@ -60,7 +62,16 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             ready: AtomicBool::new(false),
+            not_ready_reason: Mutex::new("starting".to_string()),
         }
+    }
+
+    pub fn set_not_ready(&self, reason: &str) {
+        self.ready.store(false, Ordering::Relaxed);
+        *self
+            .not_ready_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = reason.to_string();
     }
 
     pub fn observe_reconcile(&self, took: Duration, ok: bool) {
@@ -91,12 +102,21 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.ready.load(Ordering::Relaxed);
+                let body = if ready.ready.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    Some(
+                        ready
+                            .not_ready_reason
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone(),
+                    )
+                };
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    match body {
+                        None => (StatusCode::OK, "ready".to_string()),
+                        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
                     }
                 }
             }),

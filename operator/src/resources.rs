@@ -6,7 +6,10 @@ use crate::crd::{PostgresWriter, PostgresWriterSpec};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
@@ -58,9 +61,37 @@ pub fn config_name(cr: &PostgresWriter) -> String {
 pub fn metrics_service_name(cr: &PostgresWriter) -> String {
     format!("{}-metrics", cr.name_any())
 }
-/// One migration Job per image: a new image gets a new Job.
-pub fn migration_job_name(cr: &PostgresWriter) -> String {
-    format!("{}-migrate-{}", cr.name_any(), short_hash(&cr.spec.image))
+/// Label on migration Jobs: the hash of their pod template (image, pull
+/// policy, Secret references), see [`migration_template_hash`].
+pub const MIGRATION_TEMPLATE_LABEL: &str = "pgwriter.io/migration-template";
+/// Annotation on migration Jobs: the attempt number for their template (0, 1, …).
+pub const MIGRATION_ATTEMPT_ANNOTATION: &str = "pgwriter.io/migration-attempt";
+/// Label on the pods the metrics Service selects (worker and analytics, never migration pods).
+pub const METRICS_LABEL: &str = "pgwriter.io/metrics";
+
+/// Longest resource name: the longest derived name, `<name>-migrate-<10 hex>`,
+/// must fit in a label value (63), as the Job controller labels its pods
+/// with the Job name. The CRD refuses longer names.
+pub const MAX_NAME_LENGTH: usize = 63 - "-migrate-".len() - 10;
+
+/// Hash of the migration pod template. A Job's template is immutable, so
+/// the operator never updates a Job: a template change (image, pull policy,
+/// database or Redis Secret reference) gets a new Job under a new name.
+pub fn migration_template_hash(cr: &PostgresWriter) -> String {
+    let template = serde_json::to_string(&migration_pod_template(cr)).unwrap_or_default();
+    short_hash(&template)
+}
+
+/// The migration Job's name for `attempt` of the current template: attempt 0
+/// is `<name>-migrate-<template hash>`; retries hash the attempt in too, so
+/// every name has the same length.
+pub fn migration_job_name(cr: &PostgresWriter, attempt: u32) -> String {
+    let template = migration_template_hash(cr);
+    let suffix = match attempt {
+        0 => template,
+        n => short_hash(&format!("{template}/{n}")),
+    };
+    format!("{}-migrate-{suffix}", cr.name_any())
 }
 
 /// 10 hex digits of keccak256: stable across builds (unlike std's hasher).
@@ -179,6 +210,10 @@ pub fn config_data(spec: &PostgresWriterSpec) -> BTreeMap<String, String> {
             spec.telemetry.sampling_ratio.to_string(),
         ),
         ("RUST_LOG".to_string(), spec.telemetry.log_level.clone()),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+            spec.telemetry.otlp_protocol.as_str().to_string(),
+        ),
     ]);
     if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
         data.insert("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), endpoint.clone());
@@ -344,9 +379,11 @@ fn long_running_pod(cr: &PostgresWriter, component: Component, image: &str) -> P
     let mut annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash(cr))]);
     annotations.insert("prometheus.io/scrape".to_string(), "true".to_string());
     annotations.insert("prometheus.io/port".to_string(), HTTP_PORT.to_string());
+    let mut pod_labels = labels(cr, component);
+    pod_labels.insert(METRICS_LABEL.to_string(), "true".to_string());
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels(cr, component)),
+            labels: Some(pod_labels),
             annotations: Some(annotations),
             ..Default::default()
         }),
@@ -412,50 +449,89 @@ pub fn analytics_deployment(cr: &PostgresWriter, image: &str) -> Deployment {
     )
 }
 
-/// `postgres-writer migrate` with spec.image.
-pub fn migration_job(cr: &PostgresWriter) -> Job {
+/// The migration pod: `postgres-writer migrate` with spec.image.
+fn migration_pod_template(cr: &PostgresWriter) -> PodTemplateSpec {
     let (env_from, env) = env(cr, Component::Migration);
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(cr, Component::Migration)),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".to_string()),
+            containers: vec![Container {
+                name: "migrate".to_string(),
+                image: Some(cr.spec.image.clone()),
+                image_pull_policy: Some(cr.spec.image_pull_policy.as_str().to_string()),
+                args: Some(vec!["migrate".to_string()]),
+                env_from: Some(env_from),
+                env: Some(env),
+                security_context: Some(restricted_security_context()),
+                ..Default::default()
+            }],
+            security_context: Some(pod_security_context()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Attempt `attempt` of the migration Job for the current template. A
+/// non-zero exit of `migrate` fails the Job at once (the operator retries
+/// with its own backoff and reports why); a pod lost to a disruption is
+/// replaced and not counted.
+pub fn migration_job(cr: &PostgresWriter, attempt: u32) -> Job {
+    let mut meta = metadata(cr, migration_job_name(cr, attempt), Component::Migration);
+    meta.labels.get_or_insert_with(BTreeMap::new).insert(
+        MIGRATION_TEMPLATE_LABEL.to_string(),
+        migration_template_hash(cr),
+    );
+    meta.annotations = Some(BTreeMap::from([(
+        MIGRATION_ATTEMPT_ANNOTATION.to_string(),
+        attempt.to_string(),
+    )]));
     Job {
-        metadata: metadata(cr, migration_job_name(cr), Component::Migration),
+        metadata: meta,
         spec: Some(JobSpec {
-            backoff_limit: Some(4),
+            backoff_limit: Some(2),
             active_deadline_seconds: Some(1800),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(cr, Component::Migration)),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".to_string()),
-                    containers: vec![Container {
-                        name: "migrate".to_string(),
-                        image: Some(cr.spec.image.clone()),
-                        image_pull_policy: Some(cr.spec.image_pull_policy.as_str().to_string()),
-                        args: Some(vec!["migrate".to_string()]),
-                        env_from: Some(env_from),
-                        env: Some(env),
-                        security_context: Some(restricted_security_context()),
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![
+                    PodFailurePolicyRule {
+                        action: "Ignore".to_string(),
+                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                            type_: "DisruptionTarget".to_string(),
+                            status: "True".to_string(),
+                        }]),
                         ..Default::default()
-                    }],
-                    security_context: Some(pod_security_context()),
-                    ..Default::default()
-                }),
-            },
+                    },
+                    PodFailurePolicyRule {
+                        action: "FailJob".to_string(),
+                        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                            container_name: Some("migrate".to_string()),
+                            operator: "NotIn".to_string(),
+                            values: vec![0],
+                        }),
+                        ..Default::default()
+                    },
+                ],
+            }),
+            template: migration_pod_template(cr),
             ..Default::default()
         }),
         ..Default::default()
     }
 }
 
-/// ClusterIP Service in front of the worker and analytics pods' `/metrics`.
+/// ClusterIP Service in front of the worker and analytics pods' `/metrics`
+/// (selected by [`METRICS_LABEL`], so migration pods are left out).
 pub fn metrics_service(cr: &PostgresWriter) -> Service {
     Service {
         metadata: metadata(cr, metrics_service_name(cr), Component::Worker),
         spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([(
-                "app.kubernetes.io/instance".to_string(),
-                cr.name_any(),
-            )])),
+            selector: Some(BTreeMap::from([
+                ("app.kubernetes.io/instance".to_string(), cr.name_any()),
+                (METRICS_LABEL.to_string(), "true".to_string()),
+            ])),
             ports: Some(vec![ServicePort {
                 name: Some("http".to_string()),
                 port: HTTP_PORT,
@@ -469,20 +545,30 @@ pub fn metrics_service(cr: &PostgresWriter) -> Service {
     }
 }
 
-/// At most one worker pod voluntarily down at a time.
-pub fn pod_disruption_budget(cr: &PostgresWriter) -> PodDisruptionBudget {
+/// At most one pod of `component` voluntarily down at a time.
+fn budget(cr: &PostgresWriter, name: String, component: Component) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: metadata(cr, worker_name(cr), Component::Worker),
+        metadata: metadata(cr, name, component),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(cr, Component::Worker)),
+                match_labels: Some(selector_labels(cr, component)),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// At most one worker pod voluntarily down at a time.
+pub fn pod_disruption_budget(cr: &PostgresWriter) -> PodDisruptionBudget {
+    budget(cr, worker_name(cr), Component::Worker)
+}
+
+/// At most one analytics pod voluntarily down at a time.
+pub fn analytics_disruption_budget(cr: &PostgresWriter) -> PodDisruptionBudget {
+    budget(cr, analytics_name(cr), Component::Analytics)
 }
 
 #[cfg(test)]

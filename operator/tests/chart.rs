@@ -323,7 +323,15 @@ fn operator_deployment_follows_the_values() {
         .collect();
     assert!(
         env.contains(&("WATCH_NAMESPACE", "chain"))
-            && env.contains(&("OPERATOR_HTTP_PORT", "9090")),
+            && env.contains(&("OPERATOR_HTTP_PORT", "9090"))
+            && env.contains(&("MIGRATION_RETRY_SECONDS", "30"))
+            && env.contains(&(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://otel-collector.observability:4317"
+            ))
+            && env.contains(&("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"))
+            && env.contains(&("OTEL_TRACES_SAMPLER_ARG", "0.5"))
+            && env.contains(&("OTEL_SERVICE_NAME", "pgw-operator")),
         "{env:?}"
     );
 }
@@ -337,6 +345,8 @@ fn values_schema_refuses_bad_values() {
         ("metrics.port=0", "metrics.port"),
         ("image.pullPolicy=Sometimes", "image.pullPolicy"),
         ("replicas=3", "replicas"),
+        ("telemetry.otlpProtocol=thrift", "telemetry.otlpProtocol"),
+        ("telemetry.otlpEndpoint=otel:4317", "telemetry.otlpEndpoint"),
     ] {
         let out = Command::new(&path)
             .args(["template", "pgw", CHART, "--set", set])

@@ -2,7 +2,6 @@
 //! openAPIV3Schema accepts the example resources and refuses invalid ones
 //! (what the API server does on `kubectl apply`).
 
-use kube::CustomResourceExt;
 use operator::crd::PostgresWriter;
 use serde_json::{json, Value};
 
@@ -24,7 +23,7 @@ fn committed_crd_matches_crdgen() {
 /// the `x-kubernetes-*` keywords are ignored by JSON Schema, which only
 /// makes this validator more permissive than the API server, never stricter.
 fn validator() -> jsonschema::Validator {
-    let crd = serde_json::to_value(PostgresWriter::crd()).unwrap();
+    let crd = serde_json::to_value(operator::crd::crd()).unwrap();
     let schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
     jsonschema::validator_for(&schema).expect("schema compiles")
 }
@@ -107,6 +106,30 @@ fn invalid_resources_are_refused_with_the_field_named() {
             "/spec/replicas",
             Box::new(|v| v["spec"]["replicas"] = json!("three")),
         ),
+        (
+            "/spec/streams/0",
+            Box::new(|v| v["spec"]["streams"] = json!(["a,b"])),
+        ),
+        (
+            "/spec/streams/0",
+            Box::new(|v| v["spec"]["streams"] = json!(["  "])),
+        ),
+        (
+            "/spec/consumerGroup",
+            Box::new(|v| v["spec"]["consumerGroup"] = json!("group\u{7}")),
+        ),
+        (
+            "/spec/consumerGroup",
+            Box::new(|v| v["spec"]["consumerGroup"] = json!(" ")),
+        ),
+        (
+            "/spec/telemetry/otlpEndpoint",
+            Box::new(|v| v["spec"]["telemetry"] = json!({"otlpEndpoint": "otel:4317"})),
+        ),
+        (
+            "/spec/telemetry/otlpProtocol",
+            Box::new(|v| v["spec"]["telemetry"] = json!({"otlpProtocol": "thrift"})),
+        ),
     ];
     for (pointer, mutate) in cases {
         let mut resource = base.clone();
@@ -124,7 +147,7 @@ fn invalid_resources_are_refused_with_the_field_named() {
 
 #[test]
 fn crd_names_subresources_and_columns() {
-    let crd = serde_json::to_value(PostgresWriter::crd()).unwrap();
+    let crd = serde_json::to_value(operator::crd::crd()).unwrap();
     assert_eq!(crd["spec"]["group"], "pgwriter.io");
     assert_eq!(crd["spec"]["names"]["shortNames"], json!(["pgw"]));
     assert_eq!(crd["spec"]["scope"], "Namespaced");
@@ -157,4 +180,150 @@ fn crd_names_subresources_and_columns() {
         spec["properties"]["redis"]["x-kubernetes-validations"][0]["rule"],
         "has(self.url) != has(self.urlSecretRef)"
     );
+    // What JSON Schema cannot say, the API server checks (operator/tests/e2e.rs shows each refusal).
+    assert_eq!(
+        spec["properties"]["streams"]["x-kubernetes-list-type"],
+        "set"
+    );
+    assert_eq!(spec["properties"]["streams"]["minItems"], 1);
+    assert_eq!(
+        spec["properties"]["database"]["properties"]["pool"]["x-kubernetes-validations"][0]["rule"],
+        "self.minConnections <= self.maxConnections"
+    );
+    let root = &version["schema"]["openAPIV3Schema"]["x-kubernetes-validations"][0];
+    assert_eq!(
+        root["rule"],
+        format!(
+            "self.metadata.name.size() <= {}",
+            operator::resources::MAX_NAME_LENGTH
+        )
+    );
+}
+
+/// The CRD's ranges are the worker's: the worker accepts each field's
+/// minimum and maximum and refuses one step beyond each (a CRD stricter than
+/// the worker would refuse what works; looser, it would accept pods that
+/// crash at start-up).
+#[test]
+fn crd_ranges_are_the_workers_ranges() {
+    use clap::Parser;
+    let crd = serde_json::to_value(operator::crd::crd()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let field = |path: &str| -> (f64, f64) {
+        let mut node = spec;
+        for part in path.split('.') {
+            node = &node["properties"][part];
+        }
+        let (min, max) = (node["minimum"].as_f64(), node["maximum"].as_f64());
+        (
+            min.unwrap_or_else(|| panic!("{path}: no minimum")),
+            max.unwrap_or_else(|| panic!("{path}: no maximum")),
+        )
+    };
+    // (CRD field, worker flag, factor from the CRD's unit to the worker's, extra flags)
+    let cases: [(&str, &str, f64, &[&str]); 14] = [
+        ("batch.size", "--batch-size", 1.0, &[]),
+        ("batch.timeoutMs", "--batch-timeout-ms", 1.0, &[]),
+        ("claimIdleMs", "--claim-idle-ms", 1.0, &[]),
+        (
+            "database.pool.maxConnections",
+            "--db-pool-max-connections",
+            1.0,
+            &["--db-pool-min-connections", "0"],
+        ),
+        (
+            "database.pool.minConnections",
+            "--db-pool-min-connections",
+            1.0,
+            &["--db-pool-max-connections", "1000"],
+        ),
+        (
+            "database.pool.acquireTimeoutMs",
+            "--db-acquire-timeout-ms",
+            1.0,
+            &[],
+        ),
+        (
+            "rateLimits.maxEntriesPerSecond",
+            "--max-entries-per-second",
+            1.0,
+            &[],
+        ),
+        (
+            "rateLimits.analyticsMaxTermsPerSecond",
+            "--analytics-max-terms-per-second",
+            1.0,
+            &[],
+        ),
+        ("analytics.concurrency", "--analytics-concurrency", 1.0, &[]),
+        ("analytics.batchSize", "--analytics-batch-size", 1.0, &[]),
+        (
+            "analytics.maxAttempts",
+            "--analytics-max-attempts",
+            1.0,
+            &[],
+        ),
+        ("drain.timeoutSeconds", "--drain-timeout-ms", 1000.0, &[]),
+        (
+            "telemetry.samplingRatio",
+            "--otel-traces-sampler-arg",
+            1.0,
+            &[],
+        ),
+        ("analytics.replicas", "", 0.0, &[]),
+    ];
+    let accepts = |flag: &str, value: f64, extra: &[&str]| -> bool {
+        let value = if value.fract() == 0.0 {
+            format!("{}", value as i64)
+        } else {
+            value.to_string()
+        };
+        let mut args = vec![
+            "postgres-writer",
+            "run",
+            "--database-url",
+            "postgres://u@h/db",
+            "--redis-streams",
+            "s",
+            flag,
+            &value,
+        ];
+        args.extend_from_slice(extra);
+        match worker::config::Cli::try_parse_from(&args) {
+            Ok(cli) => match cli.command {
+                worker::config::Command::Run(run) => {
+                    run.validate().is_ok() && run.telemetry.validate().is_ok()
+                }
+                _ => unreachable!(),
+            },
+            Err(_) => false,
+        }
+    };
+    for (path, flag, factor, extra) in cases {
+        if flag.is_empty() {
+            continue; // operator-only field (pod counts)
+        }
+        let (min, max) = field(path);
+        let step = if factor == 1.0 && path.contains("Ratio") {
+            0.01
+        } else {
+            1.0
+        };
+        assert!(
+            accepts(flag, min * factor, extra),
+            "{path}: the worker refuses the CRD's minimum {min}"
+        );
+        assert!(
+            accepts(flag, max * factor, extra),
+            "{path}: the worker refuses the CRD's maximum {max}"
+        );
+        assert!(
+            !accepts(flag, (min - step) * factor, extra),
+            "{path}: the worker accepts below the CRD's minimum {min}"
+        );
+        assert!(
+            !accepts(flag, (max + step) * factor, extra),
+            "{path}: the worker accepts above the CRD's maximum {max}"
+        );
+    }
 }

@@ -87,14 +87,18 @@ impl Harness {
     }
 
     fn set_job_status(&self, cr: &PostgresWriter, status: Value) {
-        let path = job_path(&resources::migration_job_name(cr));
+        let path = job_path(&resources::migration_job_name(cr, 0));
         let mut job = self.api.object(&path).expect("job applied");
         job["status"] = status;
         self.api.seed(&path, job);
     }
 
     fn set_worker_status(&self, replicas: i64, ready: i64) {
-        let path = deployment_path("indexer-worker");
+        self.set_deployment_status("indexer-worker", replicas, ready);
+    }
+
+    fn set_deployment_status(&self, name: &str, replicas: i64, ready: i64) {
+        let path = deployment_path(name);
         let mut d = self.api.object(&path).expect("deployment applied");
         d["status"] = json!({"replicas": replicas, "readyReplicas": ready, "updatedReplicas": replicas, "availableReplicas": ready});
         self.api.seed(&path, d);
@@ -127,7 +131,7 @@ async fn first_creation_starts_the_migration_and_holds_the_workers() {
     ));
     assert!(has(
         &t,
-        &format!("PATCH {}", job_path(&resources::migration_job_name(&cr)))
+        &format!("POST /apis/batch/v1/namespaces/{NS}/jobs")
     ));
     assert!(has(
         &t,
@@ -197,6 +201,13 @@ async fn job_done_applies_the_deployments_and_ready_follows_the_pods() {
 
     h.set_worker_status(2, 2);
     h.reconcile(&mut cr).await;
+    // Ready waits for the analytics pods too.
+    assert_eq!(
+        h.condition("Ready"),
+        ("False".into(), "ReplicasNotReady".into())
+    );
+    h.set_deployment_status("indexer-analytics", 1, 1);
+    h.reconcile(&mut cr).await;
     assert_eq!(
         h.condition("Ready"),
         ("True".into(), "AllReplicasReady".into())
@@ -263,6 +274,128 @@ async fn failed_job_degrades_and_keeps_the_running_image() {
     );
 }
 
+fn failed_status(at: &str) -> Value {
+    json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+        "message": "Container migrate for pod chain/x failed with exit code 1", "lastTransitionTime": at}]})
+}
+
+#[tokio::test]
+async fn failed_migration_reports_why_and_is_retried_after_the_backoff() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 1);
+    h.reconcile(&mut cr).await;
+    let first = resources::migration_job_name(&cr, 0);
+    // The pod the Job controller ran, as the kubelet left it.
+    h.api.seed(
+        &format!("/api/v1/namespaces/{NS}/pods/{first}-abcde"),
+        json!({"metadata": {"name": format!("{first}-abcde"), "labels": {"batch.kubernetes.io/job-name": first}},
+               "status": {"phase": "Failed", "containerStatuses": [{"name": "migrate", "state": {"terminated":
+                   {"exitCode": 1, "reason": "Error", "message": "password authentication failed"}}}]}}),
+    );
+    let just_now = k8s_openapi::jiff::Timestamp::now().to_string();
+    h.set_job_status(&cr, failed_status(&just_now));
+    let t = h.reconcile(&mut cr).await;
+    assert!(
+        !t.iter().any(|r| r.starts_with("POST /apis/batch")),
+        "no retry before the backoff: {t:?}"
+    );
+    assert_eq!(
+        h.condition("Degraded"),
+        ("True".into(), "MigrationFailed".into())
+    );
+    assert_eq!(
+        h.condition("Progressing"),
+        ("False".into(), "MigrationFailed".into())
+    );
+    let message = &cr
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("PodFailurePolicy")
+            && message.contains("Error (exit code 1): password authentication failed")
+            && message.contains("next attempt at"),
+        "{message}"
+    );
+    // The backoff has passed: attempt 1, without anyone deleting the failed Job.
+    h.set_job_status(&cr, failed_status("2020-01-01T00:00:00Z"));
+    let t = h.reconcile(&mut cr).await;
+    assert!(
+        has(&t, &format!("POST /apis/batch/v1/namespaces/{NS}/jobs")),
+        "{t:?}"
+    );
+    let retry = resources::migration_job_name(&cr, 1);
+    assert!(h.api.object(&job_path(&retry)).is_some());
+    assert!(
+        h.api.object(&job_path(&first)).is_some(),
+        "the failed Job stays for inspection"
+    );
+    assert_eq!(
+        h.condition("Migrated"),
+        ("False".into(), "MigrationRunning".into())
+    );
+    assert!(h
+        .api
+        .events()
+        .contains(&("Normal".to_string(), "MigrationRetried".to_string())));
+    assert_eq!(
+        retry_delay(Duration::from_secs(60), 1),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        retry_delay(Duration::from_secs(60), 3),
+        Duration::from_secs(240)
+    );
+    assert_eq!(
+        retry_delay(Duration::from_secs(60), 30),
+        Duration::from_secs(60 * 32)
+    );
+    // Attempt 1 succeeds: the Deployments appear and the failed attempt is removed.
+    let path = job_path(&retry);
+    let mut job = h.api.object(&path).unwrap();
+    job["status"] = json!({"succeeded": 1});
+    h.api.seed(&path, job);
+    h.reconcile(&mut cr).await;
+    assert_eq!(h.worker_image().as_deref(), Some(IMAGE_A));
+    assert!(h.api.object(&job_path(&first)).is_none());
+    assert_eq!(
+        h.condition("Degraded"),
+        ("False".into(), "AsExpected".into())
+    );
+}
+
+#[tokio::test]
+async fn a_new_job_template_with_the_same_image_gets_a_new_job_and_no_job_is_patched() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 1);
+    h.reconcile(&mut cr).await;
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    h.reconcile(&mut cr).await;
+    let old = resources::migration_job_name(&cr, 0);
+    cr.spec.database.url_secret_ref.name = "pg-2".into();
+    cr.spec.image_pull_policy = crate::crd::PullPolicy::Always;
+    let t = h.reconcile(&mut cr).await;
+    assert!(
+        !t.iter().any(|r| r.starts_with("PATCH /apis/batch")),
+        "a Job is never patched: {t:?}"
+    );
+    assert!(
+        has(&t, &format!("POST /apis/batch/v1/namespaces/{NS}/jobs")),
+        "{t:?}"
+    );
+    assert_ne!(resources::migration_job_name(&cr, 0), old);
+    // The Deployment follows at once (same image, so nothing waits).
+    let d = h.api.object(&deployment_path("indexer-worker")).unwrap();
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["imagePullPolicy"], "Always");
+    assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["name"], "pg-2");
+}
+
 #[tokio::test]
 async fn image_change_waits_for_its_migration_then_rolls_out() {
     let h = Harness::new();
@@ -270,14 +403,14 @@ async fn image_change_waits_for_its_migration_then_rolls_out() {
     h.reconcile(&mut cr).await;
     h.set_job_status(&cr, json!({"succeeded": 1}));
     h.reconcile(&mut cr).await;
-    let old_job = job_path(&resources::migration_job_name(&cr));
+    let old_job = job_path(&resources::migration_job_name(&cr, 0));
 
     cr.spec.image = IMAGE_B.into();
     let t = h.reconcile(&mut cr).await;
     // Still running: a replica change would roll out, the image does not.
     assert!(has(
         &t,
-        &format!("PATCH {}", job_path(&resources::migration_job_name(&cr)))
+        &format!("POST /apis/batch/v1/namespaces/{NS}/jobs")
     ));
     assert_eq!(h.worker_image().as_deref(), Some(IMAGE_A));
     assert_eq!(
@@ -358,7 +491,7 @@ async fn deletion_leaves_cleanup_to_owner_references() {
         "a resource being deleted gets no writes"
     );
     // Every object the operator creates is owned by the resource, so the API server collects it.
-    let job = resources::migration_job(&writer(IMAGE_A, 1));
+    let job = resources::migration_job(&writer(IMAGE_A, 1), 0);
     assert_eq!(job.metadata.owner_references.unwrap()[0].uid, "uid-cr");
 }
 
@@ -496,6 +629,14 @@ async fn chart_rbac_covers_exactly_what_the_controller_uses() {
     h.set_job_status(&cr, json!({"succeeded": 1}));
     transcript.extend(h.reconcile(&mut cr).await);
     cr.spec.analytics.enabled = false;
+    transcript.extend(h.reconcile(&mut cr).await);
+    // A failed migration: its pods are listed for their reason.
+    cr.spec.image = IMAGE_A.into();
+    transcript.extend(h.reconcile(&mut cr).await);
+    h.set_job_status(
+        &cr,
+        failed_status(&k8s_openapi::jiff::Timestamp::now().to_string()),
+    );
     transcript.extend(h.reconcile(&mut cr).await);
 
     let mut used: std::collections::BTreeSet<(String, String, String)> =

@@ -57,7 +57,7 @@ fn every_object_is_owned_and_labelled() {
     let cr = sample();
     let metas = [
         config_map(&cr).metadata,
-        migration_job(&cr).metadata,
+        migration_job(&cr, 0).metadata,
         worker_deployment(&cr, "img").metadata,
         analytics_deployment(&cr, "img").metadata,
         metrics_service(&cr).metadata,
@@ -95,6 +95,7 @@ fn config_map_carries_the_spec_settings_under_the_worker_names() {
     assert_eq!(data["REDIS_URL"], "redis://redis:6379");
     assert_eq!(data["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://otel:4318");
     assert_eq!(data["OTEL_TRACES_SAMPLER_ARG"], "0.25");
+    assert_eq!(data["OTEL_EXPORTER_OTLP_PROTOCOL"], "http/protobuf");
     assert_eq!(data["HTTP_PORT"], "8080");
 }
 
@@ -269,7 +270,7 @@ fn analytics_deployment_runs_the_analytics_command() {
 #[test]
 fn migration_job_is_per_image_and_runs_migrate() {
     let cr = sample();
-    let job = migration_job(&cr);
+    let job = migration_job(&cr, 0);
     assert!(job
         .metadata
         .name
@@ -288,13 +289,74 @@ fn migration_job_is_per_image_and_runs_migrate() {
     );
     let mut next = cr.clone();
     next.spec.image = "registry.example/postgres-writer:1.2.4".into();
-    assert_ne!(migration_job_name(&cr), migration_job_name(&next));
+    assert_ne!(migration_job_name(&cr, 0), migration_job_name(&next, 0));
+    // The template, not only the image, names the Job (a Job's template is immutable).
+    let mut secret = cr.clone();
+    secret.spec.database.url_secret_ref.name = "other".into();
+    assert_ne!(migration_job_name(&cr, 0), migration_job_name(&secret, 0));
+    let mut pull = cr.clone();
+    pull.spec.image_pull_policy = PullPolicy::Always;
+    assert_ne!(migration_job_name(&cr, 0), migration_job_name(&pull, 0));
+    // Settings that only the ConfigMap carries do not start a new migration.
+    let mut batch = cr.clone();
+    batch.spec.batch.size = 7;
+    assert_eq!(migration_job_name(&cr, 0), migration_job_name(&batch, 0));
+    // Retries get their own names of the same length.
+    assert_ne!(migration_job_name(&cr, 0), migration_job_name(&cr, 1));
+    assert_eq!(
+        migration_job_name(&cr, 0).len(),
+        migration_job_name(&cr, 1).len()
+    );
+    let longest = "x".repeat(MAX_NAME_LENGTH);
+    let mut long = cr.clone();
+    long.metadata.name = Some(longest);
+    assert_eq!(migration_job_name(&long, 12).len(), 63);
+    assert_eq!(
+        job.metadata.labels.as_ref().unwrap()[MIGRATION_TEMPLATE_LABEL],
+        migration_template_hash(&cr)
+    );
 }
 
 #[test]
 fn service_and_budget_select_the_right_pods() {
     let cr = sample();
     let svc = metrics_service(&cr);
+    // Only worker and analytics pods carry the metrics label, migration pods do not.
+    let selector = svc.spec.as_ref().unwrap().selector.clone().unwrap();
+    let matches =
+        |labels: &BTreeMap<String, String>| selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let pod_labels = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap()
+    };
+    assert!(matches(&pod_labels(&worker_deployment(&cr, "img"))));
+    assert!(matches(&pod_labels(&analytics_deployment(&cr, "img"))));
+    let job = migration_job(&cr, 0);
+    assert!(!matches(
+        job.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap()
+    ));
+    let analytics_pdb = analytics_disruption_budget(&cr).spec.unwrap();
+    assert_eq!(
+        analytics_pdb.selector.unwrap().match_labels.unwrap()["app.kubernetes.io/component"],
+        "analytics"
+    );
     assert_eq!(
         svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
         HTTP_PORT

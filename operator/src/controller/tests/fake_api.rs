@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-const COLLECTIONS: [&str; 7] = [
+const COLLECTIONS: [&str; 8] = [
+    "pods",
     "configmaps",
     "jobs",
     "deployments",
@@ -156,10 +157,16 @@ impl FakeApi {
                     .map(str::to_string)
                     .unwrap_or_else(|| format!("event-{id}"));
                 object["metadata"]["name"] = json!(name);
-                self.objects
-                    .lock()
-                    .unwrap()
-                    .insert(format!("{path}/{name}"), object.clone());
+                object["metadata"]["uid"] = json!(format!("uid-{id}"));
+                let mut objects = self.objects.lock().unwrap();
+                let key = format!("{path}/{name}");
+                if objects.contains_key(&key) {
+                    return respond(
+                        StatusCode::CONFLICT,
+                        json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"}),
+                    );
+                }
+                objects.insert(key, object.clone());
                 respond(StatusCode::CREATED, object)
             }
             _ => respond(
