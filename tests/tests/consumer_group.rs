@@ -38,8 +38,19 @@ async fn wait_until_idle(
     loop {
         let mut idle = true;
         for s in streams {
-            if redis.backlog(s, group).await != (Some(0), 0) {
-                idle = false;
+            // A deleted stream (not created again yet) has no backlog to read: not idle.
+            let mut intake = StreamIntake::new(
+                &redis.url,
+                std::slice::from_ref(s),
+                group,
+                "observer",
+                10,
+                Duration::from_millis(10),
+            )
+            .unwrap();
+            match intake.backlog().await {
+                Ok(b) if b[0].lag == Some(0) && b[0].pending == 0 => {}
+                _ => idle = false,
             }
         }
         if idle {
@@ -92,9 +103,10 @@ async fn consumers(redis: &mut TestRedis, stream: &str, group: &str) -> Vec<(Str
         .into_iter()
         .map(|c| {
             let map: std::collections::HashMap<String, redis::Value> =
-                redis::FromRedisValue::from_redis_value(&c).unwrap();
-            let name: String = redis::FromRedisValue::from_redis_value(&map["name"]).unwrap();
-            let pending: u64 = redis::FromRedisValue::from_redis_value(&map["pending"]).unwrap();
+                redis::FromRedisValue::from_redis_value(c).unwrap();
+            let name: String = redis::FromRedisValue::from_redis_value_ref(&map["name"]).unwrap();
+            let pending: u64 =
+                redis::FromRedisValue::from_redis_value_ref(&map["pending"]).unwrap();
             (name, pending)
         })
         .collect()
@@ -257,6 +269,17 @@ async fn dead_consumers_are_removed_once_their_entries_are_taken_over() {
     db.assert_verified().await;
 }
 
+/// (stream, consumer) of each consumer removed with no idle threshold.
+async fn removed_names(intake: &mut StreamIntake) -> Vec<(String, String)> {
+    intake
+        .remove_idle_consumers(Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(stream, consumer)| (stream.to_string(), consumer))
+        .collect()
+}
+
 #[tokio::test]
 async fn reaping_keeps_consumers_with_pending_entries_and_itself() {
     let mut redis = TestRedis::new().await;
@@ -291,7 +314,7 @@ async fn reaping_keeps_consumers_with_pending_entries_and_itself() {
     assert_eq!(consumers(&mut redis, &ghost_stream, &group).await.len(), 3);
 
     // Idle enough: only the empty ghost goes; the busy one keeps its entries, self stays.
-    let removed = intake.remove_idle_consumers(Duration::ZERO).await.unwrap();
+    let removed = removed_names(&mut intake).await;
     assert_eq!(removed, vec![(ghost_stream.clone(), "ghost-empty".to_string())]);
     let left = consumers(&mut redis, &ghost_stream, &group).await;
     assert!(left.contains(&("ghost-busy".to_string(), 3)), "{left:?}");
@@ -305,7 +328,7 @@ async fn reaping_keeps_consumers_with_pending_entries_and_itself() {
         .map(|e| (e.stream.clone(), e.id.clone()))
         .collect();
     intake.ack(&keys).await.unwrap();
-    let removed = intake.remove_idle_consumers(Duration::ZERO).await.unwrap();
+    let removed = removed_names(&mut intake).await;
     assert_eq!(removed, vec![(ghost_stream.clone(), "ghost-busy".to_string())]);
     let left = consumers(&mut redis, &ghost_stream, &group).await;
     assert_eq!(left, vec![("self".to_string(), 0)]);
