@@ -238,8 +238,14 @@ async fn group_with_ghosts(
     )
     .await;
     let before = consumers(redis, &ghost_stream, &group).await;
-    assert!(before.contains(&("ghost-busy".to_string(), 3)), "{before:?}");
-    assert!(before.contains(&("ghost-empty".to_string(), 0)), "{before:?}");
+    assert!(
+        before.contains(&("ghost-busy".to_string(), 3)),
+        "{before:?}"
+    );
+    assert!(
+        before.contains(&("ghost-empty".to_string(), 0)),
+        "{before:?}"
+    );
     (streams, group, ghost_stream, events)
 }
 
@@ -294,7 +300,7 @@ async fn dead_consumers_are_removed_once_their_entries_are_taken_over() {
 /// (stream, consumer) of each consumer removed with no idle threshold.
 async fn removed_names(intake: &mut StreamIntake) -> Vec<(String, String)> {
     intake
-        .remove_idle_consumers(Duration::ZERO)
+        .remove_idle_consumers(Duration::ZERO, &[])
         .await
         .unwrap()
         .into_iter()
@@ -329,7 +335,7 @@ async fn reaping_keeps_consumers_with_pending_entries_and_itself() {
 
     // Nobody has been idle for an hour.
     let removed = intake
-        .remove_idle_consumers(Duration::from_secs(3600))
+        .remove_idle_consumers(Duration::from_secs(3600), &[])
         .await
         .unwrap();
     assert!(removed.is_empty(), "{removed:?}");
@@ -337,7 +343,10 @@ async fn reaping_keeps_consumers_with_pending_entries_and_itself() {
 
     // Idle enough: only the empty ghost goes; the busy one keeps its entries, self stays.
     let removed = removed_names(&mut intake).await;
-    assert_eq!(removed, vec![(ghost_stream.clone(), "ghost-empty".to_string())]);
+    assert_eq!(
+        removed,
+        vec![(ghost_stream.clone(), "ghost-empty".to_string())]
+    );
     let left = consumers(&mut redis, &ghost_stream, &group).await;
     assert!(left.contains(&("ghost-busy".to_string(), 3)), "{left:?}");
     assert!(left.iter().any(|(n, _)| n == "self"), "{left:?}");
@@ -351,7 +360,10 @@ async fn reaping_keeps_consumers_with_pending_entries_and_itself() {
         .collect();
     intake.ack(&keys).await.unwrap();
     let removed = removed_names(&mut intake).await;
-    assert_eq!(removed, vec![(ghost_stream.clone(), "ghost-busy".to_string())]);
+    assert_eq!(
+        removed,
+        vec![(ghost_stream.clone(), "ghost-busy".to_string())]
+    );
     let left = consumers(&mut redis, &ghost_stream, &group).await;
     assert_eq!(left, vec![("self".to_string(), 0)]);
 }

@@ -50,13 +50,12 @@ fn decoded(payloads: &[String]) -> Vec<DecodedEntry> {
 async fn events_of(db: &TestDb, network: &str) -> i64 {
     let mut total = 0;
     for table in worker::verify::EVENT_TABLES {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} WHERE network = $1"
-        ))
-        .bind(network)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE network = $1"))
+                .bind(network)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         total += n;
     }
     total

@@ -3,7 +3,7 @@
 
 use crate::intake::StreamBacklog;
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]
@@ -14,6 +14,8 @@ pub struct Health {
     pub redis_ok: AtomicBool,
     pub schema_ok: AtomicBool,
     pub draining: AtomicBool,
+    /// Consumer loops whose batch is refused for its network (see `network`).
+    pub network_refusals: AtomicU32,
     pub last_commit_unix_ms: AtomicU64,
     pub backlog: Mutex<Vec<StreamBacklog>>,
     pub analytics: Mutex<AnalyticsHealth>,
@@ -38,6 +40,8 @@ pub struct HealthReport {
     pub redis_consumer_healthy: bool,
     pub schema_version_ok: bool,
     pub draining: bool,
+    /// Whether every batch in hand belongs to the database's network.
+    pub network_ok: bool,
     pub last_commit_unix_ms: Option<u64>,
     pub streams: Vec<StreamBacklog>,
     pub analytics: AnalyticsHealth,
@@ -55,9 +59,10 @@ impl Health {
     }
 
     /// Ready: PostgreSQL (and Redis, when consuming) reachable, schema current,
-    /// not draining.
+    /// no batch refused for its network, not draining.
     pub fn ready(&self) -> bool {
-        self.postgres_ok.load(Ordering::Relaxed)
+        self.network_refusals.load(Ordering::Relaxed) == 0
+            && self.postgres_ok.load(Ordering::Relaxed)
             && self.schema_ok.load(Ordering::Relaxed)
             && (!self.consumes_streams || self.redis_ok.load(Ordering::Relaxed))
             && !self.draining.load(Ordering::Relaxed)
@@ -80,6 +85,7 @@ impl Health {
             redis_consumer_healthy: redis,
             schema_version_ok: self.schema_ok.load(Ordering::Relaxed),
             draining: self.draining.load(Ordering::Relaxed),
+            network_ok: self.network_refusals.load(Ordering::Relaxed) == 0,
             last_commit_unix_ms: (last_commit > 0).then_some(last_commit),
             streams: self
                 .backlog

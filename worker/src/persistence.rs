@@ -5,6 +5,7 @@
 
 use crate::aggregates;
 use crate::decode::{DeadLetter, DecodedEntry, DecodedEvent, EventBody};
+use crate::network::{self, NetworkRefused};
 use crate::queries;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
@@ -33,6 +34,10 @@ pub enum PersistError {
         #[source]
         source: sqlx::Error,
     },
+    /// Events of another network than the database's: an outage of the
+    /// configuration, retried, never dead-lettered.
+    #[error(transparent)]
+    NetworkRefused(NetworkRefused),
 }
 
 /// Classifies an error by SQLSTATE class (PostgreSQL appendix A).
@@ -186,15 +191,21 @@ async fn write_with_retries(
         attempt += 1;
         let result = async {
             let mut tx = pool.begin().await?;
+            if let Err(refused) = network::check(&mut tx, entries).await? {
+                return Ok(Err(refused));
+            }
             let outcome = write_in_transaction(&mut tx, entries, trace_context).await?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(outcome)
+            Ok::<_, sqlx::Error>(Ok(outcome))
         }
         .await;
         match result {
-            Ok(mut outcome) => {
+            Ok(Ok(mut outcome)) => {
                 outcome.conflict_retries = u64::from(attempt - 1);
                 return Ok(outcome);
+            }
+            Ok(Err(refused)) => {
+                return Err(WriteError::Fatal(PersistError::NetworkRefused(refused)))
             }
             Err(error) => match classify(&error) {
                 FailureKind::Conflict if attempt < retry.max_attempts => {

@@ -8,7 +8,7 @@ use crate::backoff;
 use crate::config::StreamArgs;
 use crate::decode::{decode_entry, DecodedEntry};
 use crate::health::Health;
-use crate::intake::{RawEntry, ReadFrom, StreamIntake};
+use crate::intake::{IntakeError, RawEntry, ReadFrom, StreamIntake};
 use crate::metrics::{Metrics, OutcomeLabel, StreamLabel};
 use crate::persistence::{self, ConflictRetry, PersistError};
 use crate::ratelimit::RateLimit;
@@ -68,7 +68,12 @@ impl Consumer {
             let claiming = from == ReadFrom::New && last_claim.elapsed() >= claim_interval;
             let read = if claiming {
                 last_claim = Instant::now();
-                intake.claim_stale(claim_idle).await
+                let claimed = intake.claim_stale(claim_idle).await;
+                if claimed.is_ok() {
+                    // After the claim: a dead consumer emptied by it goes in the same pass.
+                    self.remove_idle_consumers(&mut intake).await;
+                }
+                claimed
             } else {
                 intake.read(from).await
             };
@@ -77,6 +82,25 @@ impl Consumer {
                     failures = 0;
                     self.health.redis_ok.store(true, Ordering::Relaxed);
                     entries
+                }
+                Err(e) if e.group_lost() => {
+                    if self.recreate_groups(&mut intake, &e).await {
+                        failures = 0;
+                        // The new group has no pending entries of ours; read from the start.
+                        from = ReadFrom::OwnPending;
+                    } else {
+                        failures += 1;
+                        pause(
+                            &stop,
+                            backoff::jittered(
+                                Duration::from_millis(200),
+                                failures,
+                                MAX_OUTAGE_BACKOFF,
+                            ),
+                        )
+                        .await;
+                    }
+                    continue;
                 }
                 Err(e) => {
                     self.redis_down(&e.to_string());
@@ -109,6 +133,61 @@ impl Consumer {
         }
         tracing::info!("consumer stopped");
         Ok(())
+    }
+
+    /// The group is gone (NOGROUP): create it again at `0`, as at start-up.
+    /// Entries still in the stream are then delivered again; those already
+    /// stored are duplicates that change nothing (event primary keys), and
+    /// acknowledging them settles the new group. Returns false when Redis
+    /// could not be reached.
+    async fn recreate_groups(&self, intake: &mut StreamIntake, lost: &IntakeError) -> bool {
+        tracing::warn!(error = %lost, group = %self.args.consumer_group,
+            "consumer group lost (Redis restarted without persistence, or the group or its stream was deleted); creating it again at 0: entries still in the stream are read again and those already stored change nothing");
+        match intake.ensure_groups().await {
+            Ok(created) => {
+                for stream in created {
+                    self.metrics
+                        .consumer_groups_recreated
+                        .get_or_create(&StreamLabel {
+                            stream: stream.to_string(),
+                        })
+                        .inc();
+                }
+                self.health.redis_ok.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.redis_down(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Removes consumers of pods that are gone (idle, no pending entries), if enabled.
+    async fn remove_idle_consumers(&self, intake: &mut StreamIntake) {
+        if self.args.consumer_reap_idle_ms == 0 {
+            return;
+        }
+        let min_idle = Duration::from_millis(self.args.consumer_reap_idle_ms);
+        match intake
+            .remove_idle_consumers(min_idle, &self.args.sibling_consumers)
+            .await
+        {
+            Ok(removed) => {
+                for (stream, consumer) in removed {
+                    tracing::info!(stream = %stream, %consumer, ?min_idle,
+                        "removed idle consumer without pending entries from the group");
+                    self.metrics
+                        .consumers_removed
+                        .get_or_create(&StreamLabel {
+                            stream: stream.to_string(),
+                        })
+                        .inc();
+                }
+            }
+            // The next read reports Redis problems (and a lost group) itself.
+            Err(error) => tracing::warn!(%error, "could not remove idle consumers"),
+        }
     }
 
     fn redis_down(&self, error: &str) {
@@ -176,6 +255,8 @@ impl Consumer {
         let trace_context = telemetry::traceparent(span);
 
         let mut failures = 0u32;
+        // Whether this loop counts in `health.network_refusals`.
+        let mut refused = false;
         let outcome = loop {
             let tx_started = Instant::now();
             let write = persistence::write_entries(
@@ -196,11 +277,38 @@ impl Consumer {
                         .observe(tx_started.elapsed().as_secs_f64());
                     break outcome;
                 }
+                Err(PersistError::NetworkRefused(refusal)) => {
+                    failures += 1;
+                    self.metrics
+                        .write_failures
+                        .get_or_create(&OutcomeLabel {
+                            outcome: "network".into(),
+                        })
+                        .inc();
+                    if !refused {
+                        refused = true;
+                        self.health.network_refusals.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.health.set_error(Some(format!("network: {refusal}")));
+                    tracing::error!(error = %refusal, attempt = failures, entries = entries.len(),
+                        "batch refused: events of another network than the database's; retrying until the configuration is fixed (nothing was acknowledged)");
+                    if stop.is_cancelled() {
+                        // It cannot succeed before a configuration change: leave it pending.
+                        self.health.network_refusals.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                    pause(
+                        stop,
+                        backoff::jittered(Duration::from_millis(100), failures, MAX_OUTAGE_BACKOFF),
+                    )
+                    .await;
+                }
                 Err(error) => {
                     failures += 1;
                     let cause = match &error {
                         PersistError::Unavailable(_) => "unavailable",
                         PersistError::Conflicts { .. } => "conflicts",
+                        PersistError::NetworkRefused(_) => "network",
                     };
                     self.metrics
                         .write_failures
@@ -221,6 +329,9 @@ impl Consumer {
                 }
             }
         };
+        if refused {
+            self.health.network_refusals.fetch_sub(1, Ordering::Relaxed);
+        }
         span.record("events.stored", outcome.stored_events());
         span.record("events.duplicate", outcome.duplicate_events);
         span.record("dead_letters", outcome.dead_letters);
