@@ -94,6 +94,13 @@ pub struct PostgresWriterSpec {
     #[serde(default = "default_claim_idle_ms")]
     #[schemars(range(min = 1000, max = 86_400_000))]
     pub claim_idle_ms: i64,
+    /// Idle time after which a consumer of the group that holds no pending entries (a pod that is gone) is removed from it, in milliseconds (0 = never).
+    #[serde(default = "default_consumer_reap_idle_ms")]
+    #[schemars(
+        range(min = 0, max = 604_800_000),
+        extend("x-kubernetes-validations" = [{"rule": "self == 0 || self >= 1000", "message": "0 (never) or at least 1000"}])
+    )]
+    pub consumer_reap_idle_ms: i64,
     /// Analytics (triple-level aggregates) pods.
     #[serde(default)]
     pub analytics: AnalyticsSpec,
@@ -385,6 +392,9 @@ fn default_batch_timeout_ms() -> i64 {
 }
 fn default_claim_idle_ms() -> i64 {
     60_000
+}
+fn default_consumer_reap_idle_ms() -> i64 {
+    3_600_000
 }
 fn default_true() -> bool {
     true

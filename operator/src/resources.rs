@@ -169,6 +169,10 @@ pub fn config_data(spec: &PostgresWriterSpec) -> BTreeMap<String, String> {
         ),
         ("CLAIM_IDLE_MS".to_string(), spec.claim_idle_ms.to_string()),
         (
+            "CONSUMER_REAP_IDLE_MS".to_string(),
+            spec.consumer_reap_idle_ms.to_string(),
+        ),
+        (
             "DB_POOL_MIN_CONNECTIONS".to_string(),
             spec.database.pool.min_connections.to_string(),
         ),

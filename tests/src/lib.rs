@@ -254,8 +254,10 @@ pub fn stream_args(redis_url: &str, streams: &[String], group: &str, consumer: &
         batch_timeout_ms: 50,
         claim_idle_ms: 1_000,
         claim_interval_ms: 200,
+        consumer_reap_idle_ms: 3_600_000,
         max_entries_per_second: 0,
         consumer_concurrency: 1,
+        sibling_consumers: Vec::new(),
     }
 }
 

@@ -95,12 +95,19 @@ pub struct StreamArgs {
     /// How often to look for pending entries of dead consumers, in milliseconds.
     #[arg(long, env = "CLAIM_INTERVAL_MS", default_value_t = 10_000)]
     pub claim_interval_ms: u64,
+    /// Idle time after which a consumer of the group that holds no pending entries (a pod that is gone) is removed from it, in milliseconds (0 = never).
+    #[arg(long, env = "CONSUMER_REAP_IDLE_MS", default_value_t = 3_600_000)]
+    pub consumer_reap_idle_ms: u64,
     /// Rate limit on stream entries written per second (0 = unlimited).
     #[arg(long, env = "MAX_ENTRIES_PER_SECOND", default_value_t = 0)]
     pub max_entries_per_second: u32,
     /// Consumer loops in this process, each with its own transactions (consumer names `<CONSUMER_NAME>-<i>` when more than one).
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 2)]
     pub consumer_concurrency: u32,
+    /// The consumer names of this process's other loops: never removed as idle
+    /// (a loop that got nothing for a while still counts as idle on Redis < 7.2).
+    #[arg(skip)]
+    pub sibling_consumers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -335,6 +342,9 @@ pub struct DeadLetterReplayArgs {
     pub note: Option<String>,
 }
 
+/// CONSUMER_REAP_IDLE_MS other than 0 (never): a second to a week.
+pub const CONSUMER_REAP_IDLE_MS_RANGE: RangeInclusive<u64> = 1_000..=604_800_000;
+
 fn default_consumer_name() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| format!("postgres-writer-{}", std::process::id()))
 }
@@ -480,6 +490,20 @@ impl StreamArgs {
             self.claim_interval_ms,
             100..=3_600_000,
         )?;
+        if self.consumer_reap_idle_ms != 0
+            && !CONSUMER_REAP_IDLE_MS_RANGE.contains(&self.consumer_reap_idle_ms)
+        {
+            return Err(invalid(
+                "CONSUMER_REAP_IDLE_MS",
+                "consumer-reap-idle-ms",
+                self.consumer_reap_idle_ms,
+                &format!(
+                    "0 (never) or {}..={}",
+                    CONSUMER_REAP_IDLE_MS_RANGE.start(),
+                    CONSUMER_REAP_IDLE_MS_RANGE.end()
+                ),
+            ));
+        }
         in_range(
             "CONSUMER_CONCURRENCY",
             "consumer-concurrency",
@@ -695,6 +719,29 @@ mod tests {
         assert_eq!(args.streams.batch_size, 300);
         assert_eq!(args.streams.consumer_concurrency, 2);
         assert_eq!(args.analytics.analytics_coalesce_ms, 250);
+        assert_eq!(args.streams.consumer_reap_idle_ms, 3_600_000);
+    }
+
+    #[test]
+    fn consumer_reap_idle_is_off_or_in_its_range() {
+        for ok in ["0", "1000", "604800000"] {
+            run_args(&["--consumer-reap-idle-ms", ok])
+                .unwrap()
+                .validate()
+                .unwrap();
+        }
+        for bad in ["1", "999", "604800001"] {
+            let err = run_args(&["--consumer-reap-idle-ms", bad])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("CONSUMER_REAP_IDLE_MS")
+                    && err.contains("0 (never) or 1000..=604800000"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

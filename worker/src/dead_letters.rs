@@ -10,9 +10,10 @@
 
 use crate::decode::{decode_entry, DecodedEntry};
 use crate::failure::{self, classify, ConflictRetry, Failure, Policy};
+use crate::network;
 use crate::persistence::{self, WriteOutcome};
 use crate::queries;
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -336,6 +337,28 @@ pub async fn replay(
 
 /// One letter in one transaction: lock it, write what it decodes to (or
 /// record that it failed again), mark it, commit (roll back in a dry run).
+/// The letter still fails: keep it pending with its new reason (committed),
+/// or only report that in a dry run.
+async fn fail_again(
+    mut tx: Transaction<'_, Postgres>,
+    letter: &Letter,
+    reason: String,
+    dry_run: bool,
+    note: Option<&str>,
+) -> Result<(Outcome, u64), sqlx::Error> {
+    if dry_run {
+        return Ok((Outcome::WouldFail { reason }, 0));
+    }
+    sqlx::query(queries::MARK_DEAD_LETTER_FAILED)
+        .bind(letter.id)
+        .bind(&reason)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((Outcome::FailedAgain { reason }, 0))
+}
+
 async fn replay_one(
     pool: &PgPool,
     letter: &Letter,
@@ -353,17 +376,12 @@ async fn replay_one(
         return Ok((Outcome::AlreadyReplayed, 0));
     }
     if let Some(reason) = still_failing(letter, decoded) {
-        if dry_run {
-            return Ok((Outcome::WouldFail { reason }, 0));
-        }
-        sqlx::query(queries::MARK_DEAD_LETTER_FAILED)
-            .bind(letter.id)
-            .bind(&reason)
-            .bind(note)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        return Ok((Outcome::FailedAgain { reason }, 0));
+        return fail_again(tx, letter, reason, dry_run, note).await;
+    }
+    // One network per database (crate::network), as for the pipeline's batches.
+    if let Err(refused) = network::check(&mut tx, std::slice::from_ref(decoded)).await? {
+        let reason = refused.to_string();
+        return fail_again(tx, letter, reason, dry_run, note).await;
     }
     let written =
         persistence::write_in_transaction(&mut tx, std::slice::from_ref(decoded), None).await?;

@@ -5,6 +5,11 @@
 //! its own pending entries; entries pending on a dead consumer are taken over
 //! with XAUTOCLAIM after a configurable idle time. Acks happen only after the
 //! caller has committed the batch.
+//!
+//! A group can vanish under a running worker (a Redis restart without
+//! persistence, XGROUP DESTROY, DEL of the stream): reads then fail with
+//! NOGROUP, and the caller recreates it with `ensure_groups`, at `0` again.
+//! Consumers of pods that are gone are removed once they hold no entries.
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
@@ -39,6 +44,20 @@ pub enum IntakeError {
         detail: String,
     },
 }
+
+impl IntakeError {
+    /// The consumer group (or its stream) no longer exists: NOGROUP, or
+    /// UNBLOCKED for a blocked read whose stream was deleted.
+    pub fn group_lost(&self) -> bool {
+        match self {
+            IntakeError::Redis(e) => matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")),
+            IntakeError::Reply { .. } => false,
+        }
+    }
+}
+
+/// Removes idle consumers without pending entries, atomically (see the script).
+const REMOVE_IDLE_CONSUMERS: &str = include_str!("lua/remove_idle_consumers.lua");
 
 /// Where a read starts: this consumer's own pending entries, or new entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,10 +134,12 @@ impl StreamIntake {
     }
 
     /// Creates the consumer group on every stream (at id 0, creating the stream
-    /// if needed); an existing group is left as it is.
-    pub async fn ensure_groups(&mut self) -> Result<(), IntakeError> {
+    /// if needed); an existing group is left as it is. Returns the streams
+    /// whose group was created.
+    pub async fn ensure_groups(&mut self) -> Result<Vec<Arc<str>>, IntakeError> {
         let result = async {
             let mut con = self.commands().await?;
+            let mut created_on = Vec::new();
             for stream in &self.streams {
                 let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
                     .arg("CREATE")
@@ -129,12 +150,15 @@ impl StreamIntake {
                     .query_async(&mut con)
                     .await;
                 match created {
-                    Ok(_) => tracing::info!(stream = %stream, group = %self.group, "created consumer group at 0"),
+                    Ok(_) => {
+                        tracing::info!(stream = %stream, group = %self.group, "created consumer group at 0");
+                        created_on.push(stream.clone());
+                    }
                     Err(e) if e.code() == Some("BUSYGROUP") => {}
                     Err(e) => return Err(e.into()),
                 }
             }
-            Ok(())
+            Ok(created_on)
         }
         .await;
         self.reset_on_error(result)
@@ -200,6 +224,37 @@ impl StreamIntake {
                 claimed.extend(entries);
             }
             Ok(claimed)
+        }
+        .await;
+        self.reset_on_error(result)
+    }
+
+    /// Removes the group's consumers that hold no pending entries and have
+    /// been idle for at least `min_idle` (pods that are gone), never this
+    /// consumer nor those named in `keep`; returns (stream, consumer) of each
+    /// one removed.
+    pub async fn remove_idle_consumers(
+        &mut self,
+        min_idle: Duration,
+        keep: &[String],
+    ) -> Result<Vec<(Arc<str>, String)>, IntakeError> {
+        let result = async {
+            let mut con = self.commands().await?;
+            let mut removed = Vec::new();
+            for stream in &self.streams {
+                let names: Vec<String> = redis::cmd("EVAL")
+                    .arg(REMOVE_IDLE_CONSUMERS)
+                    .arg(1)
+                    .arg(&**stream)
+                    .arg(&self.group)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg(&self.consumer)
+                    .arg(keep)
+                    .query_async(&mut con)
+                    .await?;
+                removed.extend(names.into_iter().map(|n| (stream.clone(), n)));
+            }
+            Ok(removed)
         }
         .await;
         self.reset_on_error(result)

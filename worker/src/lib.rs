@@ -4,6 +4,7 @@
 //! Modules, in the order data flows through them:
 //! - [`intake`]: consumer groups, reads, claims, acks (Redis streams);
 //! - [`decode`]: rindexer entries to validated, normalised events;
+//! - [`network`]: one database holds one network, checked in each batch;
 //! - [`persistence`]: one transaction per batch, retries, dead letters;
 //! - [`aggregates`]: base tables, term aggregates, analytics queue;
 //! - [`analytics`]: triple-level analytics from the queue;
@@ -26,6 +27,7 @@ pub mod http;
 pub mod intake;
 pub mod lifecycle;
 pub mod metrics;
+pub mod network;
 pub mod persistence;
 pub mod pipeline;
 pub mod queries;

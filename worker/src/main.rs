@@ -248,11 +248,16 @@ async fn serve(
     if let Some(stream_args) = streams {
         // Several consumer loops let PostgreSQL work on several batches at once.
         let loops = stream_args.consumer_concurrency;
-        for i in 0..loops {
+        let names: Vec<String> = (0..loops)
+            .map(|i| match loops {
+                1 => stream_args.consumer_name.clone(),
+                _ => format!("{}-{i}", stream_args.consumer_name),
+            })
+            .collect();
+        for name in &names {
             let mut args = stream_args.clone();
-            if loops > 1 {
-                args.consumer_name = format!("{}-{i}", stream_args.consumer_name);
-            }
+            args.consumer_name = name.clone();
+            args.sibling_consumers = names.iter().filter(|n| *n != name).cloned().collect();
             let consumer = Consumer {
                 args,
                 pool: pool.clone(),

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub write_failures: Family<OutcomeLabel, Counter>,
     pub database_outage_errors: Family<OutageLabel, Counter>,
     pub entries_claimed: Counter,
+    pub consumer_groups_recreated: Family<StreamLabel, Counter>,
+    pub consumers_removed: Family<StreamLabel, Counter>,
     pub stream_lag: Family<StreamLabel, Gauge>,
     pub stream_pending: Family<StreamLabel, Gauge>,
     pub entry_to_commit_seconds: Histogram,
@@ -98,6 +100,8 @@ impl Metrics {
             write_failures: Family::default(),
             database_outage_errors: Family::default(),
             entries_claimed: Counter::default(),
+            consumer_groups_recreated: Family::default(),
+            consumers_removed: Family::default(),
             stream_lag: Family::default(),
             stream_pending: Family::default(),
             entry_to_commit_seconds: fine_latency_histogram(),
@@ -182,6 +186,16 @@ impl Metrics {
             "entries_claimed",
             "Pending entries taken over from idle consumers",
             m.entries_claimed.clone(),
+        );
+        registry.register(
+            "consumer_groups_recreated",
+            "Consumer groups found missing (NOGROUP) and created again at 0",
+            m.consumer_groups_recreated.clone(),
+        );
+        registry.register(
+            "consumers_removed",
+            "Idle consumers without pending entries removed from the group",
+            m.consumers_removed.clone(),
         );
         registry.register(
             "stream_lag",

@@ -12,6 +12,7 @@
 use crate::aggregates;
 use crate::decode::{DeadLetter, DecodedEntry, DecodedEvent, EventBody};
 use crate::failure::{self, Classify, Failure, Policy};
+use crate::network::{self, NetworkRefused};
 use crate::queries;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
@@ -31,12 +32,18 @@ pub enum PersistError {
         #[source]
         source: sqlx::Error,
     },
+    /// Events of another network than the database's: an outage of the
+    /// configuration, retried, never dead-lettered.
+    #[error(transparent)]
+    NetworkRefused(NetworkRefused),
 }
 
 impl PersistError {
-    fn cause(&self) -> &sqlx::Error {
+    /// The database error behind it (none for a network refusal).
+    fn cause(&self) -> Option<&sqlx::Error> {
         match self {
-            PersistError::Outage(e) | PersistError::Conflicts { source: e, .. } => e,
+            PersistError::Outage(e) | PersistError::Conflicts { source: e, .. } => Some(e),
+            PersistError::NetworkRefused(_) => None,
         }
     }
 }
@@ -44,13 +51,17 @@ impl PersistError {
 impl Classify for PersistError {
     fn failure(&self) -> Failure {
         match self {
-            PersistError::Outage(_) => Failure::Outage,
+            // A configuration problem: waited out like an outage, never dead-lettered.
+            PersistError::Outage(_) | PersistError::NetworkRefused(_) => Failure::Outage,
             PersistError::Conflicts { .. } => Failure::Conflict,
         }
     }
 
     fn sqlstate(&self) -> Cow<'static, str> {
-        self.cause().sqlstate()
+        match self.cause() {
+            Some(cause) => cause.sqlstate(),
+            None => Cow::Borrowed("network"),
+        }
     }
 }
 
@@ -171,14 +182,20 @@ async fn write_with_retries(
     };
     let result = failure::retry(&policy, || async {
         let mut tx = pool.begin().await?;
+        // One network per database (crate::network): checked first, refused whole.
+        if let Err(refused) = network::check(&mut tx, entries).await? {
+            return Ok(Err(refused));
+        }
         let outcome = write_in_transaction(&mut tx, entries, trace_context).await?;
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(outcome)
+        Ok::<_, sqlx::Error>(Ok(outcome))
     })
     .await;
     match result {
         Ok(done) => {
-            let mut outcome = done.value;
+            let mut outcome = done
+                .value
+                .map_err(|refused| WriteError::Fatal(PersistError::NetworkRefused(refused)))?;
             outcome.conflict_retries = u64::from(done.conflict_retries);
             Ok(outcome)
         }

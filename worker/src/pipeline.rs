@@ -9,7 +9,7 @@ use crate::config::StreamArgs;
 use crate::decode::{decode_entry, DecodedEntry};
 use crate::failure::{self, ConflictRetry, OutageRetry, Policy, MAX_OUTAGE_BACKOFF};
 use crate::health::{Health, Source};
-use crate::intake::{RawEntry, ReadFrom, StreamIntake};
+use crate::intake::{IntakeError, RawEntry, ReadFrom, StreamIntake};
 use crate::lifecycle::pause;
 use crate::metrics::{Metrics, OutcomeLabel, StreamLabel};
 use crate::persistence::{self, PersistError};
@@ -67,7 +67,12 @@ impl Consumer {
             let claiming = from == ReadFrom::New && last_claim.elapsed() >= claim_interval;
             let read = if claiming {
                 last_claim = Instant::now();
-                intake.claim_stale(claim_idle).await
+                let claimed = intake.claim_stale(claim_idle).await;
+                if claimed.is_ok() {
+                    // After the claim: a dead consumer emptied by it goes in the same pass.
+                    self.remove_idle_consumers(&mut intake).await;
+                }
+                claimed
             } else {
                 intake.read(from).await
             };
@@ -76,6 +81,25 @@ impl Consumer {
                     failures = 0;
                     self.health.clear(&self.stream_source());
                     entries
+                }
+                Err(e) if e.group_lost() => {
+                    if self.recreate_groups(&mut intake, &e).await {
+                        failures = 0;
+                        // The new group has no pending entries of ours; read from the start.
+                        from = ReadFrom::OwnPending;
+                    } else {
+                        failures += 1;
+                        pause(
+                            &stop,
+                            backoff::jittered(
+                                Duration::from_millis(200),
+                                failures,
+                                MAX_OUTAGE_BACKOFF,
+                            ),
+                        )
+                        .await;
+                    }
+                    continue;
                 }
                 Err(e) => {
                     self.redis_down(&e.to_string());
@@ -113,6 +137,61 @@ impl Consumer {
     /// This loop's health slot for Redis (reads and acknowledgements).
     fn stream_source(&self) -> Source {
         Source::stream(&self.args.consumer_name)
+    }
+
+    /// The group is gone (NOGROUP): create it again at `0`, as at start-up.
+    /// Entries still in the stream are then delivered again; those already
+    /// stored are duplicates that change nothing (event primary keys), and
+    /// acknowledging them settles the new group. Returns false when Redis
+    /// could not be reached.
+    async fn recreate_groups(&self, intake: &mut StreamIntake, lost: &IntakeError) -> bool {
+        tracing::warn!(error = %lost, group = %self.args.consumer_group,
+            "consumer group lost (Redis restarted without persistence, or the group or its stream was deleted); creating it again at 0: entries still in the stream are read again and those already stored change nothing");
+        match intake.ensure_groups().await {
+            Ok(created) => {
+                for stream in created {
+                    self.metrics
+                        .consumer_groups_recreated
+                        .get_or_create(&StreamLabel {
+                            stream: stream.to_string(),
+                        })
+                        .inc();
+                }
+                self.health.clear(&self.stream_source());
+                true
+            }
+            Err(e) => {
+                self.redis_down(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Removes consumers of pods that are gone (idle, no pending entries), if enabled.
+    async fn remove_idle_consumers(&self, intake: &mut StreamIntake) {
+        if self.args.consumer_reap_idle_ms == 0 {
+            return;
+        }
+        let min_idle = Duration::from_millis(self.args.consumer_reap_idle_ms);
+        match intake
+            .remove_idle_consumers(min_idle, &self.args.sibling_consumers)
+            .await
+        {
+            Ok(removed) => {
+                for (stream, consumer) in removed {
+                    tracing::info!(stream = %stream, %consumer, ?min_idle,
+                        "removed idle consumer without pending entries from the group");
+                    self.metrics
+                        .consumers_removed
+                        .get_or_create(&StreamLabel {
+                            stream: stream.to_string(),
+                        })
+                        .inc();
+                }
+            }
+            // The next read reports Redis problems (and a lost group) itself.
+            Err(error) => tracing::warn!(%error, "could not remove idle consumers"),
+        }
     }
 
     fn redis_down(&self, error: &str) {
@@ -221,6 +300,7 @@ impl Consumer {
                             let cause = match error {
                                 PersistError::Outage(_) => "outage",
                                 PersistError::Conflicts { .. } => "conflicts",
+                                PersistError::NetworkRefused(_) => "network",
                             };
                             self.metrics
                                 .write_failures
@@ -400,6 +480,8 @@ mod tests {
                 claim_interval_ms: 1,
                 max_entries_per_second: 0,
                 consumer_concurrency: 1,
+                consumer_reap_idle_ms: 0,
+                sibling_consumers: Vec::new(),
             },
             pool,
             metrics: Arc::new(Metrics::new()),

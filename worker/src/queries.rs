@@ -16,6 +16,8 @@ named_queries! {
     INSERT_SHARE_PRICE_CHANGED_EVENTS => "insert_share_price_changed_events.sql",
     INSERT_GENERIC_EVENTS => "insert_generic_events.sql",
     INSERT_DEAD_LETTERS => "insert_dead_letters.sql",
+    SELECT_DATABASE_NETWORK => "select_database_network.sql",
+    BIND_DATABASE_NETWORK => "bind_database_network.sql",
     UPSERT_ATOMS => "upsert_atoms.sql",
     UPSERT_TRIPLES => "upsert_triples.sql",
     UPSERT_VAULTS => "upsert_vaults.sql",

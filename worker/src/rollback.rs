@@ -11,6 +11,14 @@ use crate::verify::{DERIVED_TABLES, EVENT_TABLES};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use std::time::Duration;
 
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("this database holds network {bound:?}, not {requested:?}: nothing rolled back")]
+    OtherNetwork { bound: String, requested: String },
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RollbackReport {
     /// Events removed per event table.
@@ -43,7 +51,15 @@ pub async fn rollback(
     pool: &PgPool,
     network: &str,
     to_block: i64,
-) -> Result<RollbackReport, sqlx::Error> {
+) -> Result<RollbackReport, RollbackError> {
+    if let Some(bound) = crate::network::database_network(pool).await? {
+        if bound != network {
+            return Err(RollbackError::OtherNetwork {
+                bound,
+                requested: network.to_string(),
+            });
+        }
+    }
     let policy = Policy {
         conflicts: ConflictRetry {
             max_attempts: 10,
