@@ -108,7 +108,7 @@ async fn run(http_port: u16, namespace: Option<String>) -> anyhow::Result<()> {
     .for_each(|result| async move {
         match result {
             Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
-            Err(error) => tracing::warn!(%error, "reconcile error"),
+            Err(error) => tracing::warn!(error = %telemetry::ErrorChain(&error), "reconcile error"),
         }
     })
     .await;

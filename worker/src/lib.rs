@@ -8,7 +8,8 @@
 //! - [`aggregates`]: base tables, term aggregates, analytics queue;
 //! - [`analytics`]: triple-level analytics from the queue;
 //! - [`verify`]: from-scratch comparison and rebuild;
-//! - [`pipeline`], [`http`], [`health`], [`metrics`]: the running process.
+//! - [`pipeline`], [`http`], [`health`], [`metrics`]: the running process;
+//! - [`tls`]: CA files and the one constructor of Redis clients.
 
 pub mod aggregates;
 pub mod analytics;
@@ -26,4 +27,5 @@ pub mod pipeline;
 pub mod queries;
 pub mod ratelimit;
 pub mod rollback;
+pub mod tls;
 pub mod verify;

@@ -123,6 +123,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => {
+            args.validate()?;
             let spec = generate::GeneratorSpec {
                 events: args.events,
                 events_per_entry: args.events_per_entry,
@@ -133,7 +134,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 stream_prefix: args.stream_prefix.clone(),
             };
             let entries = generate::generate(&spec);
-            let written = generate::publish(&args.redis_url, &entries)
+            let redis = worker::tls::redis_client(&args.redis_url, args.redis_ca_file.as_deref())?;
+            let written = generate::publish(&redis, &entries)
                 .await
                 .context("writing sample entries to Redis")?;
             println!(
@@ -208,7 +210,7 @@ async fn serve(
             let stop = stop.clone();
             work.spawn(async move {
                 if let Err(error) = consumer.run(stop).await {
-                    tracing::error!(%error, "consumer failed");
+                    tracing::error!(error = %telemetry::ErrorChain(&*error), "consumer failed");
                 }
             });
         }
@@ -283,17 +285,9 @@ async fn monitor(
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
-    let mut intake = streams.as_ref().and_then(|s| {
-        worker::intake::StreamIntake::new(
-            &s.redis_url,
-            &s.redis_streams,
-            &s.consumer_group,
-            &s.consumer_name,
-            s.batch_size,
-            Duration::from_millis(s.batch_timeout_ms),
-        )
-        .ok()
-    });
+    let mut intake = streams
+        .as_ref()
+        .and_then(|s| worker::intake::StreamIntake::open(s).ok());
     let expected = db::expected_schema_version();
     loop {
         // A short deadline: a pool waiting for a dead server must not keep
@@ -327,7 +321,7 @@ async fn monitor(
             }
             Err(error) => {
                 health.postgres_ok.store(false, Ordering::Relaxed);
-                health.set_error(Some(format!("postgres: {error}")));
+                health.set_error(Some(format!("postgres: {}", telemetry::ErrorChain(&error))));
             }
         }
         if let Some(intake) = intake.as_mut() {
@@ -358,7 +352,7 @@ async fn monitor(
                 }
                 Err(error) => {
                     health.redis_ok.store(false, Ordering::Relaxed);
-                    health.set_error(Some(format!("redis: {error}")));
+                    health.set_error(Some(format!("redis: {}", telemetry::ErrorChain(&error))));
                 }
             }
         }

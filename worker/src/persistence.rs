@@ -25,9 +25,9 @@ pub enum FailureKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("PostgreSQL is unavailable: {0}")]
+    #[error("PostgreSQL is unavailable")]
     Unavailable(#[source] sqlx::Error),
-    #[error("transaction kept conflicting after {attempts} attempts: {source}")]
+    #[error("transaction kept conflicting after {attempts} attempts")]
     Conflicts {
         attempts: u32,
         #[source]

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
+use telemetry::ErrorChain;
 use tracing::Instrument;
 
 /// Longest pause between retries while PostgreSQL or Redis is down.
@@ -34,17 +35,10 @@ impl Consumer {
     /// committed and acknowledged.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let args = &self.args;
-        let mut intake = StreamIntake::new(
-            &args.redis_url,
-            &args.redis_streams,
-            &args.consumer_group,
-            &args.consumer_name,
-            args.batch_size,
-            Duration::from_millis(args.batch_timeout_ms),
-        )?;
+        let mut intake = StreamIntake::open(args)?;
         let mut failures = 0u32;
         while let Err(e) = intake.ensure_groups().await {
-            self.redis_down(&e.to_string());
+            self.redis_down(&ErrorChain(&e).to_string());
             failures += 1;
             if !pause(
                 &stop,
@@ -79,7 +73,7 @@ impl Consumer {
                     entries
                 }
                 Err(e) => {
-                    self.redis_down(&e.to_string());
+                    self.redis_down(&ErrorChain(&e).to_string());
                     failures += 1;
                     pause(
                         &stop,
@@ -211,6 +205,7 @@ impl Consumer {
                     if matches!(error, PersistError::Unavailable(_)) {
                         self.health.postgres_ok.store(false, Ordering::Relaxed);
                     }
+                    let error = ErrorChain(&error).to_string();
                     self.health.set_error(Some(format!("postgres: {error}")));
                     tracing::warn!(%error, attempt = failures, entries = entries.len(),
                         "batch not committed; retrying (nothing was acknowledged)");
@@ -249,11 +244,11 @@ impl Consumer {
                 Ok(()) => break,
                 Err(error) => {
                     failures += 1;
-                    self.redis_down(&error.to_string());
+                    self.redis_down(&ErrorChain(&error).to_string());
                     // Committed work is idempotent: an unacknowledged entry is
                     // redelivered and changes nothing. Give up only when stopping.
                     if stop.is_cancelled() && failures >= 5 {
-                        tracing::warn!(%error, "could not acknowledge committed entries before stopping; they will be redelivered as no-ops");
+                        tracing::warn!(error = %ErrorChain(&error), "could not acknowledge committed entries before stopping; they will be redelivered as no-ops");
                         break;
                     }
                     tokio::time::sleep(backoff::jittered(
