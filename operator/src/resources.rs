@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
     SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -268,7 +268,10 @@ fn env(cr: &PostgresWriter, component: Component) -> (Vec<EnvFromSource>, Vec<En
 /// The CA Secrets a pod of `component` reads: the database CA in every pod,
 /// the Redis CA in worker pods (the only ones that talk to Redis). Each is
 /// mounted read-only and its path passed in the worker's setting.
-pub fn ca_files(cr: &PostgresWriter, component: Component) -> (Vec<Volume>, Vec<VolumeMount>, Vec<EnvVar>) {
+pub fn ca_files(
+    cr: &PostgresWriter,
+    component: Component,
+) -> (Vec<Volume>, Vec<VolumeMount>, Vec<EnvVar>) {
     let mut cas = Vec::new();
     if let Some(secret) = &cr.spec.database.ca_secret_ref {
         cas.push(("database-ca", "DATABASE_CA_FILE", secret));

@@ -157,13 +157,16 @@ fn crd_names_subresources_and_columns() {
         spec["properties"]["redis"]["x-kubernetes-validations"][0]["rule"],
         "has(self.url) != has(self.urlSecretRef)"
     );
-    assert!(spec["properties"]["redis"]["x-kubernetes-validations"][1]["rule"]
-        .as_str()
-        .unwrap()
-        .contains("rediss://"));
+    assert!(
+        spec["properties"]["redis"]["x-kubernetes-validations"][1]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("rediss://")
+    );
     for service in ["database", "redis"] {
         assert_eq!(
-            spec["properties"][service]["properties"]["caSecretRef"]["properties"]["key"]["default"],
+            spec["properties"][service]["properties"]["caSecretRef"]["properties"]["key"]
+                ["default"],
             "ca.crt",
             "{service}.caSecretRef.key defaults to cert-manager's key"
         );

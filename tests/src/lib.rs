@@ -427,8 +427,8 @@ pub mod servers {
             std::fs::create_dir_all(&dir).unwrap();
             for (name, contents) in files {
                 // PostgreSQL refuses a key file that others may read.
-                use std::os::unix::fs::OpenOptionsExt;
                 use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)

@@ -49,7 +49,7 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL; TLS with `?sslmode=disable|prefer|require|verify-ca|verify-full` (and `sslrootcert=PATH`).
+    /// PostgreSQL URL; TLS per its `sslmode` (disable, prefer, require, verify-ca, verify-full) and `sslrootcert`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// PEM file of the CA that signed PostgreSQL's certificate (needs sslmode=verify-ca or verify-full); the operator mounts it from `spec.database.caSecretRef`.
@@ -313,7 +313,11 @@ fn invalid(
 }
 
 /// A CA file that cannot be used: named with the reason.
-fn check_ca_file(variable: &'static str, flag: &'static str, path: &Path) -> Result<(), InvalidSetting> {
+fn check_ca_file(
+    variable: &'static str,
+    flag: &'static str,
+    path: &Path,
+) -> Result<(), InvalidSetting> {
     crate::tls::read_ca_file(path).map(drop).map_err(|error| {
         invalid(
             variable,
@@ -371,7 +375,10 @@ impl DatabaseArgs {
                         "DATABASE_URL",
                         "database-url",
                         redact_url(&self.database_url),
-                        &format!("is not a valid PostgreSQL URL ({})", telemetry::ErrorChain(&e)),
+                        &format!(
+                            "is not a valid PostgreSQL URL ({})",
+                            telemetry::ErrorChain(&e)
+                        ),
                     )
                 })?;
             if !crate::tls::pg_mode_verifies(mode) {
@@ -647,7 +654,8 @@ pub fn settings_table() -> String {
                 ("CONSUMER_NAME", _) => "`$HOSTNAME`".to_string(),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", _) => "unset (no export)".to_string(),
                 ("OTEL_SERVICE_NAME", _) => "`postgres-writer-<command>`".to_string(),
-                (_, "") => "required".to_string(),
+                (_, "") if arg.is_required_set() => "required".to_string(),
+                (_, "") => "unset".to_string(),
                 (_, d) => format!("`{d}`"),
             };
             let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
@@ -752,23 +760,22 @@ mod tests {
     #[test]
     fn ca_files_are_checked_at_start_up() {
         let missing = "/nonexistent/pgw/ca.crt";
-        let mut args = run_args(&[
-            "--database-url",
-            "postgres://u@db/x?sslmode=verify-full",
-            "--database-ca-file",
-            missing,
-        ])
-        .unwrap();
+        let mut args = run_args(&["--database-ca-file", missing]).unwrap();
+        args.database.database_url = "postgres://u@db/x?sslmode=verify-full".into();
         let err = args.validate().unwrap_err().to_string();
         assert!(
-            err.contains("DATABASE_CA_FILE") && err.contains(missing) && err.contains("No such file"),
+            err.contains("DATABASE_CA_FILE")
+                && err.contains(missing)
+                && err.contains("No such file"),
             "{err}"
         );
         // A CA with a mode that never checks it is a silent downgrade.
         args.database.database_url = "postgres://u@db/x?sslmode=require".into();
         let err = args.validate().unwrap_err().to_string();
         assert!(
-            err.contains("DATABASE_CA_FILE") && err.contains("verify-full") && err.contains("require"),
+            err.contains("DATABASE_CA_FILE")
+                && err.contains("verify-full")
+                && err.contains("require"),
             "{err}"
         );
         let err = run_args(&["--redis-ca-file", missing])
@@ -776,13 +783,19 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("REDIS_CA_FILE") && err.contains("rediss://"), "{err}");
+        assert!(
+            err.contains("REDIS_CA_FILE") && err.contains("rediss://"),
+            "{err}"
+        );
         let err = run_args(&["--redis-url", "rediss://r:6380", "--redis-ca-file", missing])
             .unwrap()
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("REDIS_CA_FILE") && err.contains("No such file"), "{err}");
+        assert!(
+            err.contains("REDIS_CA_FILE") && err.contains("No such file"),
+            "{err}"
+        );
     }
 
     #[test]

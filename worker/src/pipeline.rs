@@ -16,8 +16,8 @@ use sqlx::PgPool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_util::sync::CancellationToken;
 use telemetry::ErrorChain;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Longest pause between retries while PostgreSQL or Redis is down.

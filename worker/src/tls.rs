@@ -49,13 +49,11 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<u8>, CaFileError> {
             path: path.to_path_buf(),
             source,
         })?;
-        roots
-            .add(cert)
-            .map_err(|source| CaFileError::Certificate {
-                path: path.to_path_buf(),
-                index: index + 1,
-                source,
-            })?;
+        roots.add(cert).map_err(|source| CaFileError::Certificate {
+            path: path.to_path_buf(),
+            index: index + 1,
+            source,
+        })?;
     }
     if roots.is_empty() {
         return Err(CaFileError::Empty {
@@ -160,17 +158,29 @@ mod tests {
     #[test]
     fn a_certificate_section_with_garbage_is_refused() {
         let mut pem = Vec::new();
-        writeln!(pem, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").unwrap();
+        writeln!(
+            pem,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"
+        )
+        .unwrap();
         let file = temp_file(&pem);
         let err = read_ca_file(file.path()).unwrap_err();
-        assert!(matches!(err, CaFileError::Certificate { index: 1, .. }), "{err}");
+        assert!(
+            matches!(err, CaFileError::Certificate { index: 1, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn only_verify_modes_check_certificates() {
         assert!(pg_mode_verifies(PgSslMode::VerifyFull));
         assert!(pg_mode_verifies(PgSslMode::VerifyCa));
-        for mode in [PgSslMode::Disable, PgSslMode::Allow, PgSslMode::Prefer, PgSslMode::Require] {
+        for mode in [
+            PgSslMode::Disable,
+            PgSslMode::Allow,
+            PgSslMode::Prefer,
+            PgSslMode::Require,
+        ] {
             assert!(!pg_mode_verifies(mode));
         }
     }

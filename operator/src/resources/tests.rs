@@ -345,7 +345,8 @@ fn with_cas(cr: &mut PostgresWriter) {
         name: "pg-ca".into(),
         key: "root.pem".into(),
     });
-    cr.spec.redis.ca_secret_ref = Some(serde_json::from_value(serde_json::json!({"name": "redis-ca"})).unwrap());
+    cr.spec.redis.ca_secret_ref =
+        Some(serde_json::from_value(serde_json::json!({"name": "redis-ca"})).unwrap());
 }
 
 #[test]
@@ -358,7 +359,10 @@ fn ca_secrets_are_mounted_read_only_and_named_by_the_settings() {
     assert_eq!(mount.read_only, Some(true));
     assert_eq!(secret.secret_name.as_deref(), Some("pg-ca"));
     let item = &secret.items.as_ref().unwrap()[0];
-    assert_eq!((item.key.as_str(), item.path.as_str()), ("root.pem", file.as_str()));
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("root.pem", file.as_str())
+    );
     assert_eq!(secret.optional, Some(false));
     let (mount, secret, file) = mounted_ca(pod, "REDIS_CA_FILE").expect("redis CA mounted");
     assert_eq!(mount.read_only, Some(true));
@@ -370,8 +374,12 @@ fn ca_secrets_are_mounted_read_only_and_named_by_the_settings() {
         "the key defaults to cert-manager's ca.crt"
     );
     assert_ne!(
-        env_value(&pod.containers[0], "DATABASE_CA_FILE").unwrap().value,
-        env_value(&pod.containers[0], "REDIS_CA_FILE").unwrap().value
+        env_value(&pod.containers[0], "DATABASE_CA_FILE")
+            .unwrap()
+            .value,
+        env_value(&pod.containers[0], "REDIS_CA_FILE")
+            .unwrap()
+            .value
     );
 }
 
