@@ -89,7 +89,7 @@ pub const DEFAULT_MIGRATION_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API error: {0}")]
+    #[error("Kubernetes API error")]
     Kube(#[from] kube::Error),
     #[error("PostgresWriter {0} has no namespace")]
     NoNamespace(String),
@@ -721,7 +721,7 @@ pub fn error_policy(cr: Arc<PostgresWriter>, error: &Error, ctx: Arc<Context>) -
     let delay = Duration::from_secs(5)
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(10)))
         .min(Duration::from_secs(300));
-    tracing::warn!(name = %cr.name_any(), %error, failures, ?delay, "reconcile failed; backing off");
+    tracing::warn!(name = %cr.name_any(), error = %telemetry::ErrorChain(error), failures, ?delay, "reconcile failed; backing off");
     Action::requeue(delay)
 }
 

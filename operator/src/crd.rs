@@ -146,25 +146,49 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+/// A key of a Secret holding PEM CA certificates (a cert-manager Secret has `ca.crt`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
 /// Redis: a plain URL or a Secret holding it (exactly one).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.url) != has(self.urlSecretRef)", "message": "set exactly one of url and urlSecretRef"}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.url) != has(self.urlSecretRef)", "message": "set exactly one of url and urlSecretRef"},
+    {"rule": "!has(self.caSecretRef) || !has(self.url) || self.url.startsWith('rediss://')", "message": "caSecretRef needs a rediss:// (TLS) url"}
+]))]
 pub struct RedisSpec {
-    /// Redis URL, e.g. `redis://redis:6379`.
+    /// Redis URL, e.g. `redis://redis:6379`, or `rediss://redis:6380` for TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^rediss?://"))]
     pub url: Option<String>,
     /// Secret key holding the Redis URL (when it carries a password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the CA that signed Redis's TLS certificate (needs a
+    /// `rediss://` URL); mounted into the worker pods as `REDIS_CA_FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
-    /// Secret key holding the PostgreSQL URL (`DATABASE_URL`).
+    /// Secret key holding the PostgreSQL URL (`DATABASE_URL`); TLS with `?sslmode=verify-full` and friends.
     pub url_secret_ref: SecretKeyRef,
+    /// Secret key holding the CA that signed PostgreSQL's certificate (the URL
+    /// needs `sslmode=verify-full` or `verify-ca`); mounted into every pod as `DATABASE_CA_FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
     /// Connection pool of each pod.
     #[serde(default)]
     pub pool: PoolSpec,
@@ -374,6 +398,9 @@ fn default_consumer_group() -> String {
 }
 fn default_url_key() -> String {
     "url".into()
+}
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 fn default_pool_min() -> i32 {
     1

@@ -165,7 +165,9 @@ async fn run(
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
-                Err(error) => tracing::warn!(%error, "reconcile error"),
+                Err(error) => {
+                    tracing::warn!(error = %telemetry::ErrorChain(&error), "reconcile error")
+                }
             }
         })
         .await;

@@ -12,9 +12,9 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector, SecurityContext,
-    Service, ServicePort, ServiceSpec,
+    EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -29,6 +29,8 @@ pub const HTTP_PORT: i32 = 8080;
 pub const CONFIG_HASH_ANNOTATION: &str = "pgwriter.io/config-hash";
 /// Extra time after the drain timeout before the kubelet kills a pod.
 pub const GRACE_MARGIN_SECONDS: i64 = 15;
+/// Where the CA Secrets are mounted (one directory per service, file `ca.crt`).
+pub const TLS_MOUNT_ROOT: &str = "/etc/postgres-writer/tls";
 
 /// Roles of the objects the operator manages (label `app.kubernetes.io/component`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +304,58 @@ fn env(cr: &PostgresWriter, component: Component) -> (Vec<EnvFromSource>, Vec<En
     (env_from, env)
 }
 
+/// The CA Secrets a pod of `component` reads: the database CA in every pod,
+/// the Redis CA in worker pods (the only ones that talk to Redis). Each is
+/// mounted read-only and its path passed in the worker's setting.
+pub fn ca_files(
+    cr: &PostgresWriter,
+    component: Component,
+) -> (Vec<Volume>, Vec<VolumeMount>, Vec<EnvVar>) {
+    let mut cas = Vec::new();
+    if let Some(secret) = &cr.spec.database.ca_secret_ref {
+        cas.push(("database-ca", "DATABASE_CA_FILE", secret));
+    }
+    if let (Some(secret), Component::Worker) = (&cr.spec.redis.ca_secret_ref, component) {
+        cas.push(("redis-ca", "REDIS_CA_FILE", secret));
+    }
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut env = Vec::new();
+    for (name, variable, secret) in cas {
+        let dir = format!("{TLS_MOUNT_ROOT}/{name}");
+        volumes.push(Volume {
+            name: name.to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: secret.key.clone(),
+                    path: "ca.crt".to_string(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o444),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: name.to_string(),
+            mount_path: dir.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        env.push(EnvVar {
+            name: variable.to_string(),
+            value: Some(format!("{dir}/ca.crt")),
+            ..Default::default()
+        });
+    }
+    (volumes, mounts, env)
+}
+
+fn non_empty<T>(items: Vec<T>) -> Option<Vec<T>> {
+    (!items.is_empty()).then_some(items)
+}
+
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -343,7 +397,9 @@ fn pod_security_context() -> PodSecurityContext {
 
 /// A long-running pod (worker or analytics) for `image`.
 fn long_running_pod(cr: &PostgresWriter, component: Component, image: &str) -> PodTemplateSpec {
-    let (env_from, env) = env(cr, component);
+    let (env_from, mut env) = env(cr, component);
+    let (volumes, mounts, ca_env) = ca_files(cr, component);
+    env.extend(ca_env);
     let (args, resources) = match component {
         Component::Analytics => (
             vec!["analytics".to_string()],
@@ -378,6 +434,7 @@ fn long_running_pod(cr: &PostgresWriter, component: Component, image: &str) -> P
         }),
         resources,
         security_context: Some(restricted_security_context()),
+        volume_mounts: non_empty(mounts),
         ..Default::default()
     };
     let mut annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash(cr))]);
@@ -397,6 +454,7 @@ fn long_running_pod(cr: &PostgresWriter, component: Component, image: &str) -> P
                 cr.spec.drain.timeout_seconds + GRACE_MARGIN_SECONDS,
             ),
             security_context: Some(pod_security_context()),
+            volumes: non_empty(volumes),
             ..Default::default()
         }),
     }
@@ -455,7 +513,9 @@ pub fn analytics_deployment(cr: &PostgresWriter, image: &str) -> Deployment {
 
 /// The migration pod: `postgres-writer migrate` with spec.image.
 fn migration_pod_template(cr: &PostgresWriter) -> PodTemplateSpec {
-    let (env_from, env) = env(cr, Component::Migration);
+    let (env_from, mut env) = env(cr, Component::Migration);
+    let (volumes, mounts, ca_env) = ca_files(cr, Component::Migration);
+    env.extend(ca_env);
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(cr, Component::Migration)),
@@ -471,9 +531,11 @@ fn migration_pod_template(cr: &PostgresWriter) -> PodTemplateSpec {
                 env_from: Some(env_from),
                 env: Some(env),
                 security_context: Some(restricted_security_context()),
+                volume_mounts: non_empty(mounts),
                 ..Default::default()
             }],
             security_context: Some(pod_security_context()),
+            volumes: non_empty(volumes),
             ..Default::default()
         }),
     }

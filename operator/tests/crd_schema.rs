@@ -180,6 +180,20 @@ fn crd_names_subresources_and_columns() {
         spec["properties"]["redis"]["x-kubernetes-validations"][0]["rule"],
         "has(self.url) != has(self.urlSecretRef)"
     );
+    assert!(
+        spec["properties"]["redis"]["x-kubernetes-validations"][1]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("rediss://")
+    );
+    for service in ["database", "redis"] {
+        assert_eq!(
+            spec["properties"][service]["properties"]["caSecretRef"]["properties"]["key"]
+                ["default"],
+            "ca.crt",
+            "{service}.caSecretRef.key defaults to cert-manager's key"
+        );
+    }
     // What JSON Schema cannot say, the API server checks (operator/tests/e2e.rs shows each refusal).
     assert_eq!(
         spec["properties"]["streams"]["x-kubernetes-list-type"],

@@ -58,9 +58,9 @@ pub enum TelemetryError {
         value: String,
         allowed: &'static str,
     },
-    #[error("cannot build the OTLP exporter: {0}")]
+    #[error("cannot build the OTLP exporter")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
-    #[error("cannot install the log subscriber: {0}")]
+    #[error("cannot install the log subscriber")]
     Subscriber(#[from] tracing_subscriber::util::TryInitError),
 }
 
@@ -99,7 +99,8 @@ impl TelemetryArgs {
 
 /// The shared `main` of both binaries: a multi-threaded Tokio runtime, the
 /// subscriber of [`init`], `work`, then the span flush (after SIGTERM and
-/// drain too). Errors are printed with their causes and give exit code 1.
+/// drain too). Errors are printed with their causes ([`ErrorChain`]) and
+/// give exit code 1.
 pub fn run_main<F, E>(
     args: &TelemetryArgs,
     default_service: &str,
@@ -108,7 +109,7 @@ pub fn run_main<F, E>(
 ) -> std::process::ExitCode
 where
     F: std::future::Future<Output = Result<std::process::ExitCode, E>>,
-    E: std::fmt::Display,
+    E: AsRef<dyn std::error::Error + Send + Sync>,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,20 +125,58 @@ where
         let telemetry = match init(args, default_service, default_filter) {
             Ok(t) => t,
             Err(error) => {
-                eprintln!("error: {error}");
+                eprintln!("error: {}", ErrorChain(&error));
                 return std::process::ExitCode::FAILURE;
             }
         };
         let code = match work.await {
             Ok(code) => code,
             Err(error) => {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", ErrorChain(error.as_ref()));
                 std::process::ExitCode::FAILURE
             }
         };
         telemetry.shutdown().await;
         code
     })
+}
+
+/// Displays an error and its causes, each cause once: `outer: middle: root`.
+///
+/// Many error types (sqlx's among them) print their source inside their own
+/// message *and* return it from `source()`, so walking the chain, as `{:#}`
+/// does, repeats the root cause once per level. A level whose message ends
+/// with its source's message is cut before it, and a level whose text is
+/// already printed (a transparent wrapper) is skipped. Log errors with
+/// `error = %ErrorChain(&error)` so that the causes appear in the log line.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut messages = Vec::new();
+        let mut level: Option<&dyn std::error::Error> = Some(self.0);
+        while let Some(error) = level {
+            messages.push(error.to_string());
+            level = error.source();
+        }
+        let mut printed = String::new();
+        for (i, message) in messages.iter().enumerate() {
+            let own = match messages.get(i + 1) {
+                Some(next) if !next.is_empty() && message.ends_with(next.as_str()) => message
+                    [..message.len() - next.len()]
+                    .trim_end_matches(|c: char| c == ':' || c.is_whitespace()),
+                _ => message.as_str(),
+            };
+            if own.is_empty() || printed.contains(own) {
+                continue;
+            }
+            if !printed.is_empty() {
+                printed.push_str(": ");
+            }
+            printed.push_str(own);
+        }
+        f.write_str(&printed)
+    }
 }
 
 /// Keeps the tracer provider alive; `shutdown` flushes pending spans.
@@ -286,6 +325,50 @@ pub fn link(span: &tracing::Span, traceparents: impl IntoIterator<Item = String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shape of sqlx's and the old worker errors: the source is printed
+    /// in the message and returned from `source()` as well.
+    #[derive(Debug, thiserror::Error)]
+    enum Repeating {
+        #[error("migration failed: {0}")]
+        Migrate(#[source] Inner),
+    }
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("while executing migrations: {0}")]
+        Execute(#[source] std::io::Error),
+    }
+    #[derive(Debug, thiserror::Error)]
+    enum Wrapper {
+        #[error(transparent)]
+        Transparent(#[from] Repeating),
+    }
+    #[derive(Debug, thiserror::Error)]
+    #[error("connecting to PostgreSQL")]
+    struct Context(#[source] Wrapper);
+
+    #[test]
+    fn error_chain_names_each_cause_once() {
+        let root = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let error = Context(Wrapper::from(Repeating::Migrate(Inner::Execute(root))));
+        assert_eq!(
+            ErrorChain(&error).to_string(),
+            "connecting to PostgreSQL: migration failed: while executing migrations: \
+             invalid peer certificate: UnknownIssuer"
+        );
+    }
+
+    #[test]
+    fn error_chain_keeps_messages_that_do_not_repeat_their_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the CA file")]
+        struct Outer(#[source] std::io::Error);
+        let error = Outer(std::io::Error::other("permission denied"));
+        assert_eq!(
+            ErrorChain(&error).to_string(),
+            "reading the CA file: permission denied"
+        );
+    }
 
     #[test]
     fn traceparent_round_trips() {

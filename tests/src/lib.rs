@@ -258,6 +258,7 @@ pub fn stream_args(redis_url: &str, streams: &[String], group: &str, consumer: &
         max_entries_per_second: 0,
         consumer_concurrency: 1,
         sibling_consumers: Vec::new(),
+        redis_ca_file: None,
     }
 }
 
@@ -406,12 +407,38 @@ pub mod servers {
     pub struct OwnPostgres {
         dir: PathBuf,
         pub port: u16,
+        /// Extra `-c` settings (TLS).
+        options: String,
     }
 
     impl OwnPostgres {
         pub fn start() -> OwnPostgres {
+            Self::start_with(&[], String::new())
+        }
+
+        /// With `ssl=on`, serving `cert_pem` with `key_pem` (plain connections stay allowed).
+        pub fn start_tls(cert_pem: &str, key_pem: &str) -> OwnPostgres {
+            Self::start_with(
+                &[("server.crt", cert_pem), ("server.key", key_pem)],
+                "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".to_string(),
+            )
+        }
+
+        fn start_with(files: &[(&str, &str)], options: String) -> OwnPostgres {
             let dir = std::env::temp_dir().join(super::unique("pgw-own-pg"));
             std::fs::create_dir_all(&dir).unwrap();
+            for (name, contents) in files {
+                // PostgreSQL refuses a key file that others may read.
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(dir.join(name))
+                    .and_then(|mut f| f.write_all(contents.as_bytes()))
+                    .unwrap();
+            }
             let _ = Command::new("chown")
                 .args(["-R", "postgres"])
                 .arg(&dir)
@@ -432,9 +459,14 @@ pub mod servers {
             .status()
             .unwrap();
             assert!(status.success(), "initdb failed");
+            // Relative file settings are read from the data directory.
+            for (name, _) in files {
+                std::fs::rename(dir.join(name), data.join(name)).unwrap();
+            }
             let pg = OwnPostgres {
                 dir,
                 port: super::free_port(),
+                options,
             };
             pg.up();
             pg
@@ -446,9 +478,10 @@ pub mod servers {
 
         pub fn up(&self) {
             let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100 {}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.options
             );
             let data = self.dir.join("data");
             let log = self.dir.join("log");
@@ -584,6 +617,84 @@ pub mod servers {
             let _ = Command::new("redis-cli")
                 .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
                 .output();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A Redis of its own that speaks TLS only (`--port 0 --tls-port P`).
+pub mod tls_redis {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    pub struct TlsRedis {
+        dir: PathBuf,
+        pub port: u16,
+        ca_file: PathBuf,
+    }
+
+    impl TlsRedis {
+        /// Serves `cert_file`/`key_file`; clients need no certificate of their own.
+        pub fn start(cert_file: &Path, key_file: &Path, ca_file: &Path) -> TlsRedis {
+            let dir = std::env::temp_dir().join(super::unique("pgw-tls-redis"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let redis = TlsRedis {
+                dir,
+                port: super::free_port(),
+                ca_file: ca_file.to_path_buf(),
+            };
+            let status = Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &redis.port.to_string()])
+                .args(["--bind", "127.0.0.1", "--daemonize", "yes"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--tls-cert-file")
+                .arg(cert_file)
+                .arg("--tls-key-file")
+                .arg(key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(ca_file)
+                .args(["--tls-auth-clients", "no"])
+                .arg("--dir")
+                .arg(&redis.dir)
+                .arg("--pidfile")
+                .arg(redis.dir.join("redis.pid"))
+                .arg("--logfile")
+                .arg(redis.dir.join("redis.log"))
+                .status()
+                .expect("redis-server");
+            assert!(status.success(), "redis-server with TLS did not start");
+            let started = Instant::now();
+            while !redis.cli(&["ping"]).starts_with("PONG") {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "redis (TLS) did not start: {}",
+                    std::fs::read_to_string(redis.dir.join("redis.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            redis
+        }
+
+        pub fn url(&self) -> String {
+            format!("rediss://127.0.0.1:{}", self.port)
+        }
+
+        fn cli(&self, args: &[&str]) -> String {
+            Command::new("redis-cli")
+                .args(["--tls", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .arg("--cacert")
+                .arg(&self.ca_file)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        }
+    }
+
+    impl Drop for TlsRedis {
+        fn drop(&mut self) {
+            self.cli(&["shutdown", "nosave"]);
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

@@ -235,7 +235,8 @@ async fn pipeline_run(
         stream_prefix: prefix.clone(),
     };
     let entries = generate(&spec);
-    publish(redis_url, &entries).await.expect("publish");
+    let redis = redis::Client::open(redis_url).expect("REDIS_URL");
+    publish(&redis, &entries).await.expect("publish");
     let streams = stream_names(&prefix).join(",");
     let group = "bench".to_string();
     let mut procs = Vec::new();
@@ -300,7 +301,7 @@ async fn pipeline_run(
         if let Some(wait) = due.checked_sub(tick.elapsed()) {
             tokio::time::sleep(wait).await;
         }
-        publish(redis_url, chunk).await.expect("publish paced");
+        publish(&redis, chunk).await.expect("publish paced");
     }
     while !idle(&mut intake).await {
         tokio::time::sleep(Duration::from_millis(10)).await;

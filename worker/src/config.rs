@@ -6,6 +6,8 @@
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::fmt::Display;
 use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -50,9 +52,12 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL; TLS per its `sslmode` (disable, prefer, require, verify-ca, verify-full) and `sslrootcert`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    /// PEM file of the CA that signed PostgreSQL's certificate (needs sslmode=verify-ca or verify-full); the operator mounts it from `spec.database.caSecretRef`.
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// Connections the pool keeps open.
     #[arg(long, env = "DB_POOL_MIN_CONNECTIONS", default_value_t = 1)]
     pub db_pool_min_connections: u32,
@@ -66,7 +71,7 @@ pub struct DatabaseArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct StreamArgs {
-    /// Redis URL.
+    /// Redis URL; `rediss://` for TLS.
     #[arg(
         long,
         env = "REDIS_URL",
@@ -74,6 +79,9 @@ pub struct StreamArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+    /// PEM file of the CA that signed Redis's certificate (needs a rediss:// URL); the operator mounts it from `spec.redis.caSecretRef`.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Comma-separated stream names.
     #[arg(long, env = "REDIS_STREAMS", value_delimiter = ',', required = true)]
     pub redis_streams: Vec<String>,
@@ -234,7 +242,7 @@ pub struct RequeueArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
-    /// Redis URL.
+    /// Redis URL; `rediss://` for TLS.
     #[arg(
         long,
         env = "REDIS_URL",
@@ -242,6 +250,9 @@ pub struct GenerateArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+    /// PEM file of the CA that signed Redis's certificate (needs a rediss:// URL); the operator mounts it from `spec.redis.caSecretRef`.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of the generated streams (`<prefix>_atom_created`, `<prefix>_deposited`, …).
     #[arg(long, default_value = "intuition_testnet")]
     pub stream_prefix: String,
@@ -391,6 +402,48 @@ fn invalid(
     }
 }
 
+/// A CA file that cannot be used: named with the reason.
+fn check_ca_file(
+    variable: &'static str,
+    flag: &'static str,
+    path: &Path,
+) -> Result<(), InvalidSetting> {
+    crate::tls::read_ca_file(path).map(drop).map_err(|error| {
+        invalid(
+            variable,
+            flag,
+            path.display(),
+            &format!(
+                "must be a readable PEM file of CA certificates ({})",
+                telemetry::ErrorChain(&error)
+            ),
+        )
+    })
+}
+
+/// The Redis URL's scheme, and a CA file only with TLS (`rediss://`).
+fn validate_redis(url: &str, ca_file: Option<&Path>) -> Result<(), InvalidSetting> {
+    let tls = url.starts_with("rediss://");
+    if !(tls || url.starts_with("redis://")) {
+        return Err(invalid(
+            "REDIS_URL",
+            "redis-url",
+            redact_url(url),
+            "must start with redis:// or rediss://",
+        ));
+    }
+    match ca_file {
+        Some(path) if !tls => Err(invalid(
+            "REDIS_CA_FILE",
+            "redis-ca-file",
+            path.display(),
+            "is set, so REDIS_URL must start with rediss:// (TLS)",
+        )),
+        Some(path) => check_ca_file("REDIS_CA_FILE", "redis-ca-file", path),
+        None => Ok(()),
+    }
+}
+
 impl DatabaseArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         if !(self.database_url.starts_with("postgres://")
@@ -402,6 +455,34 @@ impl DatabaseArgs {
                 redact_url(&self.database_url),
                 "must start with postgres:// or postgresql://",
             ));
+        }
+        if let Some(path) = &self.database_ca_file {
+            // A CA that is never checked would be a silent downgrade.
+            let mode = sqlx::postgres::PgConnectOptions::from_str(&self.database_url)
+                .map(|o| o.get_ssl_mode())
+                .map_err(|e| {
+                    invalid(
+                        "DATABASE_URL",
+                        "database-url",
+                        redact_url(&self.database_url),
+                        &format!(
+                            "is not a valid PostgreSQL URL ({})",
+                            telemetry::ErrorChain(&e)
+                        ),
+                    )
+                })?;
+            if !crate::tls::pg_mode_verifies(mode) {
+                return Err(invalid(
+                    "DATABASE_CA_FILE",
+                    "database-ca-file",
+                    path.display(),
+                    &format!(
+                        "is set, so DATABASE_URL needs sslmode=verify-full or verify-ca (it has {})",
+                        pg_mode_name(mode)
+                    ),
+                ));
+            }
+            check_ca_file("DATABASE_CA_FILE", "database-ca-file", path)?;
         }
         in_range(
             "DB_POOL_MAX_CONNECTIONS",
@@ -428,16 +509,28 @@ impl DatabaseArgs {
     }
 }
 
+/// The `sslmode` spelling of a mode, for messages.
+fn pg_mode_name(mode: sqlx::postgres::PgSslMode) -> &'static str {
+    use sqlx::postgres::PgSslMode::*;
+    match mode {
+        Disable => "disable",
+        Allow => "allow",
+        Prefer => "prefer",
+        Require => "require",
+        VerifyCa => "verify-ca",
+        VerifyFull => "verify-full",
+    }
+}
+
+impl GenerateArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        validate_redis(&self.redis_url, self.redis_ca_file.as_deref())
+    }
+}
+
 impl StreamArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://")) {
-            return Err(invalid(
-                "REDIS_URL",
-                "redis-url",
-                redact_url(&self.redis_url),
-                "must start with redis:// or rediss://",
-            ));
-        }
+        validate_redis(&self.redis_url, self.redis_ca_file.as_deref())?;
         let streams = self.redis_streams.join(",");
         if self.redis_streams.is_empty() || self.redis_streams.iter().any(|s| s.trim().is_empty()) {
             return Err(invalid(
@@ -669,7 +762,8 @@ pub fn settings_table() -> String {
                 ("CONSUMER_NAME", _) => "`$HOSTNAME`".to_string(),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", _) => "unset (no export)".to_string(),
                 ("OTEL_SERVICE_NAME", _) => "`postgres-writer-<command>`".to_string(),
-                (_, "") => "required".to_string(),
+                (_, "") if arg.is_required_set() => "required".to_string(),
+                (_, "") => "unset".to_string(),
                 (_, d) => format!("`{d}`"),
             };
             let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
@@ -792,6 +886,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("distinct"), "{err}");
+    }
+
+    #[test]
+    fn ca_files_are_checked_at_start_up() {
+        let missing = "/nonexistent/pgw/ca.crt";
+        let mut args = run_args(&["--database-ca-file", missing]).unwrap();
+        args.database.database_url = "postgres://u@db/x?sslmode=verify-full".into();
+        let err = args.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("DATABASE_CA_FILE")
+                && err.contains(missing)
+                && err.contains("No such file"),
+            "{err}"
+        );
+        // A CA with a mode that never checks it is a silent downgrade.
+        args.database.database_url = "postgres://u@db/x?sslmode=require".into();
+        let err = args.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("DATABASE_CA_FILE")
+                && err.contains("verify-full")
+                && err.contains("require"),
+            "{err}"
+        );
+        let err = run_args(&["--redis-ca-file", missing])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("REDIS_CA_FILE") && err.contains("rediss://"),
+            "{err}"
+        );
+        let err = run_args(&["--redis-url", "rediss://r:6380", "--redis-ca-file", missing])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("REDIS_CA_FILE") && err.contains("No such file"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,9 +18,11 @@ pub fn expected_schema_version() -> i64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    #[error("DATABASE_URL is not a valid PostgreSQL URL")]
     BadUrl(#[source] sqlx::Error),
-    #[error("migration failed: {0}")]
+    #[error(transparent)]
+    Ca(#[from] crate::tls::CaFileError),
+    #[error("migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Declaration(#[from] DeclarationError),
@@ -30,9 +32,11 @@ pub enum DbError {
 
 /// A pool that connects lazily: a database that is down at start-up makes the
 /// process unready, not crash.
+/// TLS follows the URL's `sslmode` and `sslrootcert`, with the CA of
+/// `DATABASE_CA_FILE` when set.
 pub fn pool(args: &DatabaseArgs, application_name: &str) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(&args.database_url)
-        .map_err(DbError::BadUrl)?
+    let options = PgConnectOptions::from_str(&args.database_url).map_err(DbError::BadUrl)?;
+    let options = crate::tls::pg_with_ca(options, args.database_ca_file.as_deref())?
         .application_name(application_name)
         // A batch statement waiting a second for another batch's row locks is
         // normal under load; sqlx would log each one, SQL text included, at

@@ -463,10 +463,9 @@ impl<'a> Sim<'a> {
 
 /// Writes entries with XADD (pipelined). Returns the number written.
 pub async fn publish(
-    redis_url: &str,
+    client: &redis::Client,
     entries: &[GeneratedEntry],
 ) -> Result<usize, redis::RedisError> {
-    let client = redis::Client::open(redis_url)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(std::time::Duration::from_secs(30)));
     let mut con = client

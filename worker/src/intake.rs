@@ -36,8 +36,10 @@ pub struct StreamBacklog {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    #[error("Redis error: {0}")]
+    #[error("Redis error")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Client(#[from] crate::tls::RedisClientError),
     #[error("unexpected Redis reply to {command}: {detail}")]
     Reply {
         command: &'static str,
@@ -51,7 +53,7 @@ impl IntakeError {
     pub fn group_lost(&self) -> bool {
         match self {
             IntakeError::Redis(e) => matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")),
-            IntakeError::Reply { .. } => false,
+            IntakeError::Client(_) | IntakeError::Reply { .. } => false,
         }
     }
 }
@@ -80,6 +82,20 @@ pub struct StreamIntake {
 }
 
 impl StreamIntake {
+    /// The intake of the consumer settings (TLS included).
+    pub fn open(args: &crate::config::StreamArgs) -> Result<Self, IntakeError> {
+        let client = crate::tls::redis_client(&args.redis_url, args.redis_ca_file.as_deref())?;
+        Ok(Self::with_client(
+            client,
+            &args.redis_streams,
+            &args.consumer_group,
+            &args.consumer_name,
+            args.batch_size,
+            Duration::from_millis(args.batch_timeout_ms),
+        ))
+    }
+
+    /// An intake without a CA file (plain or public-CA TLS URLs).
     pub fn new(
         redis_url: &str,
         streams: &[String],
@@ -88,8 +104,22 @@ impl StreamIntake {
         batch_size: usize,
         block: Duration,
     ) -> Result<Self, IntakeError> {
-        Ok(Self {
-            client: Client::open(redis_url)?,
+        let client = crate::tls::redis_client(redis_url, None)?;
+        Ok(Self::with_client(
+            client, streams, group, consumer, batch_size, block,
+        ))
+    }
+
+    fn with_client(
+        client: Client,
+        streams: &[String],
+        group: &str,
+        consumer: &str,
+        batch_size: usize,
+        block: Duration,
+    ) -> Self {
+        Self {
+            client,
             reader: None,
             commands: None,
             streams: streams.iter().map(|s| Arc::from(s.as_str())).collect(),
@@ -97,7 +127,7 @@ impl StreamIntake {
             consumer: consumer.to_string(),
             batch_size,
             block,
-        })
+        }
     }
 
     pub fn streams(&self) -> &[Arc<str>] {

@@ -11,7 +11,8 @@
 //! - [`verify`]: from-scratch comparison and rebuild;
 //! - [`dead_letters`]: inspecting and replaying dead letters;
 //! - [`failure`]: the one failure policy (conflict, data, outage) and retry loop;
-//! - [`pipeline`], [`http`], [`health`], [`lifecycle`], [`metrics`]: the running process.
+//! - [`pipeline`], [`http`], [`health`], [`lifecycle`], [`metrics`]: the running process;
+//! - [`tls`]: CA files and the one constructor of Redis clients.
 
 pub mod aggregates;
 pub mod analytics;
@@ -33,4 +34,5 @@ pub mod pipeline;
 pub mod queries;
 pub mod ratelimit;
 pub mod rollback;
+pub mod tls;
 pub mod verify;

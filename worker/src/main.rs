@@ -128,6 +128,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Generate(args) => {
+            args.validate()?;
             let spec = generate::GeneratorSpec {
                 events: args.events,
                 events_per_entry: args.events_per_entry,
@@ -138,7 +139,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 stream_prefix: args.stream_prefix.clone(),
             };
             let entries = generate::generate(&spec);
-            let written = generate::publish(&args.redis_url, &entries)
+            let redis = worker::tls::redis_client(&args.redis_url, args.redis_ca_file.as_deref())?;
+            let written = generate::publish(&redis, &entries)
                 .await
                 .context("writing sample entries to Redis")?;
             println!(
@@ -267,7 +269,7 @@ async fn serve(
             let stop = stop.clone();
             work.spawn(async move {
                 if let Err(error) = consumer.run(stop).await {
-                    tracing::error!(%error, "consumer failed");
+                    tracing::error!(error = %telemetry::ErrorChain(&*error), "consumer failed");
                 }
             });
         }
@@ -347,17 +349,9 @@ async fn monitor(
     health: Arc<Health>,
     stop: CancellationToken,
 ) {
-    let mut intake = streams.as_ref().and_then(|s| {
-        worker::intake::StreamIntake::new(
-            &s.redis_url,
-            &s.redis_streams,
-            &s.consumer_group,
-            &s.consumer_name,
-            s.batch_size,
-            Duration::from_millis(s.batch_timeout_ms),
-        )
-        .ok()
-    });
+    let mut intake = streams
+        .as_ref()
+        .and_then(|s| worker::intake::StreamIntake::open(s).ok());
     let mut last_schema: Option<db::SchemaState> = None;
     loop {
         // A short deadline: a pool waiting for a dead server must not keep
@@ -400,7 +394,10 @@ async fn monitor(
                 }
             }
             Err(error) => {
-                health.outage(&Source::postgres_probe(), error.to_string());
+                health.outage(
+                    &Source::postgres_probe(),
+                    telemetry::ErrorChain(&error).to_string(),
+                );
             }
         }
         if let Some(intake) = intake.as_mut() {
@@ -430,7 +427,10 @@ async fn monitor(
                     *health.backlog.lock().unwrap_or_else(|e| e.into_inner()) = backlog;
                 }
                 Err(error) => {
-                    health.outage(&Source::redis_probe(), error.to_string());
+                    health.outage(
+                        &Source::redis_probe(),
+                        telemetry::ErrorChain(&error).to_string(),
+                    );
                 }
             }
         }

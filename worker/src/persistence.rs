@@ -24,9 +24,9 @@ pub use crate::failure::ConflictRetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("PostgreSQL is unavailable: {0}")]
+    #[error("PostgreSQL is unavailable")]
     Outage(#[source] sqlx::Error),
-    #[error("transaction kept conflicting after {attempts} attempts: {source}")]
+    #[error("transaction kept conflicting after {attempts} attempts")]
     Conflicts {
         attempts: u32,
         #[source]

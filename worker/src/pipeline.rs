@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use telemetry::ErrorChain;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -33,17 +34,10 @@ impl Consumer {
     /// committed and acknowledged.
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let args = &self.args;
-        let mut intake = StreamIntake::new(
-            &args.redis_url,
-            &args.redis_streams,
-            &args.consumer_group,
-            &args.consumer_name,
-            args.batch_size,
-            Duration::from_millis(args.batch_timeout_ms),
-        )?;
+        let mut intake = StreamIntake::open(args)?;
         let mut failures = 0u32;
         while let Err(e) = intake.ensure_groups().await {
-            self.redis_down(&e.to_string());
+            self.redis_down(&ErrorChain(&e).to_string());
             failures += 1;
             if !pause(
                 &stop,
@@ -102,7 +96,7 @@ impl Consumer {
                     continue;
                 }
                 Err(e) => {
-                    self.redis_down(&e.to_string());
+                    self.redis_down(&ErrorChain(&e).to_string());
                     failures += 1;
                     pause(
                         &stop,
@@ -319,7 +313,7 @@ impl Consumer {
                 // Not reached: without a stop, `retry` returns only data errors,
                 // which `write_entries` handles itself. Keep the batch anyway.
                 Err(error) => {
-                    tracing::error!(%error, "batch not committed; retrying (nothing was acknowledged)");
+                    tracing::error!(error = %ErrorChain(&error), "batch not committed; retrying (nothing was acknowledged)");
                     tokio::time::sleep(MAX_OUTAGE_BACKOFF).await;
                 }
             }
@@ -354,11 +348,11 @@ impl Consumer {
                 }
                 Err(error) => {
                     failures += 1;
-                    self.redis_down(&error.to_string());
+                    self.redis_down(&ErrorChain(&error).to_string());
                     // Committed work is idempotent: an unacknowledged entry is
                     // redelivered and changes nothing. Give up only when stopping.
                     if stop.is_cancelled() && failures >= 5 {
-                        tracing::warn!(%error, "could not acknowledge committed entries before stopping; they will be redelivered as no-ops");
+                        tracing::warn!(error = %ErrorChain(&error), "could not acknowledge committed entries before stopping; they will be redelivered as no-ops");
                         break;
                     }
                     tokio::time::sleep(backoff::jittered(
@@ -482,6 +476,7 @@ mod tests {
                 consumer_concurrency: 1,
                 consumer_reap_idle_ms: 0,
                 sibling_consumers: Vec::new(),
+                redis_ca_file: None,
             },
             pool,
             metrics: Arc::new(Metrics::new()),

@@ -202,6 +202,7 @@ fn redis_url_from_a_secret_and_resources_are_passed_through() {
             name: "redis".into(),
             key: "uri".into(),
         }),
+        ca_secret_ref: None,
     };
     cr.spec.resources = Some(
         serde_json::from_value(
@@ -372,4 +373,104 @@ fn service_and_budget_select_the_right_pods() {
         worker_selector(&cr),
         "app.kubernetes.io/component=worker,app.kubernetes.io/instance=indexer"
     );
+}
+
+fn pod_spec_of(d: &Deployment) -> &PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+/// The CA file setting of a container, with the volume behind its mount.
+fn mounted_ca<'a>(
+    pod: &'a PodSpec,
+    variable: &str,
+) -> Option<(&'a VolumeMount, &'a SecretVolumeSource, String)> {
+    let c = &pod.containers[0];
+    let path = env_value(c, variable)?.value.clone().unwrap();
+    let mount = c
+        .volume_mounts
+        .as_ref()?
+        .iter()
+        .find(|m| path.starts_with(&format!("{}/", m.mount_path)))?;
+    let volume = pod
+        .volumes
+        .as_ref()?
+        .iter()
+        .find(|v| v.name == mount.name)?;
+    let secret = volume.secret.as_ref()?;
+    let file = path[mount.mount_path.len() + 1..].to_string();
+    Some((mount, secret, file))
+}
+
+fn with_cas(cr: &mut PostgresWriter) {
+    cr.spec.redis.url = Some("rediss://redis:6380".into());
+    cr.spec.database.ca_secret_ref = Some(CaSecretRef {
+        name: "pg-ca".into(),
+        key: "root.pem".into(),
+    });
+    cr.spec.redis.ca_secret_ref =
+        Some(serde_json::from_value(serde_json::json!({"name": "redis-ca"})).unwrap());
+}
+
+#[test]
+fn ca_secrets_are_mounted_read_only_and_named_by_the_settings() {
+    let mut cr = sample();
+    with_cas(&mut cr);
+    let worker = worker_deployment(&cr, "img");
+    let pod = pod_spec_of(&worker);
+    let (mount, secret, file) = mounted_ca(pod, "DATABASE_CA_FILE").expect("database CA mounted");
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(secret.secret_name.as_deref(), Some("pg-ca"));
+    let item = &secret.items.as_ref().unwrap()[0];
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("root.pem", file.as_str())
+    );
+    assert_eq!(secret.optional, Some(false));
+    let (mount, secret, file) = mounted_ca(pod, "REDIS_CA_FILE").expect("redis CA mounted");
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(secret.secret_name.as_deref(), Some("redis-ca"));
+    let item = &secret.items.as_ref().unwrap()[0];
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("ca.crt", file.as_str()),
+        "the key defaults to cert-manager's ca.crt"
+    );
+    assert_ne!(
+        env_value(&pod.containers[0], "DATABASE_CA_FILE")
+            .unwrap()
+            .value,
+        env_value(&pod.containers[0], "REDIS_CA_FILE")
+            .unwrap()
+            .value
+    );
+}
+
+#[test]
+fn analytics_and_migration_pods_get_the_database_ca_only() {
+    let mut cr = sample();
+    with_cas(&mut cr);
+    let analytics = analytics_deployment(&cr, "img");
+    let job = migration_job(&cr, 0);
+    let job_pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    for pod in [pod_spec_of(&analytics), job_pod] {
+        let (mount, secret, _) = mounted_ca(pod, "DATABASE_CA_FILE").expect("database CA mounted");
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(secret.secret_name.as_deref(), Some("pg-ca"));
+        assert!(env_value(&pod.containers[0], "REDIS_CA_FILE").is_none());
+        assert_eq!(pod.volumes.as_ref().unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn without_ca_secrets_no_volume_is_added() {
+    let cr = sample();
+    for pod in [
+        pod_spec_of(&worker_deployment(&cr, "img")).clone(),
+        pod_spec_of(&analytics_deployment(&cr, "img")).clone(),
+        migration_job(&cr, 0).spec.unwrap().template.spec.unwrap(),
+    ] {
+        assert!(pod.volumes.is_none());
+        assert!(pod.containers[0].volume_mounts.is_none());
+        assert!(env_value(&pod.containers[0], "DATABASE_CA_FILE").is_none());
+    }
 }
