@@ -196,7 +196,8 @@ async fn report_failure(cr: &PostgresWriter, ctx: &Context, error: &Error) {
     let Some(ns) = cr.namespace() else { return };
     let old = cr.status.clone().unwrap_or_default();
     let mut status = old.clone();
-    let message = error.to_string();
+    // With its causes: the API server's own message is what a person needs.
+    let message = telemetry::ErrorChain(error).to_string();
     let reason = failure_reason(error);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let previous = condition(&old, "Degraded");
@@ -224,7 +225,7 @@ async fn report_failure(cr: &PostgresWriter, ctx: &Context, error: &Error) {
             )
             .await
         {
-            tracing::warn!(error = %e, "could not report the reconcile failure in the status");
+            tracing::warn!(error = %telemetry::ErrorChain(&e), "could not report the reconcile failure in the status");
         }
     }
     publish(ctx, cr, EventType::Warning, &reason, &message).await;
@@ -239,7 +240,7 @@ async fn publish(ctx: &Context, cr: &PostgresWriter, type_: EventType, reason: &
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
-        tracing::warn!(%error, reason, "could not publish event");
+        tracing::warn!(error = %telemetry::ErrorChain(&error), reason, "could not publish event");
     }
 }
 

@@ -34,7 +34,7 @@ pub enum Failure {
 }
 
 /// An error that can be classified by the failure policy.
-pub trait Classify: std::fmt::Display {
+pub trait Classify: std::error::Error {
     fn failure(&self) -> Failure;
     /// The SQLSTATE, or a short name for errors that do not come from the server.
     fn sqlstate(&self) -> Cow<'static, str>;
@@ -217,7 +217,7 @@ where
 
 /// Counts the outage by SQLSTATE and operation, logs it at WARN, and marks
 /// the source unready until its next success.
-pub fn report_outage<E: Classify + ?Sized>(
+pub fn report_outage<E: Classify>(
     metrics: &Metrics,
     health: &Health,
     source: &Source,
@@ -232,6 +232,8 @@ pub fn report_outage<E: Classify + ?Sized>(
             operation: operation.to_string(),
         })
         .inc();
+    // With its causes: a wrapper such as "PostgreSQL is unavailable" says little alone.
+    let error = telemetry::ErrorChain(error);
     tracing::warn!(%sqlstate, operation, %error,
         "database outage; retrying with backoff (nothing acknowledged or dead-lettered)");
     health.outage(source, format!("SQLSTATE {sqlstate}: {error}"));
@@ -285,6 +287,7 @@ mod tests {
             write!(f, "error {}", self.0)
         }
     }
+    impl std::error::Error for Coded {}
     impl Classify for Coded {
         fn failure(&self) -> Failure {
             classify_sqlstate(Some(self.0))

@@ -155,7 +155,7 @@ impl Consumer {
                 true
             }
             Err(e) => {
-                self.redis_down(&e.to_string());
+                self.redis_down(&ErrorChain(&e).to_string());
                 false
             }
         }
@@ -184,7 +184,9 @@ impl Consumer {
                 }
             }
             // The next read reports Redis problems (and a lost group) itself.
-            Err(error) => tracing::warn!(%error, "could not remove idle consumers"),
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "could not remove idle consumers")
+            }
         }
     }
 
