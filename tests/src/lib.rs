@@ -241,6 +241,27 @@ impl TestRedis {
         let b = intake.backlog().await.unwrap().remove(0);
         (b.lag, b.pending)
     }
+
+    /// Waits until every stream's group has neither lag nor pending entries.
+    pub async fn wait_until_idle(&mut self, streams: &[String], group: &str, timeout: Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let mut idle = true;
+            for s in streams {
+                if self.backlog(s, group).await != (Some(0), 0) {
+                    idle = false;
+                }
+            }
+            if idle {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "streams not drained within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Settings for a consumer in tests: small batches, quick claims.

@@ -8,7 +8,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use system_tests::payload::*;
 use system_tests::{unique, worker_binary, TestDb, TestRedis, WorkerProcess};
 use worker::decode::{decode_entry, DeadLetter};
@@ -69,26 +69,6 @@ async fn fingerprint(db: &TestDb) -> BTreeMap<String, (i64, String)> {
         out.insert(table.to_string(), row);
     }
     out
-}
-
-async fn wait_until_idle(redis: &mut TestRedis, streams: &[String], group: &str) {
-    let started = Instant::now();
-    loop {
-        let mut idle = true;
-        for s in streams {
-            if redis.backlog(s, group).await != (Some(0), 0) {
-                idle = false;
-            }
-        }
-        if idle {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "streams not drained"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn table_of(kind: &str) -> &'static str {
@@ -164,7 +144,9 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
     let group = unique("group");
     let mut worker = WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-a", &[]);
     worker.wait_http().await;
-    wait_until_idle(&mut redis, &streams, &group).await;
+    redis
+        .wait_until_idle(&streams, &group, Duration::from_secs(120))
+        .await;
     worker.signal("TERM");
     assert!(worker.wait_exit(Duration::from_secs(30)).await.success());
 

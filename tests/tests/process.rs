@@ -27,31 +27,6 @@ async fn loaded(name: &str, events: u64) -> (TestDb, TestRedis, Vec<String>, Str
     (db, redis, stream_names(&prefix), unique("group"))
 }
 
-async fn wait_until_idle(
-    redis: &mut TestRedis,
-    streams: &[String],
-    group: &str,
-    timeout: Duration,
-) {
-    let started = Instant::now();
-    loop {
-        let mut idle = true;
-        for s in streams {
-            if redis.backlog(s, group).await != (Some(0), 0) {
-                idle = false;
-            }
-        }
-        if idle {
-            return;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "streams not drained within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_loses_nothing_and_double_counts_nothing() {
     let prefix = unique("crash");
@@ -117,7 +92,9 @@ async fn sigkill_mid_run_loses_nothing_and_double_counts_nothing() {
             kills += 1;
         } else {
             // The last incarnation (same consumer name) finishes its own pending entries and the rest.
-            wait_until_idle(&mut redis, &streams, &group, Duration::from_secs(120)).await;
+            redis
+                .wait_until_idle(&streams, &group, Duration::from_secs(120))
+                .await;
             worker.signal("TERM");
             assert!(worker.wait_exit(Duration::from_secs(30)).await.success());
         }
@@ -149,7 +126,9 @@ async fn http_endpoints_and_drain_command() {
     let (db, mut redis, streams, group) = loaded("http", 500).await;
     let mut worker = WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-h", &[]);
     worker.wait_http().await;
-    wait_until_idle(&mut redis, &streams, &group, Duration::from_secs(60)).await;
+    redis
+        .wait_until_idle(&streams, &group, Duration::from_secs(60))
+        .await;
     // Readiness comes from the monitor (every 2 s).
     let started = Instant::now();
     while worker.get("/readyz").await.map(|r| r.0) != Some(200) {
