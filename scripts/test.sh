@@ -14,7 +14,7 @@ dir=$(mktemp -d /tmp/pgw-test.XXXXXX)
 trap 'scripts/control-plane.sh stop "$dir/k8s" >/dev/null 2>&1 || true; scripts/services.sh stop "$dir"' EXIT
 # The Kubernetes control plane (tests/control-plane) starts in the background
 # while the services start and the binaries build; the operator's end-to-end
-# suite (operator/tests/e2e.rs) uses it through PGW_TEST_KUBECONFIG.
+# suite (operator/tests/e2e/) uses it through PGW_TEST_KUBECONFIG.
 scripts/control-plane.sh start "$dir/k8s" >"$dir/k8s.env" 2>"$dir/k8s.start.log" &
 control_plane=$!
 services_env=$(scripts/services.sh start "$dir")

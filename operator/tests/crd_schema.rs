@@ -194,7 +194,7 @@ fn crd_names_subresources_and_columns() {
             "{service}.caSecretRef.key defaults to cert-manager's key"
         );
     }
-    // What JSON Schema cannot say, the API server checks (operator/tests/e2e.rs shows each refusal).
+    // What JSON Schema cannot say, the API server checks (operator/tests/e2e/ shows each refusal).
     assert_eq!(
         spec["properties"]["streams"]["x-kubernetes-list-type"],
         "set"

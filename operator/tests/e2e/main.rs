@@ -1,0 +1,173 @@
+//! The user's story against a real API server (tests/control-plane, started
+//! by scripts/test.sh): the real kubectl and helm, the chart's RBAC enforced
+//! on the operator (a local process holding only a TokenRequest token of the
+//! chart's ServiceAccount), the real Job, Deployment and garbage-collector
+//! controllers. There is no kubelet: the test moves pods along through the
+//! pod status subresource.
+//!
+//! `PGW_TEST_KUBECONFIG` names the admin kubeconfig. Without it the test
+//! says why and passes, except under CI (`CI` set), where it fails.
+
+mod harness;
+mod scenarios;
+
+use harness::*;
+use scenarios::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+#[test]
+fn user_story_against_a_real_api_server() {
+    let Some(admin_config) = admin_kubeconfig() else {
+        return;
+    };
+    let started = Instant::now();
+    let admin = Kube {
+        kubeconfig: admin_config,
+    };
+    let dir = std::env::temp_dir().join(format!("pgw-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Without the CRD the operator is not ready and says why.
+    let crd_absent = !admin
+        .kubectl_try(&["get", "crd", "postgreswriters.pgwriter.io"])
+        .ok;
+    let early = crd_absent.then(|| {
+        let early = Operator::start(&admin.kubeconfig, &dir, "operator-before-crd");
+        let (code, body) = wait_for("/readyz without the CRD", || match early.readyz() {
+            Some((503, body)) if body.contains("CRD") => Ok((503, body)),
+            other => Err(format!("{other:?}")),
+        });
+        assert_eq!(code, 503);
+        assert!(
+            body.contains("postgreswriters.pgwriter.io is not installed") || body.contains("CRD"),
+            "{body}"
+        );
+        early
+    });
+
+    // 1. helm install; the CRD becomes Established.
+    let release_ns = format!("pgw-operator-{}", std::process::id());
+    let release = format!("e2e{}", std::process::id());
+    admin.helm(&[
+        "install",
+        &release,
+        "charts/postgres-writer-operator",
+        "--namespace",
+        &release_ns,
+        "--create-namespace",
+        "--set",
+        "image.repository=registry.example/postgres-writer-operator",
+        "--set",
+        "image.tag=e2e",
+    ]);
+    admin.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/postgreswriters.pgwriter.io",
+        "--timeout=60s",
+    ]);
+    if let Some(early) = early {
+        wait_for("/readyz once the CRD exists", || match early.readyz() {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        });
+        assert!(
+            early.log().contains("is not installed"),
+            "the log says the CRD is missing"
+        );
+    }
+    // The operator holds only a TokenRequest token of the chart's ServiceAccount.
+    let sa = admin.helm(&["get", "manifest", &release, "--namespace", &release_ns]);
+    let sa_name = sa
+        .split("---")
+        .filter(|doc| doc.contains("kind: ServiceAccount"))
+        .find_map(|doc| {
+            let v: Value = serde_yaml::from_str(doc).ok()?;
+            v["metadata"]["name"].as_str().map(str::to_string)
+        })
+        .expect("the chart creates a ServiceAccount");
+    let token = admin.kubectl(&[
+        "-n",
+        &release_ns,
+        "create",
+        "token",
+        &sa_name,
+        "--duration=1h",
+    ]);
+    let operator_config = dir.join("operator-kubeconfig");
+    token_kubeconfig(&admin, &token, &operator_config);
+    let as_operator = Kube {
+        kubeconfig: operator_config.clone(),
+    };
+    // RBAC is enforced: the token may not read Secrets.
+    let denied = as_operator.kubectl_try(&["-n", &release_ns, "get", "secrets"]);
+    assert!(
+        !denied.ok && denied.stderr.contains("forbidden"),
+        "{}",
+        denied.stderr
+    );
+    let operator = Operator::start(&operator_config, &dir, "operator");
+    wait_for("operator /readyz", || match operator.readyz() {
+        Some((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    println!("setup took {:?}", started.elapsed());
+
+    // The scenarios, each in its own namespace, in parallel.
+    type Scenario = (&'static str, fn(&Kube));
+    let scenarios: Vec<Scenario> = vec![
+        ("story", story),
+        ("no_wedge", no_wedge),
+        ("reconcile_error_is_reported", reconcile_error_is_reported),
+        (
+            "invalid_resources_are_refused",
+            invalid_resources_are_refused,
+        ),
+    ];
+    let results: Vec<(&str, Result<Duration, String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = scenarios
+            .iter()
+            .map(|(name, f)| {
+                let kube = admin.clone();
+                (
+                    *name,
+                    s.spawn(move || {
+                        let t = Instant::now();
+                        f(&kube);
+                        t.elapsed()
+                    }),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, h)| {
+                (
+                    name,
+                    h.join().map_err(|e| {
+                        e.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default()
+                    }),
+                )
+            })
+            .collect()
+    });
+    for (name, result) in &results {
+        println!("scenario {name}: {result:?}");
+    }
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    if !failed.is_empty() {
+        let log = operator.log();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        eprintln!(
+            "--- operator log, last lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    assert!(failed.is_empty(), "failed scenarios: {failed:#?}");
+    admin.helm(&["uninstall", &release, "--namespace", &release_ns]);
+    println!("Kubernetes end-to-end suite: {:?}", started.elapsed());
+}
