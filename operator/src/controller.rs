@@ -13,21 +13,34 @@
 //! attempt up to 32×), or at once when the spec changes the template; nobody
 //! needs to delete a Job by hand. See docs/adr/0014.
 //!
+//! Secrets: the pods read the database and Redis URLs and CAs from Secrets;
+//! the operator watches Secrets' metadata only (never their data), maps a
+//! changed Secret to the resources that reference it, and puts a hash of
+//! their resourceVersions on the pod templates, so a rotation rolls the pods
+//! through the usual drain. A missing Secret is reported (Degraded,
+//! `SecretMissing`) and does not roll the pods.
+//!
+//! Suspend: `spec.suspend` applies the Deployments with 0 replicas (the pods
+//! drain as on any scale-down) and keeps everything else; spec.replicas is
+//! untouched, so resuming restores it.
+//!
 //! Single replica: the operator Deployment runs one replica with the Recreate
 //! strategy (see the Helm chart); reconciles are idempotent, so a brief
 //! overlap during a node failure is harmless.
 
-use crate::crd::{PostgresWriter, PostgresWriterStatus};
+use crate::crd::{MigrationRecord, PostgresWriter, PostgresWriterStatus};
 use crate::metrics::Metrics;
 use crate::resources::{self, Component};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,18 +49,51 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What the controller watches (list + watch): the custom resource and the
-/// kinds it owns, as (API group, resource). `main.rs` builds the Controller
-/// from the same kinds; the chart's RBAC is checked against this list and
-/// the requests the reconcile tests record.
-pub const WATCHED: [(&str, &str); 6] = [
+/// What the controller watches (list + watch): the custom resource, the
+/// kinds it owns and Secrets (metadata only), as (API group, resource).
+/// `main.rs` builds the Controller from the same kinds; the chart's RBAC is
+/// checked against this list and the requests the reconcile tests record.
+pub const WATCHED: [(&str, &str); 7] = [
     ("pgwriter.io", "postgreswriters"),
     ("apps", "deployments"),
     ("batch", "jobs"),
     ("", "configmaps"),
     ("", "services"),
     ("policy", "poddisruptionbudgets"),
+    ("", "secrets"),
 ];
+
+/// The resources to reconcile when a Secret changes: those in its
+/// namespace that reference it (pure, over the controller's store).
+pub fn writers_referencing(
+    writers: &[Arc<PostgresWriter>],
+    namespace: Option<&str>,
+    secret: &str,
+) -> Vec<ObjectRef<PostgresWriter>> {
+    writers
+        .iter()
+        .filter(|cr| cr.namespace().as_deref() == namespace)
+        .filter(|cr| {
+            resources::all_referenced_secrets(cr)
+                .iter()
+                .any(|(_, name)| name == secret)
+        })
+        .map(|cr| ObjectRef::from_obj(&**cr))
+        .collect()
+}
+
+/// Mapper for the metadata-only Secret watch (`Controller::watches`).
+pub fn secret_mapper(
+    store: Store<PostgresWriter>,
+) -> impl Fn(PartialObjectMeta<Secret>) -> Vec<ObjectRef<PostgresWriter>> + Send + Sync + 'static {
+    move |secret| {
+        writers_referencing(
+            &store.state(),
+            secret.metadata.namespace.as_deref(),
+            secret.metadata.name.as_deref().unwrap_or_default(),
+        )
+    }
+}
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "postgres-writer-operator";
@@ -322,7 +368,18 @@ async fn ensure_migration(
     ctx: &Context,
     jobs: &Api<Job>,
     pods: &Api<Pod>,
-) -> Result<Migration, Error> {
+) -> Result<(Migration, MigrationRecord), Error> {
+    let record = |job: &str, state: &Migration, completion: Option<Time>| MigrationRecord {
+        job_name: job.to_string(),
+        image: cr.spec.image.clone(),
+        result: match state {
+            Migration::Running => "Running",
+            Migration::Succeeded => "Succeeded",
+            Migration::Failed { .. } => "Failed",
+        }
+        .to_string(),
+        completion_time: completion,
+    };
     let selector = format!(
         "app.kubernetes.io/instance={},{}={}",
         cr.name_any(),
@@ -336,8 +393,13 @@ async fn ensure_migration(
         .into_iter()
         .max_by_key(attempt_of);
     let Some(job) = latest else {
-        create_job(jobs, &resources::migration_job(cr, 0)).await?;
-        return Ok(Migration::Running);
+        let job = resources::migration_job(cr, 0);
+        create_job(jobs, &job).await?;
+        let state = Migration::Running;
+        return {
+            let r = record(&job.name_any(), &state, None);
+            Ok((state, r))
+        };
     };
     match Migration::of(&job) {
         Migration::Failed { mut reason, .. } => {
@@ -351,7 +413,8 @@ async fn ensure_migration(
                 .checked_add(k8s_openapi::jiff::SignedDuration::try_from(delay).unwrap_or_default())
                 .unwrap_or(failed_at);
             if k8s_openapi::jiff::Timestamp::now() >= retry_at {
-                create_job(jobs, &resources::migration_job(cr, next)).await?;
+                let retry = resources::migration_job(cr, next);
+                create_job(jobs, &retry).await?;
                 publish(
                     ctx,
                     cr,
@@ -363,19 +426,171 @@ async fn ensure_migration(
                     ),
                 )
                 .await;
-                return Ok(Migration::Running);
+                let state = Migration::Running;
+                return {
+                    let r = record(&retry.name_any(), &state, None);
+                    Ok((state, r))
+                };
             }
             let pods = pod_failures(pods, &job.name_any()).await?;
             if !pods.is_empty() {
                 reason = format!("{reason}; {}", pods.join("; "));
             }
-            Ok(Migration::Failed {
+            let state = Migration::Failed {
                 reason,
                 retry_at: Some(Time(retry_at)),
-            })
+            };
+            let completion = failed_condition(&job).and_then(|c| c.last_transition_time.clone());
+            {
+                let r = record(&job.name_any(), &state, completion);
+                Ok((state, r))
+            }
         }
-        state => Ok(state),
+        state => {
+            let completion = job.status.as_ref().and_then(|s| s.completion_time.clone());
+            {
+                let r = record(&job.name_any(), &state, completion);
+                Ok((state, r))
+            }
+        }
     }
+}
+
+/// The resourceVersions of the Secrets the resource references (metadata
+/// only: the operator never reads Secret data), and a message per missing one.
+async fn secret_versions(
+    cr: &PostgresWriter,
+    secrets: &Api<Secret>,
+) -> Result<(resources::SecretVersions, Vec<String>), kube::Error> {
+    let mut versions = resources::SecretVersions::new();
+    let mut missing = Vec::new();
+    for (field, name) in resources::all_referenced_secrets(cr) {
+        match secrets.get_metadata_opt(&name).await? {
+            Some(meta) => {
+                versions.insert(name, meta.metadata.resource_version.unwrap_or_default());
+            }
+            None => missing.push(format!("Secret {name} ({field}) not found")),
+        }
+    }
+    Ok((versions, missing))
+}
+
+/// The pod template's current secrets hash of a Deployment (kept while a
+/// Secret is missing).
+fn current_secrets_hash(deployment: Option<&Deployment>) -> Option<String> {
+    deployment?
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(resources::SECRETS_HASH_ANNOTATION)
+        .cloned()
+}
+
+/// Container states that keep a pod from running, as the kubelet reports them.
+const FAILING_WAITING_REASONS: [&str; 7] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why pods are failing (pure): a container waiting for a failure reason
+/// (with its last exit), an unschedulable pod, a failed pod.
+pub fn pod_problems(pods: &[Pod]) -> Vec<String> {
+    let mut out = Vec::new();
+    for pod in pods {
+        let name = pod.name_any();
+        let status = pod.status.clone().unwrap_or_default();
+        if status.phase.as_deref() == Some("Failed") {
+            out.push(format!(
+                "pod {name}: {}{}",
+                status.reason.clone().unwrap_or_else(|| "Failed".into()),
+                status
+                    .message
+                    .clone()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ));
+            continue;
+        }
+        if let Some(c) = status.conditions.iter().flatten().find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        }) {
+            out.push(format!(
+                "pod {name}: Unschedulable: {}",
+                c.message.clone().unwrap_or_default()
+            ));
+            continue;
+        }
+        for c in status.container_statuses.iter().flatten() {
+            let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+                continue;
+            };
+            let reason = waiting.reason.clone().unwrap_or_default();
+            if !FAILING_WAITING_REASONS.contains(&reason.as_str()) {
+                continue;
+            }
+            let last = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| {
+                    format!(
+                        " (last exit: {}, exit code {})",
+                        t.reason.clone().unwrap_or_else(|| "Error".into()),
+                        t.exit_code
+                    )
+                })
+                .unwrap_or_default();
+            out.push(format!(
+                "pod {name}: {reason}{}{last}",
+                waiting
+                    .message
+                    .clone()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// Pods of `component` that are not ready although they should be: their
+/// problems, listed only while the Deployment is short of ready pods.
+async fn component_problems(
+    cr: &PostgresWriter,
+    pods: &Api<Pod>,
+    deployment: Option<&Deployment>,
+    component: Component,
+) -> Result<Vec<String>, kube::Error> {
+    let Some(d) = deployment else {
+        return Ok(Vec::new());
+    };
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let ready = d
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    if want == 0 || ready >= want {
+        return Ok(Vec::new());
+    }
+    let selector = resources::selector_labels(cr, component)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    Ok(pod_problems(&list.items))
 }
 
 /// Creates a Job; one that exists already (a concurrent reconcile) is fine.
@@ -403,8 +618,11 @@ async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, E
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
 
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+
     apply(&config_maps, &resources::config_map(cr)).await?;
-    let migration = ensure_migration(cr, ctx, &jobs, &pods).await?;
+    let (versions, missing_secrets) = secret_versions(cr, &secrets).await?;
+    let (migration, last_migration) = ensure_migration(cr, ctx, &jobs, &pods).await?;
 
     let existing = deployments.get_opt(&resources::worker_name(cr)).await?;
     let image = match (&migration, existing.as_ref().and_then(deployment_image)) {
@@ -415,11 +633,47 @@ async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, E
     let mut worker = existing;
     let mut analytics = None;
     if let Some(image) = &image {
-        worker = Some(apply(&deployments, &resources::worker_deployment(cr, image)).await?);
+        // A missing Secret keeps the pods' current hash: rolling them onto
+        // pods that cannot start would help nobody.
+        let worker_hash = resources::secrets_hash(cr, Component::Worker, &versions)
+            .or_else(|| current_secrets_hash(worker.as_ref()));
+        worker = Some(
+            apply(
+                &deployments,
+                &resources::worker_deployment(
+                    cr,
+                    resources::PodInputs {
+                        image,
+                        secrets_hash: worker_hash.as_deref(),
+                    },
+                ),
+            )
+            .await?,
+        );
         apply(&budgets, &resources::pod_disruption_budget(cr)).await?;
         if cr.spec.analytics.enabled {
-            analytics =
-                Some(apply(&deployments, &resources::analytics_deployment(cr, image)).await?);
+            let current = match resources::secrets_hash(cr, Component::Analytics, &versions) {
+                Some(hash) => Some(hash),
+                None => current_secrets_hash(
+                    deployments
+                        .get_opt(&resources::analytics_name(cr))
+                        .await?
+                        .as_ref(),
+                ),
+            };
+            analytics = Some(
+                apply(
+                    &deployments,
+                    &resources::analytics_deployment(
+                        cr,
+                        resources::PodInputs {
+                            image,
+                            secrets_hash: current.as_deref(),
+                        },
+                    ),
+                )
+                .await?,
+            );
             apply(&budgets, &resources::analytics_disruption_budget(cr)).await?;
         } else {
             delete_if_present(&deployments, &resources::analytics_name(cr)).await?;
@@ -430,13 +684,22 @@ async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, E
     if migration == Migration::Succeeded {
         remove_old_migration_jobs(cr, &jobs).await?;
     }
+    let mut pod_failures =
+        component_problems(cr, &pods, worker.as_ref(), Component::Worker).await?;
+    pod_failures
+        .extend(component_problems(cr, &pods, analytics.as_ref(), Component::Analytics).await?);
 
     let old = cr.status.clone().unwrap_or_default();
     let status = desired_status(
         cr,
-        &migration,
-        worker.as_ref(),
-        analytics.as_ref(),
+        &Observed {
+            migration: &migration,
+            last_migration: Some(last_migration),
+            worker: worker.as_ref(),
+            analytics: analytics.as_ref(),
+            missing_secrets,
+            pod_failures,
+        },
         &old,
         Time(k8s_openapi::jiff::Timestamp::now()),
     );
@@ -445,7 +708,7 @@ async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, E
         api.patch_status(
             &cr.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": status })),
+            &Patch::Merge(serde_json::json!({ "status": status_patch(&status) })),
         )
         .await?;
     }
@@ -533,25 +796,46 @@ impl Rollout {
     }
 }
 
+/// What one reconcile observed, for [`desired_status`].
+pub struct Observed<'a> {
+    pub migration: &'a Migration,
+    /// The latest migration Job of the current template.
+    pub last_migration: Option<MigrationRecord>,
+    pub worker: Option<&'a Deployment>,
+    pub analytics: Option<&'a Deployment>,
+    /// One message per referenced Secret that does not exist.
+    pub missing_secrets: Vec<String>,
+    /// Why worker or analytics pods fail (see [`pod_problems`]).
+    pub pod_failures: Vec<String>,
+}
+
 /// The status for what was observed (pure). A condition keeps its
 /// lastTransitionTime while its status does not change. Ready needs both
-/// the worker and (when enabled) the analytics Deployment rolled out.
+/// the worker and (when enabled) the analytics Deployment rolled out on
+/// spec.image, and the resource not suspended. Every condition carries a
+/// reason and a message, whether True or False.
 pub fn desired_status(
     cr: &PostgresWriter,
-    migration: &Migration,
-    worker: Option<&Deployment>,
-    analytics: Option<&Deployment>,
+    seen: &Observed,
     old: &PostgresWriterStatus,
     now: Time,
 ) -> PostgresWriterStatus {
+    let migration = seen.migration;
     let generation = cr.metadata.generation;
     let image = &cr.spec.image;
-    let w = Rollout::of(worker, cr.spec.replicas, image);
-    let a = cr
-        .spec
-        .analytics
-        .enabled
-        .then(|| Rollout::of(analytics, cr.spec.analytics.replicas, image));
+    let suspended = cr.spec.suspend;
+    let w = Rollout::of(
+        seen.worker,
+        resources::effective_replicas(cr, cr.spec.replicas),
+        image,
+    );
+    let a = cr.spec.analytics.enabled.then(|| {
+        Rollout::of(
+            seen.analytics,
+            resources::effective_replicas(cr, cr.spec.analytics.replicas),
+            image,
+        )
+    });
     let rollout_done = w.done && a.as_ref().is_none_or(|a| a.done);
     let pods = match &a {
         Some(a) => format!(
@@ -583,7 +867,7 @@ pub fn desired_status(
             type_: type_.to_string(),
             status,
             reason: reason.to_string(),
-            message,
+            message: message.chars().take(1000).collect(),
             observed_generation: generation,
             last_transition_time,
         });
@@ -613,6 +897,15 @@ pub fn desired_status(
         ),
     }
     match (migration, &stuck) {
+        _ if !seen.missing_secrets.is_empty() => set(
+            "Degraded",
+            true,
+            "SecretMissing",
+            format!(
+                "{}; pods that read it cannot start (the running ones keep running)",
+                seen.missing_secrets.join("; ")
+            ),
+        ),
         (Migration::Failed { reason, retry_at }, _) => set(
             "Degraded",
             true,
@@ -621,6 +914,12 @@ pub fn desired_status(
                 "workers stay on their current image: {reason}{}",
                 retry(retry_at)
             ),
+        ),
+        _ if !seen.pod_failures.is_empty() => set(
+            "Degraded",
+            true,
+            "PodsFailing",
+            seen.pod_failures.join("; "),
         ),
         (_, Some(m)) => set("Degraded", true, "RolloutStuck", m.clone()),
         _ => set(
@@ -651,7 +950,19 @@ pub fn desired_status(
         ),
         Migration::Succeeded => set("Progressing", false, "RolloutComplete", pods.clone()),
     }
-    if rollout_done && *migration == Migration::Succeeded {
+    if suspended {
+        set(
+            "Ready",
+            false,
+            "Suspended",
+            format!(
+                "suspended: worker and analytics pods scaled to 0 ({pods}); spec.replicas ({}) is restored on resume",
+                cr.spec.replicas
+            ),
+        );
+    } else if rollout_done {
+        // On spec.image, so its migration has succeeded before (a new Job
+        // for a changed pod template does not hold the pods back).
         set(
             "Ready",
             true,
@@ -673,6 +984,48 @@ pub fn desired_status(
             format!("{pods} on {image}"),
         );
     }
+    if suspended {
+        set(
+            "Suspended",
+            true,
+            "Suspended",
+            format!(
+                "spec.suspend is true: worker and analytics Deployments at 0 replicas ({} worker pods left)",
+                w.current
+            ),
+        );
+    } else {
+        set(
+            "Suspended",
+            false,
+            "NotSuspended",
+            "spec.suspend is false".to_string(),
+        );
+    }
+
+    let find = |type_: &str| conditions.iter().find(|c| c.type_ == type_);
+    let degraded = find("Degraded").filter(|c| c.status == "True");
+    let (phase, message) = if suspended {
+        ("Suspended", find("Ready"))
+    } else if find("Ready").is_some_and(|c| c.status == "True") {
+        ("Ready", None)
+    } else if migration.failed() {
+        ("MigrationFailed", degraded)
+    } else if degraded.is_some() {
+        ("Degraded", degraded)
+    } else if *migration == Migration::Running {
+        ("Migrating", find("Progressing"))
+    } else {
+        ("RollingOut", find("Ready"))
+    };
+    // A short line for `kubectl get -o wide`; the conditions hold all of it.
+    let message = message.map(|c| {
+        let mut m: String = c.message.chars().take(160).collect();
+        if m.len() < c.message.len() {
+            m.push('…');
+        }
+        m
+    });
 
     PostgresWriterStatus {
         observed_generation: generation,
@@ -684,7 +1037,40 @@ pub fn desired_status(
             Migration::Succeeded => Some(image.clone()),
             _ => old.schema_version.clone(),
         },
+        phase: Some(phase.to_string()),
+        message,
+        current_image: seen.worker.and_then(deployment_image),
+        target_image: Some(image.clone()),
+        last_migration: seen
+            .last_migration
+            .clone()
+            .or_else(|| old.last_migration.clone()),
     }
+}
+
+/// The status as a merge patch: an absent optional field is sent as null,
+/// so that a value it had before (e.g. the message of a phase now Ready) is
+/// removed rather than kept.
+pub fn status_patch(status: &PostgresWriterStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        for key in [
+            "observedGeneration",
+            "schemaVersion",
+            "phase",
+            "message",
+            "currentImage",
+            "targetImage",
+            "lastMigration",
+        ] {
+            map.entry(key).or_insert(serde_json::Value::Null);
+        }
+        if let Some(last) = map.get_mut("lastMigration").and_then(|v| v.as_object_mut()) {
+            last.entry("completionTime")
+                .or_insert(serde_json::Value::Null);
+        }
+    }
+    value
 }
 
 /// Kubernetes Events for significant transitions (conditions that changed status or reason).
@@ -705,6 +1091,9 @@ async fn publish_transitions(
             ("Migrated", "False", "MigrationFailed") => (EventType::Warning, "MigrationFailed"),
             ("Degraded", "True", reason) => (EventType::Warning, reason),
             ("Ready", "True", _) => (EventType::Normal, "Ready"),
+            ("Suspended", "True", _) => (EventType::Normal, "Suspended"),
+            // Not on creation: only a resume is worth an event.
+            ("Suspended", "False", _) if before.is_some() => (EventType::Normal, "Resumed"),
             _ => continue,
         };
         publish(ctx, cr, type_, reason, &c.message).await;

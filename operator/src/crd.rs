@@ -4,8 +4,10 @@
 //! defaults become schema defaults, schemars ranges become minimum/maximum),
 //! so the API server refuses a bad resource before the operator sees it.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -33,13 +35,19 @@ use serde::{Deserialize, Serialize};
         name = "Replicas",
         type_ = "integer",
         json_path = ".spec.replicas",
-        description = "Desired worker pods"
+        description = "Desired worker pods (kept while suspended)"
     ),
     printcolumn(
         name = "Ready",
         type_ = "integer",
         json_path = ".status.readyReplicas",
         description = "Ready worker pods"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Ready, RollingOut, Migrating, MigrationFailed, Degraded or Suspended (details in the conditions)"
     ),
     printcolumn(
         name = "Migrated",
@@ -51,6 +59,34 @@ use serde::{Deserialize, Serialize};
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".status.currentImage",
+        description = "Image the worker pods run",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".status.targetImage",
+        description = "spec.image (the workers move to it once its migration has succeeded)",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Migration",
+        type_ = "string",
+        json_path = ".status.lastMigration.jobName",
+        description = "The latest migration Job",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.message",
+        description = "Why the resource is not Ready",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -111,6 +147,105 @@ pub struct PostgresWriterSpec {
     #[serde(default)]
     pub telemetry: TelemetrySpec,
     /// Resources of each worker pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Placement and identity of every pod: worker, analytics and migration
+    /// (`analytics.pods` and `migration.pods` override it field by field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodOptions>,
+    /// The migration Job's pod.
+    #[serde(default)]
+    pub migration: MigrationSpec,
+    /// Drain and scale the worker and analytics pods to 0, keeping
+    /// everything else (spec.replicas is kept and restored on resume).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// Placement and identity of pods. In `analytics.pods` and `migration.pods`
+/// a field that is set replaces the one of `spec.pods` (an empty list
+/// clears it); `labels` and `annotations` are merged key by key, the
+/// override winning. The operator's own labels and annotations cannot be
+/// set here (the API server refuses them, see [`RESERVED_LABELS`]).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOptions {
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Node labels the pods must run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node and pod (anti-)affinity. Select the pods by the labels
+    /// `app.kubernetes.io/instance` and `app.kubernetes.io/component`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the pods spread over zones and nodes (selector as for `affinity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Extra pod labels (never the operator's selector labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [reserved_rule(RESERVED_LABELS, "labels")]))]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Extra pod annotations (never the operator's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [reserved_rule(RESERVED_ANNOTATIONS, "annotations")]))]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+    /// ServiceAccount the pods run as (default: the namespace's `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+    /// Mount the ServiceAccount's API token into the pods. Off unless set:
+    /// postgres-writer never talks to the Kubernetes API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+}
+
+/// Pod labels the operator sets itself: selectors of its Deployments,
+/// budgets and Service, and its Job lookup.
+pub const RESERVED_LABELS: &[&str] = &[
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    "pgwriter.io/metrics",
+    "pgwriter.io/migration-template",
+];
+/// Pod annotations the operator sets itself (they roll the pods).
+pub const RESERVED_ANNOTATIONS: &[&str] = &["pgwriter.io/config-hash", "pgwriter.io/secrets-hash"];
+
+/// CEL rule refusing reserved keys. It looks the (constant) reserved keys up
+/// in the map rather than iterating over the map's keys, which keeps its
+/// estimated cost small.
+fn reserved_rule(reserved: &[&str], what: &str) -> serde_json::Value {
+    let list = reserved
+        .iter()
+        .map(|k| format!("'{k}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    serde_json::json!({
+        "rule": format!("![{list}].exists(k, k in self)"),
+        "message": format!("{what} must not set the operator's own keys: {}", reserved.join(", ")),
+    })
+}
+
+/// The migration Job.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationSpec {
+    /// Overrides of `spec.pods` for the migration pod. Part of the Job's pod
+    /// template: a change starts a new migration Job at once (docs/adr/0014).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodOptions>,
+    /// Resources of the migration pod (a namespace with a ResourceQuota on
+    /// cpu or memory admits only pods that set them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }
@@ -282,6 +417,9 @@ pub struct AnalyticsSpec {
     /// Resources of each analytics pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Overrides of `spec.pods` for the analytics pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodOptions>,
 }
 
 impl Default for AnalyticsSpec {
@@ -293,6 +431,7 @@ impl Default for AnalyticsSpec {
             batch_size: default_analytics_batch_size(),
             max_attempts: default_analytics_max_attempts(),
             resources: None,
+            pods: None,
         }
     }
 }
@@ -388,6 +527,37 @@ pub struct PostgresWriterStatus {
     /// The worker image whose schema migrations have been applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<String>,
+    /// One word for `kubectl get`: Ready, RollingOut, Migrating,
+    /// MigrationFailed, Degraded or Suspended (the conditions say why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The message of the condition behind the phase when not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The image the worker pods run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_image: Option<String>,
+    /// The image they move to (spec.image) once its migration has succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_image: Option<String>,
+    /// The latest migration Job of the current pod template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_migration: Option<MigrationRecord>,
+}
+
+/// One migration Job, as the status reports it.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationRecord {
+    /// Name of the Job.
+    pub job_name: String,
+    /// The image it migrates to.
+    pub image: String,
+    /// Running, Succeeded or Failed.
+    pub result: String,
+    /// When it succeeded or failed (absent while running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
 }
 
 fn default_replicas() -> i32 {

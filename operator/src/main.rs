@@ -5,9 +5,10 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use operator::controller::{error_policy, reconcile, Context};
@@ -139,6 +140,9 @@ async fn run(
     let controller = Controller::new(writers, watcher::Config::default());
     // Ready once the controller's store holds the first full list.
     let store = controller.store();
+    // Secrets: metadata only (the operator never holds their data), mapped
+    // to the resources that reference them, so a rotation rolls the pods.
+    let secrets = operator::controller::secret_mapper(store.clone());
     let ready = metrics.clone();
     tokio::spawn(async move {
         // Polled again every second: the store's readiness is a oneshot
@@ -160,6 +164,11 @@ async fn run(
         .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
         .owns(api::<Service>(&client, &namespace), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, &namespace), owned)
+        .watches(
+            api::<PartialObjectMeta<Secret>>(&client, &namespace),
+            watcher::Config::default(),
+            secrets,
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -2,7 +2,9 @@
 //! applies them with server-side apply; every object carries a controller
 //! owner reference to the resource, so deleting it garbage-collects them.
 
-use crate::crd::{PostgresWriter, PostgresWriterSpec};
+use crate::crd::{
+    PodOptions, PostgresWriter, PostgresWriterSpec, RESERVED_ANNOTATIONS, RESERVED_LABELS,
+};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -27,6 +29,10 @@ pub const HTTP_PORT: i32 = 8080;
 /// Annotation on pod templates: changes when the ConfigMap does, so that a
 /// settings change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "pgwriter.io/config-hash";
+/// Annotation on worker and analytics pod templates: a hash of the
+/// resourceVersions of the Secrets the pods read, so that rotating a
+/// Secret rolls the pods (through the usual drain).
+pub const SECRETS_HASH_ANNOTATION: &str = "pgwriter.io/secrets-hash";
 /// Extra time after the drain timeout before the kubelet kills a pod.
 pub const GRACE_MARGIN_SECONDS: i64 = 15;
 /// Where the CA Secrets are mounted (one directory per service, file `ca.crt`).
@@ -263,6 +269,135 @@ fn secret_env(name: &str, secret: &crate::crd::SecretKeyRef) -> EnvVar {
     }
 }
 
+/// The Secrets the pods of `component` read, as (field of the spec, Secret
+/// name), in a stable order: these are watched, and their resourceVersions
+/// hashed into [`SECRETS_HASH_ANNOTATION`].
+pub fn referenced_secrets(
+    cr: &PostgresWriter,
+    component: Component,
+) -> Vec<(&'static str, String)> {
+    let spec = &cr.spec;
+    let mut out = vec![(
+        "spec.database.urlSecretRef",
+        spec.database.url_secret_ref.name.clone(),
+    )];
+    if let Some(s) = &spec.redis.url_secret_ref {
+        out.push(("spec.redis.urlSecretRef", s.name.clone()));
+    }
+    if let Some(s) = &spec.database.ca_secret_ref {
+        out.push(("spec.database.caSecretRef", s.name.clone()));
+    }
+    if let (Some(s), Component::Worker) = (&spec.redis.ca_secret_ref, component) {
+        out.push(("spec.redis.caSecretRef", s.name.clone()));
+    }
+    out
+}
+
+/// Every Secret the resource references (any component), deduplicated.
+pub fn all_referenced_secrets(cr: &PostgresWriter) -> Vec<(&'static str, String)> {
+    let mut out = referenced_secrets(cr, Component::Worker);
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|(_, name)| seen.insert(name.clone()));
+    out
+}
+
+/// The Secrets' resourceVersions the operator observed (name -> version;
+/// a missing Secret is absent).
+pub type SecretVersions = BTreeMap<String, String>;
+
+/// Hash of the resourceVersions of the Secrets `component` reads, or None
+/// when one of them is missing (the caller then keeps the pods' current
+/// hash rather than rolling them onto pods that cannot start).
+pub fn secrets_hash(
+    cr: &PostgresWriter,
+    component: Component,
+    versions: &SecretVersions,
+) -> Option<String> {
+    let mut text = String::new();
+    for (_, name) in referenced_secrets(cr, component) {
+        let version = versions.get(&name)?;
+        text.push_str(&format!("{name}={version}\n"));
+    }
+    Some(short_hash(&text))
+}
+
+/// The effective pod options of `component`: `spec.pods`, then the
+/// component's override on top (a set field replaces; labels and
+/// annotations merge key by key, the override winning).
+pub fn pod_options(cr: &PostgresWriter, component: Component) -> PodOptions {
+    let common = cr.spec.pods.clone().unwrap_or_default();
+    let over = match component {
+        Component::Worker => None,
+        Component::Analytics => cr.spec.analytics.pods.clone(),
+        Component::Migration => cr.spec.migration.pods.clone(),
+    };
+    let Some(over) = over else { return common };
+    fn merge(
+        a: Option<BTreeMap<String, String>>,
+        b: Option<BTreeMap<String, String>>,
+    ) -> Option<BTreeMap<String, String>> {
+        match (a, b) {
+            (Some(mut a), Some(b)) => {
+                a.extend(b);
+                Some(a)
+            }
+            (a, b) => b.or(a),
+        }
+    }
+    PodOptions {
+        image_pull_secrets: over.image_pull_secrets.or(common.image_pull_secrets),
+        node_selector: over.node_selector.or(common.node_selector),
+        tolerations: over.tolerations.or(common.tolerations),
+        affinity: over.affinity.or(common.affinity),
+        topology_spread_constraints: over
+            .topology_spread_constraints
+            .or(common.topology_spread_constraints),
+        priority_class_name: over.priority_class_name.or(common.priority_class_name),
+        labels: merge(common.labels, over.labels),
+        annotations: merge(common.annotations, over.annotations),
+        service_account_name: over.service_account_name.or(common.service_account_name),
+        automount_service_account_token: over
+            .automount_service_account_token
+            .or(common.automount_service_account_token),
+    }
+}
+
+/// Puts `options` on a pod template. The operator's labels and annotations
+/// always win: a reserved key in the options (which the CRD refuses
+/// anyway) is ignored, so selectors can never be broken from the spec.
+pub fn apply_pod_options(template: &mut PodTemplateSpec, options: &PodOptions) {
+    let meta = template.metadata.get_or_insert_with(Default::default);
+    for (target, extra, reserved) in [
+        (&mut meta.labels, &options.labels, RESERVED_LABELS),
+        (
+            &mut meta.annotations,
+            &options.annotations,
+            RESERVED_ANNOTATIONS,
+        ),
+    ] {
+        let Some(extra) = extra else { continue };
+        let target = target.get_or_insert_with(BTreeMap::new);
+        for (k, v) in extra {
+            if !reserved.contains(&k.as_str()) && !target.contains_key(k) {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let spec = template.spec.get_or_insert_with(Default::default);
+    spec.image_pull_secrets = options.image_pull_secrets.clone().and_then(non_empty);
+    spec.node_selector = options.node_selector.clone().filter(|m| !m.is_empty());
+    spec.tolerations = options.tolerations.clone().and_then(non_empty);
+    spec.affinity = options.affinity.clone();
+    spec.topology_spread_constraints = options
+        .topology_spread_constraints
+        .clone()
+        .and_then(non_empty);
+    spec.priority_class_name = options.priority_class_name.clone();
+    spec.service_account_name = options.service_account_name.clone();
+    spec.automount_service_account_token =
+        Some(options.automount_service_account_token.unwrap_or(false));
+}
+
 /// Environment of every pod: settings from the ConfigMap, secrets by reference,
 /// the pod name as consumer name and OpenTelemetry service name.
 fn env(cr: &PostgresWriter, component: Component) -> (Vec<EnvFromSource>, Vec<EnvVar>) {
@@ -396,7 +531,12 @@ fn pod_security_context() -> PodSecurityContext {
 }
 
 /// A long-running pod (worker or analytics) for `image`.
-fn long_running_pod(cr: &PostgresWriter, component: Component, image: &str) -> PodTemplateSpec {
+fn long_running_pod(
+    cr: &PostgresWriter,
+    component: Component,
+    image: &str,
+    secrets_hash: Option<&str>,
+) -> PodTemplateSpec {
     let (env_from, mut env) = env(cr, component);
     let (volumes, mounts, ca_env) = ca_files(cr, component);
     env.extend(ca_env);
@@ -440,9 +580,12 @@ fn long_running_pod(cr: &PostgresWriter, component: Component, image: &str) -> P
     let mut annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash(cr))]);
     annotations.insert("prometheus.io/scrape".to_string(), "true".to_string());
     annotations.insert("prometheus.io/port".to_string(), HTTP_PORT.to_string());
+    if let Some(hash) = secrets_hash {
+        annotations.insert(SECRETS_HASH_ANNOTATION.to_string(), hash.to_string());
+    }
     let mut pod_labels = labels(cr, component);
     pod_labels.insert(METRICS_LABEL.to_string(), "true".to_string());
-    PodTemplateSpec {
+    let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(pod_labels),
             annotations: Some(annotations),
@@ -457,6 +600,35 @@ fn long_running_pod(cr: &PostgresWriter, component: Component, image: &str) -> P
             volumes: non_empty(volumes),
             ..Default::default()
         }),
+    };
+    apply_pod_options(&mut template, &pod_options(cr, component));
+    template
+}
+
+/// What the pods of one Deployment get besides the spec: the image they run
+/// (which lags behind spec.image until its migration has succeeded) and the
+/// hash of the Secrets they read (None: keep no hash, see [`secrets_hash`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PodInputs<'a> {
+    pub image: &'a str,
+    pub secrets_hash: Option<&'a str>,
+}
+
+impl<'a> PodInputs<'a> {
+    pub fn image(image: &'a str) -> Self {
+        PodInputs {
+            image,
+            secrets_hash: None,
+        }
+    }
+}
+
+/// Replicas of a Deployment: 0 while suspended (spec.replicas is kept).
+pub fn effective_replicas(cr: &PostgresWriter, replicas: i32) -> i32 {
+    if cr.spec.suspend {
+        0
+    } else {
+        replicas
     }
 }
 
@@ -465,12 +637,12 @@ fn deployment(
     name: String,
     component: Component,
     replicas: i32,
-    image: &str,
+    inputs: PodInputs,
 ) -> Deployment {
     Deployment {
         metadata: metadata(cr, name, component),
         spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
+            replicas: Some(effective_replicas(cr, replicas)),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(cr, component)),
                 ..Default::default()
@@ -482,7 +654,7 @@ fn deployment(
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: long_running_pod(cr, component, image),
+            template: long_running_pod(cr, component, inputs.image, inputs.secrets_hash),
             ..Default::default()
         }),
         ..Default::default()
@@ -491,32 +663,35 @@ fn deployment(
 
 /// The worker Deployment running `image` (which may lag behind spec.image
 /// while its migration Job has not succeeded).
-pub fn worker_deployment(cr: &PostgresWriter, image: &str) -> Deployment {
+pub fn worker_deployment(cr: &PostgresWriter, inputs: PodInputs) -> Deployment {
     deployment(
         cr,
         worker_name(cr),
         Component::Worker,
         cr.spec.replicas,
-        image,
+        inputs,
     )
 }
 
-pub fn analytics_deployment(cr: &PostgresWriter, image: &str) -> Deployment {
+pub fn analytics_deployment(cr: &PostgresWriter, inputs: PodInputs) -> Deployment {
     deployment(
         cr,
         analytics_name(cr),
         Component::Analytics,
         cr.spec.analytics.replicas,
-        image,
+        inputs,
     )
 }
 
-/// The migration pod: `postgres-writer migrate` with spec.image.
+/// The migration pod: `postgres-writer migrate` with spec.image, placed by
+/// `spec.pods` and `spec.migration.pods`. Its placement is part of the
+/// template hash, so a placement change starts a new Job at once (which
+/// also fixes a Job that a quota or a node selector left unscheduled).
 fn migration_pod_template(cr: &PostgresWriter) -> PodTemplateSpec {
     let (env_from, mut env) = env(cr, Component::Migration);
     let (volumes, mounts, ca_env) = ca_files(cr, Component::Migration);
     env.extend(ca_env);
-    PodTemplateSpec {
+    let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(cr, Component::Migration)),
             ..Default::default()
@@ -532,13 +707,16 @@ fn migration_pod_template(cr: &PostgresWriter) -> PodTemplateSpec {
                 env: Some(env),
                 security_context: Some(restricted_security_context()),
                 volume_mounts: non_empty(mounts),
+                resources: cr.spec.migration.resources.clone(),
                 ..Default::default()
             }],
             security_context: Some(pod_security_context()),
             volumes: non_empty(volumes),
             ..Default::default()
         }),
-    }
+    };
+    apply_pod_options(&mut template, &pod_options(cr, Component::Migration));
+    template
 }
 
 /// Attempt `attempt` of the migration Job for the current template. A

@@ -168,7 +168,32 @@ fn crd_names_subresources_and_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, vec!["Replicas", "Ready", "Migrated", "Age"]);
+    assert_eq!(
+        columns,
+        vec![
+            "Replicas",
+            "Ready",
+            "Status",
+            "Migrated",
+            "Age",
+            "Image",
+            "Target",
+            "Migration",
+            "Message"
+        ]
+    );
+    let wide: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["priority"] == 1)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        wide,
+        vec!["Image", "Target", "Migration", "Message"],
+        "-o wide only"
+    );
     // Defaults live in the schema.
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(spec["properties"]["replicas"]["default"], 1);

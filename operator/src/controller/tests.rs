@@ -37,6 +37,7 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let (client, api) = FakeApi::start();
+        api.seed(&secret_path("pg"), secret("pg", "1"));
         Harness {
             ctx: Arc::new(Context::new(client, Arc::new(Metrics::new()))),
             api,
@@ -103,6 +104,16 @@ impl Harness {
         d["status"] = json!({"replicas": replicas, "readyReplicas": ready, "updatedReplicas": replicas, "availableReplicas": ready});
         self.api.seed(&path, d);
     }
+}
+
+fn secret_path(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/secrets/{name}")
+}
+
+/// A Secret as the metadata-only GET returns it.
+fn secret(name: &str, version: &str) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+           "metadata": {"name": name, "namespace": NS, "resourceVersion": version}})
 }
 
 fn cr_path() -> String {
@@ -672,4 +683,223 @@ async fn chart_rbac_covers_exactly_what_the_controller_uses() {
         );
     }
     println!("controller uses: {used:#?}");
+}
+
+fn template_annotation(h: &Harness, deployment: &str, key: &str) -> Option<String> {
+    h.api.object(&deployment_path(deployment)).and_then(|d| {
+        d["spec"]["template"]["metadata"]["annotations"][key]
+            .as_str()
+            .map(str::to_string)
+    })
+}
+
+#[tokio::test]
+async fn a_rotated_secret_rolls_the_pods_and_a_missing_one_is_reported() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 1);
+    h.reconcile(&mut cr).await;
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    let t = h.reconcile(&mut cr).await;
+    assert!(has(&t, &format!("GET {}", secret_path("pg"))), "{t:?}");
+    let key = resources::SECRETS_HASH_ANNOTATION;
+    let first = template_annotation(&h, "indexer-worker", key).expect("hash");
+    let first_analytics = template_annotation(&h, "indexer-analytics", key).expect("hash");
+
+    h.api.seed(&secret_path("pg"), secret("pg", "2"));
+    h.reconcile(&mut cr).await;
+    let second = template_annotation(&h, "indexer-worker", key).unwrap();
+    assert_ne!(first, second, "a new resourceVersion rolls the workers");
+    assert_ne!(
+        template_annotation(&h, "indexer-analytics", key).unwrap(),
+        first_analytics
+    );
+
+    // A reference to a Secret that does not exist: reported, hash kept.
+    cr.spec.database.ca_secret_ref = Some(crate::crd::CaSecretRef {
+        name: "pg-ca".into(),
+        key: "ca.crt".into(),
+    });
+    h.reconcile(&mut cr).await;
+    assert_eq!(
+        h.condition("Degraded"),
+        ("True".into(), "SecretMissing".into())
+    );
+    assert_eq!(
+        template_annotation(&h, "indexer-worker", key).unwrap(),
+        second
+    );
+    assert!(h
+        .api
+        .events()
+        .contains(&("Warning".to_string(), "SecretMissing".to_string())));
+    let status = cr.status.clone().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Degraded"));
+    assert!(status
+        .message
+        .unwrap()
+        .contains("Secret pg-ca (spec.database.caSecretRef) not found"),);
+    h.api.seed(&secret_path("pg-ca"), secret("pg-ca", "7"));
+    h.reconcile(&mut cr).await;
+    assert_eq!(
+        h.condition("Degraded"),
+        ("False".into(), "AsExpected".into())
+    );
+    assert_ne!(
+        template_annotation(&h, "indexer-worker", key).unwrap(),
+        second
+    );
+}
+
+#[tokio::test]
+async fn suspend_scales_to_zero_reports_suspended_and_resume_restores() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 2);
+    h.reconcile(&mut cr).await;
+    h.set_job_status(
+        &cr,
+        json!({"succeeded": 1, "completionTime": "2026-01-01T00:00:00Z"}),
+    );
+    h.reconcile(&mut cr).await;
+    h.set_worker_status(2, 2);
+    h.set_deployment_status("indexer-analytics", 1, 1);
+    h.reconcile(&mut cr).await;
+    let status = cr.status.clone().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Ready"));
+    assert_eq!(status.current_image.as_deref(), Some(IMAGE_A));
+    assert_eq!(status.target_image.as_deref(), Some(IMAGE_A));
+    let last = status.last_migration.unwrap();
+    assert_eq!(last.job_name, resources::migration_job_name(&cr, 0));
+    assert_eq!(last.result, "Succeeded");
+    assert!(last.completion_time.is_some());
+    assert_eq!(
+        h.condition("Suspended"),
+        ("False".into(), "NotSuspended".into())
+    );
+    assert!(
+        !h.api.events().iter().any(|e| e.1 == "Resumed"),
+        "no Resumed event on creation"
+    );
+
+    cr.spec.suspend = true;
+    h.reconcile(&mut cr).await;
+    for name in ["indexer-worker", "indexer-analytics"] {
+        assert_eq!(
+            h.api.object(&deployment_path(name)).unwrap()["spec"]["replicas"],
+            0
+        );
+    }
+    h.set_worker_status(0, 0);
+    h.set_deployment_status("indexer-analytics", 0, 0);
+    h.reconcile(&mut cr).await;
+    assert_eq!(
+        h.condition("Suspended"),
+        ("True".into(), "Suspended".into())
+    );
+    assert_eq!(h.condition("Ready"), ("False".into(), "Suspended".into()));
+    assert_eq!(
+        cr.status.as_ref().unwrap().phase.as_deref(),
+        Some("Suspended")
+    );
+    assert!(h
+        .api
+        .events()
+        .contains(&("Normal".to_string(), "Suspended".to_string())));
+
+    cr.spec.suspend = false;
+    h.reconcile(&mut cr).await;
+    assert_eq!(
+        h.api.object(&deployment_path("indexer-worker")).unwrap()["spec"]["replicas"],
+        2
+    );
+    assert!(h
+        .api
+        .events()
+        .contains(&("Normal".to_string(), "Resumed".to_string())));
+}
+
+#[tokio::test]
+async fn failing_pods_are_reported_with_the_kubelets_reason() {
+    let h = Harness::new();
+    let mut cr = writer(IMAGE_A, 1);
+    h.reconcile(&mut cr).await;
+    h.set_job_status(&cr, json!({"succeeded": 1}));
+    h.reconcile(&mut cr).await;
+    h.api.seed(
+        &format!("/api/v1/namespaces/{NS}/pods/indexer-worker-abc"),
+        json!({"metadata": {"name": "indexer-worker-abc", "labels": {
+                  "app.kubernetes.io/instance": "indexer", "app.kubernetes.io/component": "worker"}},
+               "status": {"phase": "Running", "containerStatuses": [{"name": "worker", "image": IMAGE_A,
+                  "imageID": "", "ready": false, "restartCount": 3,
+                  "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                  "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}),
+    );
+    h.reconcile(&mut cr).await;
+    assert_eq!(
+        h.condition("Degraded"),
+        ("True".into(), "PodsFailing".into())
+    );
+    let message = cr.status.as_ref().unwrap().message.clone().unwrap();
+    assert!(
+        message.contains("pod indexer-worker-abc: CrashLoopBackOff: back-off 40s (last exit: OOMKilled, exit code 137)"),
+        "{message}"
+    );
+    assert!(h
+        .api
+        .events()
+        .contains(&("Warning".to_string(), "PodsFailing".to_string())));
+}
+
+#[test]
+fn pod_problems_name_unschedulable_and_failed_pods_and_skip_healthy_ones() {
+    let pods: Vec<Pod> = serde_json::from_value(json!([
+        {"metadata": {"name": "a"}, "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable", "message": "0/3 nodes match the node selector"}]}},
+        {"metadata": {"name": "b"}, "status": {"phase": "Failed", "reason": "Evicted", "message": "low on memory"}},
+        {"metadata": {"name": "c"}, "status": {"phase": "Pending", "containerStatuses": [{"name": "worker",
+            "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ContainerCreating"}}}]}},
+        {"metadata": {"name": "d"}, "status": {"phase": "Pending", "containerStatuses": [{"name": "worker",
+            "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"pg\" not found"}}}]}}
+    ]))
+    .unwrap();
+    assert_eq!(
+        pod_problems(&pods),
+        vec![
+            "pod a: Unschedulable: 0/3 nodes match the node selector".to_string(),
+            "pod b: Evicted: low on memory".to_string(),
+            "pod d: CreateContainerConfigError: secret \"pg\" not found".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn a_secret_maps_to_the_writers_that_reference_it() {
+    let mut a = writer(IMAGE_A, 1);
+    a.spec.redis.url = None;
+    a.spec.redis.url_secret_ref = Some(crate::crd::SecretKeyRef {
+        name: "redis".into(),
+        key: "url".into(),
+    });
+    let mut b = writer(IMAGE_A, 1);
+    b.metadata.name = Some("other".into());
+    let mut elsewhere = writer(IMAGE_A, 1);
+    elsewhere.metadata.namespace = Some("elsewhere".into());
+    let all: Vec<Arc<PostgresWriter>> = [a, b, elsewhere].into_iter().map(Arc::new).collect();
+    let names = |refs: Vec<ObjectRef<PostgresWriter>>| -> Vec<String> {
+        refs.into_iter().map(|r| r.name).collect()
+    };
+    assert_eq!(
+        names(writers_referencing(&all, Some(NS), "pg")),
+        ["indexer", "other"]
+    );
+    assert_eq!(
+        names(writers_referencing(&all, Some(NS), "redis")),
+        ["indexer"]
+    );
+    assert!(writers_referencing(&all, Some(NS), "unrelated").is_empty());
+    assert_eq!(
+        names(writers_referencing(&all, Some("elsewhere"), "pg")),
+        ["indexer"]
+    );
 }

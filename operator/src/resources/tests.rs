@@ -58,8 +58,8 @@ fn every_object_is_owned_and_labelled() {
     let metas = [
         config_map(&cr).metadata,
         migration_job(&cr, 0).metadata,
-        worker_deployment(&cr, "img").metadata,
-        analytics_deployment(&cr, "img").metadata,
+        worker_deployment(&cr, PodInputs::image("img")).metadata,
+        analytics_deployment(&cr, PodInputs::image("img")).metadata,
         metrics_service(&cr).metadata,
         pod_disruption_budget(&cr).metadata,
     ];
@@ -102,7 +102,10 @@ fn config_map_carries_the_spec_settings_under_the_worker_names() {
 #[test]
 fn worker_deployment_env_probes_prestop_and_grace() {
     let cr = sample();
-    let d = worker_deployment(&cr, "registry.example/postgres-writer:1.2.2");
+    let d = worker_deployment(
+        &cr,
+        PodInputs::image("registry.example/postgres-writer:1.2.2"),
+    );
     let spec = d.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(3));
     assert_eq!(
@@ -210,7 +213,7 @@ fn redis_url_from_a_secret_and_resources_are_passed_through() {
         )
         .unwrap(),
     );
-    let d = worker_deployment(&cr, "img");
+    let d = worker_deployment(&cr, PodInputs::image("img"));
     let c = container(&d);
     let redis = env_value(c, "REDIS_URL")
         .unwrap()
@@ -229,10 +232,10 @@ fn redis_url_from_a_secret_and_resources_are_passed_through() {
 #[test]
 fn settings_changes_change_the_pod_template() {
     let cr = sample();
-    let before = worker_deployment(&cr, "img");
+    let before = worker_deployment(&cr, PodInputs::image("img"));
     let mut edited = cr.clone();
     edited.spec.database.pool.max_connections = 40;
-    let after = worker_deployment(&edited, "img");
+    let after = worker_deployment(&edited, PodInputs::image("img"));
     let hash = |d: &Deployment| {
         d.spec
             .as_ref()
@@ -251,7 +254,7 @@ fn settings_changes_change_the_pod_template() {
     scaled.spec.replicas = 5;
     assert_eq!(
         hash(&before),
-        hash(&worker_deployment(&scaled, "img")),
+        hash(&worker_deployment(&scaled, PodInputs::image("img"))),
         "scaling does not restart pods"
     );
 }
@@ -260,7 +263,7 @@ fn settings_changes_change_the_pod_template() {
 fn analytics_deployment_runs_the_analytics_command() {
     let mut cr = sample();
     cr.spec.analytics.replicas = 2;
-    let d = analytics_deployment(&cr, "img");
+    let d = analytics_deployment(&cr, PodInputs::image("img"));
     assert_eq!(d.metadata.name.as_deref(), Some("indexer-analytics"));
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
     let c = container(&d);
@@ -338,8 +341,14 @@ fn service_and_budget_select_the_right_pods() {
             .clone()
             .unwrap()
     };
-    assert!(matches(&pod_labels(&worker_deployment(&cr, "img"))));
-    assert!(matches(&pod_labels(&analytics_deployment(&cr, "img"))));
+    assert!(matches(&pod_labels(&worker_deployment(
+        &cr,
+        PodInputs::image("img")
+    ))));
+    assert!(matches(&pod_labels(&analytics_deployment(
+        &cr,
+        PodInputs::image("img")
+    ))));
     let job = migration_job(&cr, 0);
     assert!(!matches(
         job.spec
@@ -415,7 +424,7 @@ fn with_cas(cr: &mut PostgresWriter) {
 fn ca_secrets_are_mounted_read_only_and_named_by_the_settings() {
     let mut cr = sample();
     with_cas(&mut cr);
-    let worker = worker_deployment(&cr, "img");
+    let worker = worker_deployment(&cr, PodInputs::image("img"));
     let pod = pod_spec_of(&worker);
     let (mount, secret, file) = mounted_ca(pod, "DATABASE_CA_FILE").expect("database CA mounted");
     assert_eq!(mount.read_only, Some(true));
@@ -449,7 +458,7 @@ fn ca_secrets_are_mounted_read_only_and_named_by_the_settings() {
 fn analytics_and_migration_pods_get_the_database_ca_only() {
     let mut cr = sample();
     with_cas(&mut cr);
-    let analytics = analytics_deployment(&cr, "img");
+    let analytics = analytics_deployment(&cr, PodInputs::image("img"));
     let job = migration_job(&cr, 0);
     let job_pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     for pod in [pod_spec_of(&analytics), job_pod] {
@@ -465,12 +474,226 @@ fn analytics_and_migration_pods_get_the_database_ca_only() {
 fn without_ca_secrets_no_volume_is_added() {
     let cr = sample();
     for pod in [
-        pod_spec_of(&worker_deployment(&cr, "img")).clone(),
-        pod_spec_of(&analytics_deployment(&cr, "img")).clone(),
+        pod_spec_of(&worker_deployment(&cr, PodInputs::image("img"))).clone(),
+        pod_spec_of(&analytics_deployment(&cr, PodInputs::image("img"))).clone(),
         migration_job(&cr, 0).spec.unwrap().template.spec.unwrap(),
     ] {
         assert!(pod.volumes.is_none());
         assert!(pod.containers[0].volume_mounts.is_none());
         assert!(env_value(&pod.containers[0], "DATABASE_CA_FILE").is_none());
     }
+}
+
+fn template_of(d: &Deployment) -> &PodTemplateSpec {
+    &d.spec.as_ref().unwrap().template
+}
+
+fn with_pods(cr: &mut PostgresWriter) {
+    cr.spec.pods = Some(
+        serde_json::from_value(serde_json::json!({
+            "imagePullSecrets": [{"name": "registry"}],
+            "nodeSelector": {"pool": "writers"},
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            "priorityClassName": "high",
+            "labels": {"team": "data", "app.kubernetes.io/instance": "hijack"},
+            "annotations": {"owner": "data", "pgwriter.io/config-hash": "hijack"},
+            "serviceAccountName": "writer"
+        }))
+        .unwrap(),
+    );
+    cr.spec.analytics.pods = Some(
+        serde_json::from_value(serde_json::json!({
+            "nodeSelector": {"pool": "analytics"},
+            "tolerations": [],
+            "labels": {"team": "analytics", "tier": "batch"}
+        }))
+        .unwrap(),
+    );
+    cr.spec.migration.pods = Some(
+        serde_json::from_value(serde_json::json!({
+            "serviceAccountName": "migrator", "automountServiceAccountToken": true
+        }))
+        .unwrap(),
+    );
+    cr.spec.migration.resources = Some(
+        serde_json::from_value(
+            serde_json::json!({"requests": {"cpu": "100m"}, "limits": {"memory": "128Mi"}}),
+        )
+        .unwrap(),
+    );
+}
+
+#[test]
+fn pod_options_reach_every_pod_with_overrides_and_never_the_selectors() {
+    let mut cr = sample();
+    with_pods(&mut cr);
+    let worker = worker_deployment(&cr, PodInputs::image("img"));
+    let t = template_of(&worker);
+    let spec = t.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.image_pull_secrets.as_ref().unwrap()[0].name,
+        "registry"
+    );
+    assert_eq!(spec.node_selector.as_ref().unwrap()["pool"], "writers");
+    assert_eq!(spec.tolerations.as_ref().unwrap().len(), 1);
+    assert_eq!(spec.priority_class_name.as_deref(), Some("high"));
+    assert_eq!(spec.service_account_name.as_deref(), Some("writer"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let meta = t.metadata.as_ref().unwrap();
+    let labels = meta.labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "data");
+    assert_eq!(
+        labels["app.kubernetes.io/instance"], "indexer",
+        "the operator's selector labels always win"
+    );
+    let annotations = meta.annotations.as_ref().unwrap();
+    assert_eq!(annotations["owner"], "data");
+    assert_eq!(annotations[CONFIG_HASH_ANNOTATION], config_hash(&cr));
+    // The selector still selects the pods.
+    let selector = worker
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .clone()
+        .unwrap();
+    assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+
+    let analytics = analytics_deployment(&cr, PodInputs::image("img"));
+    let t = template_of(&analytics);
+    let spec = t.spec.as_ref().unwrap();
+    assert_eq!(spec.node_selector.as_ref().unwrap()["pool"], "analytics");
+    assert_eq!(spec.tolerations, None, "an empty override list clears");
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some("writer"),
+        "inherited"
+    );
+    let labels = t.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert_eq!(
+        (labels["team"].as_str(), labels["tier"].as_str()),
+        ("analytics", "batch")
+    );
+    assert_eq!(labels["app.kubernetes.io/component"], "analytics");
+
+    let job = migration_job(&cr, 0);
+    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("migrator"));
+    assert_eq!(pod.automount_service_account_token, Some(true), "asked for");
+    assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "writers");
+    let resources = pod.containers[0].resources.as_ref().unwrap();
+    assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "100m");
+}
+
+#[test]
+fn without_pod_options_the_token_is_not_mounted() {
+    let cr = sample();
+    for pod in [
+        pod_spec_of(&worker_deployment(&cr, PodInputs::image("img"))).clone(),
+        pod_spec_of(&analytics_deployment(&cr, PodInputs::image("img"))).clone(),
+        migration_job(&cr, 0).spec.unwrap().template.spec.unwrap(),
+    ] {
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert!(pod.service_account_name.is_none() && pod.node_selector.is_none());
+    }
+}
+
+#[test]
+fn migration_placement_is_part_of_the_job_name() {
+    let cr = sample();
+    let mut placed = cr.clone();
+    placed.spec.migration.pods = Some(
+        serde_json::from_value(serde_json::json!({"nodeSelector": {"pool": "batch"}})).unwrap(),
+    );
+    assert_ne!(migration_job_name(&cr, 0), migration_job_name(&placed, 0));
+    // Worker-only changes (analytics override) do not touch the Job.
+    let mut analytics = cr.clone();
+    analytics.spec.analytics.pods = placed.spec.migration.pods.clone();
+    assert_eq!(
+        migration_job_name(&cr, 0),
+        migration_job_name(&analytics, 0)
+    );
+}
+
+#[test]
+fn secrets_hash_follows_the_referenced_secrets_versions() {
+    let mut cr = sample();
+    with_cas(&mut cr);
+    let mut versions = SecretVersions::from([
+        ("pg".to_string(), "10".to_string()),
+        ("pg-ca".to_string(), "11".to_string()),
+        ("redis-ca".to_string(), "12".to_string()),
+    ]);
+    let worker = secrets_hash(&cr, Component::Worker, &versions).unwrap();
+    let analytics = secrets_hash(&cr, Component::Analytics, &versions).unwrap();
+    versions.insert("redis-ca".into(), "13".into());
+    assert_ne!(
+        secrets_hash(&cr, Component::Worker, &versions).unwrap(),
+        worker
+    );
+    assert_eq!(
+        secrets_hash(&cr, Component::Analytics, &versions).unwrap(),
+        analytics,
+        "analytics pods do not read the Redis CA"
+    );
+    versions.insert("pg".into(), "20".into());
+    assert_ne!(
+        secrets_hash(&cr, Component::Analytics, &versions).unwrap(),
+        analytics
+    );
+    versions.remove("pg-ca");
+    assert_eq!(
+        secrets_hash(&cr, Component::Worker, &versions),
+        None,
+        "missing"
+    );
+    let names: Vec<String> = all_referenced_secrets(&cr)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(names, ["pg", "pg-ca", "redis-ca"]);
+    let d = worker_deployment(
+        &cr,
+        PodInputs {
+            image: "img",
+            secrets_hash: Some("abc"),
+        },
+    );
+    let annotations = template_of(&d)
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap();
+    assert_eq!(annotations[SECRETS_HASH_ANNOTATION], "abc");
+}
+
+#[test]
+fn suspend_scales_the_deployments_to_zero_and_keeps_spec_replicas() {
+    let mut cr = sample();
+    cr.spec.suspend = true;
+    let replicas = |d: Deployment| d.spec.unwrap().replicas;
+    assert_eq!(
+        replicas(worker_deployment(&cr, PodInputs::image("img"))),
+        Some(0)
+    );
+    assert_eq!(
+        replicas(analytics_deployment(&cr, PodInputs::image("img"))),
+        Some(0)
+    );
+    assert_eq!(cr.spec.replicas, 3);
+    cr.spec.suspend = false;
+    assert_eq!(
+        replicas(worker_deployment(&cr, PodInputs::image("img"))),
+        Some(3)
+    );
+    // Suspending does not start a migration Job.
+    let mut suspended = cr.clone();
+    suspended.spec.suspend = true;
+    assert_eq!(
+        migration_job_name(&cr, 0),
+        migration_job_name(&suspended, 0)
+    );
 }

@@ -9,6 +9,7 @@
 //! says why and passes, except under CI (`CI` set), where it fails.
 
 mod harness;
+mod pods;
 mod scenarios;
 
 use harness::*;
@@ -100,8 +101,22 @@ fn user_story_against_a_real_api_server() {
     let as_operator = Kube {
         kubeconfig: operator_config.clone(),
     };
-    // RBAC is enforced: the token may not read Secrets.
-    let denied = as_operator.kubectl_try(&["-n", &release_ns, "get", "secrets"]);
+    // RBAC is enforced: the token may read Secrets (get/list/watch: RBAC
+    // cannot grant their metadata alone, see the chart's values.yaml) but
+    // never write one, and may not get a pod (it only lists them).
+    for verb in ["create", "update", "patch", "delete", "deletecollection"] {
+        let can = as_operator.kubectl_try(&["-n", &release_ns, "auth", "can-i", verb, "secrets"]);
+        assert_eq!(can.stdout.trim(), "no", "{verb} secrets: {}", can.stderr);
+    }
+    let denied = as_operator.kubectl_try(&[
+        "-n",
+        &release_ns,
+        "create",
+        "secret",
+        "generic",
+        "probe",
+        "--from-literal=k=v",
+    ]);
     assert!(
         !denied.ok && denied.stderr.contains("forbidden"),
         "{}",
@@ -124,6 +139,9 @@ fn user_story_against_a_real_api_server() {
             "invalid_resources_are_refused",
             invalid_resources_are_refused,
         ),
+        ("placement_and_identity", pods::placement_and_identity),
+        ("secret_rotation", pods::secret_rotation),
+        ("suspend_and_status", pods::suspend_and_status),
     ];
     let results: Vec<(&str, Result<Duration, String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = scenarios

@@ -81,11 +81,11 @@ pub fn story(kube: &Kube) {
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "REPLICAS", "READY", "MIGRATED", "AGE"],
+        ["NAME", "REPLICAS", "READY", "STATUS", "MIGRATED", "AGE"],
         "{table}"
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(row[..4], ["indexer", "1", "1", "True"], "{table}");
+    assert_eq!(row[..5], ["indexer", "1", "1", "Ready", "True"], "{table}");
     println!("kubectl get pgw:\n{table}");
 
     // 3. kubectl scale through the scale subresource.
