@@ -442,7 +442,7 @@ pub fn suspend_and_status(kube: &Kube) {
         let (_, _, message) = condition(&o, "Ready").unwrap_or_default();
         (o["spec"]["replicas"] == 3 && message.contains("spec.replicas (3)"))
             .then_some(())
-            .ok_or_else(|| message)
+            .ok_or(message)
     });
     let d = kube.get(&ns, "deployment/indexer-worker").unwrap();
     assert_eq!(d["spec"]["replicas"], 0, "still suspended");
