@@ -278,12 +278,35 @@ async fn report_failure(cr: &PostgresWriter, ctx: &Context, error: &Error) {
 }
 
 async fn publish(ctx: &Context, cr: &PostgresWriter, type_: EventType, reason: &str, note: &str) {
+    publish_about(ctx, cr, type_, reason, note, None).await
+}
+
+/// The migration Job as an Event's related object: events about different
+/// Jobs are then separate series (a series shows only its first note).
+fn job_reference(cr: &PostgresWriter, job: &str) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("batch/v1".to_string()),
+        kind: Some("Job".to_string()),
+        name: Some(job.to_string()),
+        namespace: cr.namespace(),
+        ..Default::default()
+    }
+}
+
+async fn publish_about(
+    ctx: &Context,
+    cr: &PostgresWriter,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    secondary: Option<k8s_openapi::api::core::v1::ObjectReference>,
+) {
     let event = Event {
         type_,
         reason: reason.to_string(),
         note: Some(note.chars().take(1000).collect()),
         action: "Reconcile".to_string(),
-        secondary: None,
+        secondary,
     };
     if let Err(error) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
         tracing::warn!(error = %telemetry::ErrorChain(&error), reason, "could not publish event");
@@ -415,7 +438,7 @@ async fn ensure_migration(
             if k8s_openapi::jiff::Timestamp::now() >= retry_at {
                 let retry = resources::migration_job(cr, next);
                 create_job(jobs, &retry).await?;
-                publish(
+                publish_about(
                     ctx,
                     cr,
                     EventType::Normal,
@@ -424,6 +447,7 @@ async fn ensure_migration(
                         "attempt {next} of the migration of {} after: {reason}",
                         cr.spec.image
                     ),
+                    Some(job_reference(cr, &retry.name_any())),
                 )
                 .await;
                 let state = Migration::Running;
@@ -1089,6 +1113,8 @@ async fn publish_transitions(
             ("Migrated", "False", "MigrationRunning") => (EventType::Normal, "MigrationStarted"),
             ("Migrated", "True", _) => (EventType::Normal, "MigrationSucceeded"),
             ("Migrated", "False", "MigrationFailed") => (EventType::Warning, "MigrationFailed"),
+            // The Migrated transition above already says it.
+            ("Degraded", "True", "MigrationFailed") => continue,
             ("Degraded", "True", reason) => (EventType::Warning, reason),
             ("Ready", "True", _) => (EventType::Normal, "Ready"),
             ("Suspended", "True", _) => (EventType::Normal, "Suspended"),
@@ -1096,7 +1122,12 @@ async fn publish_transitions(
             ("Suspended", "False", _) if before.is_some() => (EventType::Normal, "Resumed"),
             _ => continue,
         };
-        publish(ctx, cr, type_, reason, &c.message).await;
+        let job = new
+            .last_migration
+            .as_ref()
+            .filter(|_| c.type_ == "Migrated")
+            .map(|m| job_reference(cr, &m.job_name));
+        publish_about(ctx, cr, type_, reason, &c.message, job).await;
     }
 }
 
