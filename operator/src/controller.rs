@@ -392,16 +392,20 @@ async fn ensure_migration(
     jobs: &Api<Job>,
     pods: &Api<Pod>,
 ) -> Result<(Migration, MigrationRecord), Error> {
-    let record = |job: &str, state: &Migration, completion: Option<Time>| MigrationRecord {
-        job_name: job.to_string(),
-        image: cr.spec.image.clone(),
-        result: match state {
-            Migration::Running => "Running",
-            Migration::Succeeded => "Succeeded",
-            Migration::Failed { .. } => "Failed",
-        }
-        .to_string(),
-        completion_time: completion,
+    // The state with the Job it was read from, for status.lastMigration.
+    let with_record = |job: &str, state: Migration, completion: Option<Time>| {
+        let record = MigrationRecord {
+            job_name: job.to_string(),
+            image: cr.spec.image.clone(),
+            result: match state {
+                Migration::Running => "Running",
+                Migration::Succeeded => "Succeeded",
+                Migration::Failed { .. } => "Failed",
+            }
+            .to_string(),
+            completion_time: completion,
+        };
+        (state, record)
     };
     let selector = format!(
         "app.kubernetes.io/instance={},{}={}",
@@ -418,11 +422,7 @@ async fn ensure_migration(
     let Some(job) = latest else {
         let job = resources::migration_job(cr, 0);
         create_job(jobs, &job).await?;
-        let state = Migration::Running;
-        return {
-            let r = record(&job.name_any(), &state, None);
-            Ok((state, r))
-        };
+        return Ok(with_record(&job.name_any(), Migration::Running, None));
     };
     match Migration::of(&job) {
         Migration::Failed { mut reason, .. } => {
@@ -450,11 +450,7 @@ async fn ensure_migration(
                     Some(job_reference(cr, &retry.name_any())),
                 )
                 .await;
-                let state = Migration::Running;
-                return {
-                    let r = record(&retry.name_any(), &state, None);
-                    Ok((state, r))
-                };
+                return Ok(with_record(&retry.name_any(), Migration::Running, None));
             }
             let pods = pod_failures(pods, &job.name_any()).await?;
             if !pods.is_empty() {
@@ -465,17 +461,11 @@ async fn ensure_migration(
                 retry_at: Some(Time(retry_at)),
             };
             let completion = failed_condition(&job).and_then(|c| c.last_transition_time.clone());
-            {
-                let r = record(&job.name_any(), &state, completion);
-                Ok((state, r))
-            }
+            Ok(with_record(&job.name_any(), state, completion))
         }
         state => {
             let completion = job.status.as_ref().and_then(|s| s.completion_time.clone());
-            {
-                let r = record(&job.name_any(), &state, completion);
-                Ok((state, r))
-            }
+            Ok(with_record(&job.name_any(), state, completion))
         }
     }
 }
