@@ -229,6 +229,30 @@ fn crd_names_subresources_and_columns() {
         spec["properties"]["database"]["properties"]["pool"]["x-kubernetes-validations"][0]["rule"],
         "self.minConnections <= self.maxConnections"
     );
+    // Pod placement: the Kubernetes types' own schemas, in all three places.
+    for pods in [
+        &spec["properties"]["pods"],
+        &spec["properties"]["analytics"]["properties"]["pods"],
+        &spec["properties"]["migration"]["properties"]["pods"],
+    ] {
+        for field in [
+            "imagePullSecrets",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "topologySpreadConstraints",
+            "priorityClassName",
+            "serviceAccountName",
+            "automountServiceAccountToken",
+        ] {
+            assert!(pods["properties"][field].is_object(), "{field}");
+        }
+        let rule = pods["properties"]["labels"]["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap();
+        assert!(rule.contains("'app.kubernetes.io/instance'"), "{rule}");
+    }
+    assert_eq!(spec["properties"]["suspend"]["default"], false);
     let root = &version["schema"]["openAPIV3Schema"]["x-kubernetes-validations"][0];
     assert_eq!(
         root["rule"],

@@ -903,3 +903,28 @@ fn a_secret_maps_to_the_writers_that_reference_it() {
         ["indexer"]
     );
 }
+
+#[test]
+fn the_status_patch_clears_fields_that_are_gone() {
+    let status = PostgresWriterStatus {
+        phase: Some("Ready".into()),
+        last_migration: Some(crate::crd::MigrationRecord {
+            job_name: "indexer-migrate-x".into(),
+            image: IMAGE_B.into(),
+            result: "Running".into(),
+            completion_time: None,
+        }),
+        ..Default::default()
+    };
+    let patch = status_patch(&status);
+    // A merge patch keeps what it does not mention: a Ready phase must drop
+    // the previous message, a running Job the previous completion time.
+    assert_eq!(patch["message"], Value::Null);
+    assert!(patch.as_object().unwrap().contains_key("message"));
+    assert_eq!(patch["currentImage"], Value::Null);
+    assert!(patch["lastMigration"]
+        .as_object()
+        .unwrap()
+        .contains_key("completionTime"));
+    assert_eq!(patch["phase"], "Ready");
+}
