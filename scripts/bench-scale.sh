@@ -46,7 +46,8 @@
 #
 # Progress goes to stderr; the markdown table goes to stdout and $SCALE_OUT/scale.md.
 #
-# CPU is read at the workers' start and once settled. PostgreSQL CPU = utime+stime+cutime+cstime of the postmaster plus
+# CPU is read at the workers' start, when drained and once settled; the table
+# gives the whole and, in brackets, the part spent settling. PostgreSQL CPU = utime+stime+cutime+cstime of the postmaster plus
 # utime+stime+cutime+cstime of its live children, read before and after the
 # run: a backend that exits is added to the postmaster's cutime/cstime when the
 # postmaster reaps it (a zombie still shows its own times), so connections that
@@ -244,7 +245,7 @@ for spec in "${all_runs[@]}"; do
   flag=$OUT/.sampling_$label
   : >"$flag"
   (while [ -e "$flag" ]; do
-    echo "SELECT coalesce(wait_event_type || ':' || wait_event, 'running') FROM pg_stat_activity WHERE datname = '$db' AND state = 'active';"
+    echo "SELECT extract(epoch FROM clock_timestamp()) || ' ' || coalesce(wait_event_type || ':' || wait_event, 'running') FROM pg_stat_activity WHERE datname = '$db' AND state = 'active';"
     sleep 0.2
   done | psql_admin >"$OUT/waits_$label") &
   sampler=$!
@@ -291,6 +292,8 @@ for spec in "${all_runs[@]}"; do
     sleep 0.2
   done
   t1=$(now)
+  wk1=$(proc_ticks "${pids[@]}")
+  pg1=$(pg_ticks)
   settled=-
   if [ "$drained" = 1 ]; then
     log "  $label: drained in $(elapsed "$t0" "$t1") s; waiting until settled"
@@ -310,8 +313,8 @@ for spec in "${all_runs[@]}"; do
       sleep 0.2
     done
   fi
-  wk=$(proc_ticks "${pids[@]}")
-  pg1=$(pg_ticks)
+  wk2=$(proc_ticks "${pids[@]}")
+  pg2=$(pg_ticks)
   final=$OUT/metric_final_$label
   : >"$final"
   scrape_metrics "$final" "${ports[@]}"
@@ -331,30 +334,36 @@ for spec in "${all_runs[@]}"; do
   fi
   [ "$drained" = 1 ] || v="did not drain; $v"
   stored=$(psql "$url" -Atq -c "SELECT (SELECT count(*) FROM deposited_events) + (SELECT count(*) FROM redeemed_events) + (SELECT count(*) FROM share_price_changed_events) + (SELECT count(*) FROM atom_created_events) + (SELECT count(*) FROM triple_created_events) + (SELECT count(*) FROM generic_events)")
-  waits=$(sort "$OUT/waits_$label" | uniq -c | sort -rn | head -4 | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}')
+  # Wait events until drained (the table, as run.sh) and while settling (the log).
+  top_waits() { sort | uniq -c | sort -rn | head -4 | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}'; }
+  waits=$(awk -v t="$t1" '$1 <= t {print $2}' "$OUT/waits_$label" | top_waits)
+  settle_waits=$(awk -v t="$t1" '$1 > t {print $2}' "$OUT/waits_$label" | top_waits)
+  [ "$settled" = - ] || log "  $label: settled after $settled s; wait events meanwhile: ${settle_waits:-none}"
   mcells=""
   for m in $METRICS; do
     ms=$(metric_summary "$m" "$mfile" "$final")
     [ -z "$ms" ] || metric_seen[$m]=1
     mcells+="${ms:--}|"
   done
-  row=$(awk -v n="$n" -v s="${settings:-defaults}" -v e="$stored" -v a="$t0" -v b="$t1" -v st="$settled" -v wk="$wk" \
-    -v pg=$((pg1 - pg0)) -v tck="$tck" -v v="$v" -v w="${waits:-none}" '
+  row=$(awk -v n="$n" -v s="${settings:-defaults}" -v e="$stored" -v a="$t0" -v b="$t1" -v st="$settled" \
+    -v wk="$wk2" -v wks=$((wk2 - wk1)) -v pg=$((pg2 - pg0)) -v pgs=$((pg2 - pg1)) -v tck="$tck" -v v="$v" -v w="${waits:-none}" '
     function c(x,  s, r) {s = sprintf("%d", x); while (length(s) > 3) {r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3)}; return s r}
+    function cpu(t, after) {return sprintf("%.3f (%.3f settling)", t / tck / k, after / tck / k)}
     BEGIN {
       d = b - a; k = e / 1000
-      printf "| %d | %s | %s | %.2f | %s | %s | %.3f | %.3f | %s | %s |\n", n, s, c(e), d, c(e / d), st, wk / tck / k, pg / tck / k, w, v
+      printf "| %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s |\n", n, s, c(e), d, c(e / d), st, cpu(wk, wks), cpu(pg, pgs), w, v
     }')
   rows+=("$row")
   cells+=("$mcells")
-  log "  $label done: $row ${mcells//|/ }"
+  log "  $label done: $row"
+  [ -z "${mcells//[-|]/}" ] || log "  $label metrics ($METRICS): ${mcells//|/ }"
   psql_admin -c "DROP DATABASE IF EXISTS $db"
 done
 
 {
   echo "$(nproc) cores, PostgreSQL $(psql_admin -c 'show server_version') durable (fsync and synchronous_commit on), $EVENTS events, $ACCOUNTS accounts, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  h="| worker processes | settings | events stored | seconds | events/s | settled after (s) | worker CPU s / 1,000 events | PostgreSQL CPU s / 1,000 events | wait events of active backends (samples every 0.2 s) | verify |"
+  h="| worker processes | settings | events stored | seconds | events/s | settled after (s) | worker CPU s / 1,000 events (settling) | PostgreSQL CPU s / 1,000 events (settling) | wait events of active backends until drained (samples every 0.2 s) | verify |"
   sep="|---|---|---|---|---|---|---|---|---|---|"
   for m in $METRICS; do
     [ -z "${metric_seen[$m]:-}" ] || { h+=" $m |"; sep+="---|"; }
