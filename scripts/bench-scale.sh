@@ -357,6 +357,7 @@ for spec in "${all_runs[@]}"; do
   cells+=("$mcells")
   log "  $label done: $row"
   [ -z "${mcells//[-|]/}" ] || log "  $label metrics ($METRICS): ${mcells//|/ }"
+  log "  $label: transactions committed, rolled back, deadlocks: $(psql_admin -F ', ' -c "SELECT xact_commit, xact_rollback, deadlocks FROM pg_stat_database WHERE datname = '$db'")"
   psql_admin -c "DROP DATABASE IF EXISTS $db"
 done
 
