@@ -189,7 +189,7 @@ metric_summary() {
         if (n == 0) {print "no samples"; exit}
         best = "+Inf"
         for (le in b) if (le != "+Inf" && b[le] >= 0.99 * n && (best == "+Inf" || le + 0 < best + 0)) best = le
-        printf "mean %.3f, p99 <= %s (%d)", s / n, best, n
+        printf "mean %.3f, p99 <= %s (%d)", s / n, (best == "+Inf" ? best : sprintf("%.3g", best)), n
       }' "$final"
   else
     awk -v m="$m" '$2 == m || index($2, m "{") == 1 {v = $NF + 0; if (!seen || v > max) max = v; seen = 1}
