@@ -253,10 +253,10 @@ for spec in "${all_runs[@]}"; do
   ports=()
   t0=$(now)
   for i in $(seq 1 "$n"); do
-    port=$((19100 + i))
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     ports+=("$port")
     env "${envs[@]}" DATABASE_URL="$url" REDIS_URL="$REDIS_URL" REDIS_STREAMS="$streams" CONSUMER_GROUP="$group" \
-      CONSUMER_NAME="w$i" HTTP_PORT=$port HTTP_BIND_ADDRESS=127.0.0.1 RUST_LOG=warn \
+      CONSUMER_NAME="w$i" HTTP_PORT="$port" HTTP_BIND_ADDRESS=127.0.0.1 RUST_LOG=warn \
       "$BIN" run >"$OUT/worker_${label}_$i.log" 2>&1 &
     pids+=($!)
   done
