@@ -161,9 +161,25 @@ pub fn scale_subresource_and_hpa(kube: &Kube) {
     );
 }
 
+/// Numbers as f64: the API server stores `1` of a YAML file as `1.0`.
+fn numbers_as_floats(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => json!(n.as_f64()),
+        Value::Array(a) => Value::Array(a.iter().map(numbers_as_floats).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// The served CRD's schema is the one in `file`.
 fn served_schema_is(kube: &Kube, file: &str) {
-    let want = &yaml_docs(&read(file))[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let want = numbers_as_floats(
+        &yaml_docs(&read(file))[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+    );
     wait_for(&format!("the served CRD is {file}"), || {
         let crd: Value = serde_json::from_str(&kube.kubectl(&[
             "get",
@@ -173,7 +189,7 @@ fn served_schema_is(kube: &Kube, file: &str) {
             "json",
         ]))
         .unwrap();
-        let served = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let served = numbers_as_floats(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]);
         if served == want {
             Ok(())
         } else {
