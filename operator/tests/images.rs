@@ -87,7 +87,7 @@ fn problems(text: &str, binary: &str) -> Vec<String> {
         }
         // Each command's first word (shell or exec form): is it the binary?
         let runs_binary = rest
-            .split(|c| c == '&' || c == ';' || c == '|')
+            .split(['&', ';', '|'])
             .filter_map(|command| {
                 command
                     .split(|c: char| c.is_whitespace() || c == '"' || c == '[' || c == ',')
