@@ -285,6 +285,169 @@ pub fn default_identity() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{json, Value};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/pgw";
+
+    /// One Lease with the API server's optimistic concurrency: a write with
+    /// another resourceVersion is a 409. `interfere` makes another
+    /// candidate's write land between the next read and write.
+    #[derive(Default)]
+    struct LeaseServer {
+        lease: Mutex<Option<Value>>,
+        version: Mutex<u64>,
+        interfere: AtomicBool,
+    }
+
+    impl LeaseServer {
+        fn start() -> (Client, Arc<LeaseServer>) {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let server = Arc::new(LeaseServer::default());
+            let s = server.clone();
+            tokio::spawn(async move {
+                while let Some((request, send)) = handle.next_request().await {
+                    let (status, body) = s.handle(request).await;
+                    send.send_response(
+                        Response::builder()
+                            .status(status)
+                            .body(Body::from(body.to_string().into_bytes()))
+                            .unwrap(),
+                    );
+                }
+            });
+            (Client::new(service, "default"), server)
+        }
+
+        fn store(&self, mut lease: Value) -> Value {
+            let mut version = self.version.lock().unwrap();
+            *version += 1;
+            lease["metadata"]["resourceVersion"] = json!(version.to_string());
+            *self.lease.lock().unwrap() = Some(lease.clone());
+            lease
+        }
+
+        fn holder(&self) -> Option<String> {
+            let lease = self.lease.lock().unwrap().clone()?;
+            lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+        }
+
+        async fn handle(&self, request: Request<Body>) -> (u16, Value) {
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let body = request.into_body().collect_bytes().await.unwrap();
+            let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                  "reason": "Conflict", "code": 409, "message": "conflict"});
+            let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": "NotFound", "code": 404, "message": "not found"});
+            let current = self.lease.lock().unwrap().clone();
+            match (method.as_str(), path == PATH) {
+                ("GET", true) => {
+                    let interfere = self.interfere.swap(false, Ordering::SeqCst);
+                    let Some(lease) = current else {
+                        if interfere {
+                            self.store(json!({"metadata": {"name": "pgw", "namespace": "ops"},
+                                              "spec": {"holderIdentity": "intruder"}}));
+                        }
+                        return (404, not_found);
+                    };
+                    if interfere {
+                        let mut other = lease.clone();
+                        other["spec"]["holderIdentity"] = json!("intruder");
+                        self.store(other);
+                    }
+                    (200, lease)
+                }
+                ("POST", false) if current.is_none() => {
+                    let lease: Value = serde_json::from_slice(&body).unwrap();
+                    (201, self.store(lease))
+                }
+                ("POST", false) => (409, conflict),
+                ("PUT", true) => {
+                    let lease: Value = serde_json::from_slice(&body).unwrap();
+                    let stored = current.map(|c| c["metadata"]["resourceVersion"].clone());
+                    if stored != Some(lease["metadata"]["resourceVersion"].clone()) {
+                        return (409, conflict);
+                    }
+                    (200, self.store(lease))
+                }
+                other => panic!("unexpected request {other:?} {path}"),
+            }
+        }
+    }
+
+    fn elector(client: &Client, identity: &str) -> Elector {
+        let config =
+            LeaseConfig::new("ops".into(), "pgw".into(), identity.into(), 15, 10, 2).unwrap();
+        Elector::new(client.clone(), config)
+    }
+
+    #[tokio::test]
+    async fn one_leader_standbys_wait_and_a_release_hands_over() {
+        let (client, server) = LeaseServer::start();
+        let mut a = elector(&client, "a");
+        let mut b = elector(&client, "b");
+        assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        assert_eq!(
+            b.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(Some("a".into()))
+        );
+        // Renewals keep it; the standby keeps waiting (the record changes,
+        // so its expiry clock restarts).
+        assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        assert_eq!(
+            b.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(Some("a".into()))
+        );
+        assert_eq!(server.holder().as_deref(), Some("a"));
+        // Only the holder releases.
+        b.release().await.unwrap();
+        assert_eq!(server.holder().as_deref(), Some("a"));
+        a.release().await.unwrap();
+        assert_eq!(server.holder(), None);
+        assert_eq!(b.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        let lease = server.lease.lock().unwrap().clone().unwrap();
+        assert_eq!(lease["spec"]["holderIdentity"], "b");
+        assert_eq!(lease["spec"]["leaseTransitions"], 1);
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+        assert_eq!(
+            a.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(Some("b".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_loses_the_race_is_a_standby_answer() {
+        let (client, server) = LeaseServer::start();
+        let mut a = elector(&client, "a");
+        a.try_acquire_or_renew().await.unwrap();
+        a.release().await.unwrap();
+        // Another candidate writes between b's read and b's write: 409.
+        let mut b = elector(&client, "b");
+        server.interfere.store(true, Ordering::SeqCst);
+        assert_eq!(
+            b.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(None)
+        );
+        assert_eq!(server.holder().as_deref(), Some("intruder"));
+        // Two creates at once: the second gets 409, a standby answer too.
+        let (client, server) = LeaseServer::start();
+        let mut c = elector(&client, "c");
+        server.interfere.store(true, Ordering::SeqCst);
+        assert_eq!(
+            c.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(None)
+        );
+        assert_eq!(server.holder().as_deref(), Some("intruder"));
+        // The next try sees the intruder's fresh Lease: standby, no write.
+        assert_eq!(
+            c.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(Some("intruder".into()))
+        );
+    }
 
     #[test]
     fn timings_must_be_ordered() {
