@@ -2,9 +2,10 @@
 # shellcheck disable=SC2016 # wait_for conditions are single-quoted on purpose: eval expands them on every try
 # End-to-end on a local kind cluster (needs Docker, kind, kubectl, helm):
 # builds and loads both images, starts Redis and PostgreSQL in the cluster,
-# installs the operator with Helm (two replicas, one Lease holder), applies a PostgresWriter, feeds sample
-# events, checks rows appear, checks migration gating (workers keep their
-# image while a new image's migration has not succeeded), scales to 3 workers
+# installs the operator with Helm (two replicas, one Lease holder), applies a
+# PostgresWriter, feeds sample events, checks rows appear, checks migration
+# gating (workers keep their image while a new image's migration has not
+# succeeded), scales to 3 workers
 # and back to 1 (drain: nothing left pending, no failed preStop hook), deletes
 # the resource and checks its objects are gone.
 #
