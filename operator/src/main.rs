@@ -353,3 +353,60 @@ async fn run_controllers(
     futures::future::join_all(runs).await;
     tracing::info!("controller stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["postgres-writer-operator", "run"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            Command::Crdgen => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn namespaces_are_a_list_and_one_name_still_works() {
+        let args = run_args(&["--namespace", "chain-a,chain-b", "--namespace", "chain-c"]).unwrap();
+        assert_eq!(args.namespaces, ["chain-a", "chain-b", "chain-c"]);
+        let args = run_args(&["--namespace", "chain"]).unwrap();
+        assert_eq!(watched(args.namespaces), ["chain"]);
+        assert_eq!(
+            watched(vec![" a ".into(), String::new(), "b".into(), "a".into()]),
+            ["a", "b"]
+        );
+        assert!(watched(Vec::new()).is_empty(), "empty: every namespace");
+    }
+
+    #[test]
+    fn lease_settings_have_ranges_and_defaults() {
+        let args = run_args(&[]).unwrap();
+        assert!(args.leader_elect);
+        assert_eq!(
+            (
+                args.lease_duration_seconds,
+                args.renew_deadline_seconds,
+                args.retry_period_seconds
+            ),
+            (15, 10, 2)
+        );
+        assert!(!run_args(&["--leader-elect", "false"]).unwrap().leader_elect);
+        for bad in [
+            ["--lease-duration-seconds", "1"],
+            ["--lease-duration-seconds", "301"],
+            ["--renew-deadline-seconds", "0"],
+            ["--retry-period-seconds", "61"],
+        ] {
+            let err = run_args(&bad).err().expect("refused");
+            assert!(err.to_string().contains(bad[0]), "{err}");
+        }
+    }
+}
