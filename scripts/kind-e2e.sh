@@ -2,9 +2,10 @@
 # shellcheck disable=SC2016 # wait_for conditions are single-quoted on purpose: eval expands them on every try
 # End-to-end on a local kind cluster (needs Docker, kind, kubectl, helm):
 # builds and loads both images, starts Redis and PostgreSQL in the cluster,
-# installs the operator with Helm, applies a PostgresWriter, feeds sample
-# events, checks rows appear, checks migration gating (workers keep their
-# image while a new image's migration has not succeeded), scales to 3 workers
+# installs the operator with Helm (two replicas, one Lease holder), applies a
+# PostgresWriter, feeds sample events, checks rows appear, checks migration
+# gating (workers keep their image while a new image's migration has not
+# succeeded), scales to 3 workers
 # and back to 1 (drain: nothing left pending, no failed preStop hook), deletes
 # the resource and checks its objects are gone.
 #
@@ -95,6 +96,10 @@ kubectl -n "$ns" rollout status deploy/redis deploy/postgres --timeout=180s
 step "installing the operator with Helm"
 helm upgrade --install pgw-operator charts/postgres-writer-operator --namespace "$ns" \
   --set image.repository=postgres-writer-operator --set image.tag="$tag" --set image.pullPolicy=Never --wait
+lease=pgw-operator-postgres-writer-operator
+wait_for "an operator replica holding Lease $lease" \
+  'test -n "$(kubectl -n "$ns" get lease "$lease" -o jsonpath="{.spec.holderIdentity}")"'
+echo "leader: $(kubectl -n "$ns" get lease "$lease" -o jsonpath='{.spec.holderIdentity}')"
 
 step "applying a PostgresWriter"
 kubectl -n "$ns" apply -f - <<YAML

@@ -5,9 +5,11 @@
 //! - [`crd`]: the custom resource and its schema;
 //! - [`resources`]: desired objects as pure functions of the spec;
 //! - [`controller`]: `reconcile`, `error_policy`, status and events;
+//! - [`leader`]: leader election on a Lease (two replicas are safe);
 //! - [`metrics`]: the operator's own metrics and HTTP endpoints.
 
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod resources;

@@ -1,7 +1,7 @@
 //! The `postgres-writer-operator` binary: `run` the controller, or `crdgen`
 //! to print the CRD that `crds/` holds.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -13,11 +13,13 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use operator::controller::{error_policy, reconcile, Context};
 use operator::crd::PostgresWriter;
+use operator::leader::{self, Attempt, Elector, LeaseConfig};
 use operator::metrics::Metrics;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -32,22 +34,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controller (one replica; see the Helm chart).
-    Run {
-        /// Port of /livez, /readyz and /metrics.
-        #[arg(long, env = "OPERATOR_HTTP_PORT", default_value_t = 8081)]
-        http_port: u16,
-        /// Watch only this namespace (default: all namespaces).
-        #[arg(long, env = "WATCH_NAMESPACE")]
-        namespace: Option<String>,
-        /// Wait after a failed migration Job before the next attempt, in seconds (doubles per attempt, up to 32×).
-        #[arg(long, env = "MIGRATION_RETRY_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-        migration_retry_seconds: u64,
-        #[command(flatten)]
-        telemetry: telemetry::TelemetryArgs,
-    },
+    /// Run the controller (two replicas with leader election in the Helm chart).
+    Run(RunArgs),
     /// Print the PostgresWriter CustomResourceDefinition as YAML.
     Crdgen,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Port of /livez, /readyz and /metrics.
+    #[arg(long, env = "OPERATOR_HTTP_PORT", default_value_t = 8081)]
+    http_port: u16,
+    /// Watch only these namespaces (comma-separated or repeated; default: all namespaces).
+    #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Wait after a failed migration Job before the next attempt, in seconds (doubles per attempt, up to 32×).
+    #[arg(long, env = "MIGRATION_RETRY_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    migration_retry_seconds: u64,
+    /// Run the controller only while holding the leader Lease (false: always, for a single replica).
+    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader Lease (coordination.k8s.io/v1).
+    #[arg(long, env = "LEASE_NAME", default_value = "postgres-writer-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (default: the kubeconfig's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a silent leader keeps the Lease before a standby may take it.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(leader::LEASE_DURATION_SECONDS))]
+    lease_duration_seconds: u64,
+    /// Seconds the leader keeps leading without a successful renewal (below the lease duration).
+    #[arg(long, env = "LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(leader::RENEW_DEADLINE_SECONDS))]
+    renew_deadline_seconds: u64,
+    /// Seconds between two tries to renew (leader) or acquire (standby) (below the renew deadline).
+    #[arg(long, env = "LEASE_RETRY_PERIOD_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(leader::RETRY_PERIOD_SECONDS))]
+    retry_period_seconds: u64,
+    #[command(flatten)]
+    telemetry: telemetry::TelemetryArgs,
 }
 
 fn main() -> ExitCode {
@@ -63,24 +89,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run {
-            http_port,
-            namespace,
-            migration_retry_seconds,
-            telemetry: telemetry_args,
-        } => telemetry::run_main(
-            &telemetry_args,
+        Command::Run(args) => telemetry::run_main(
+            &args.telemetry.clone(),
             "postgres-writer-operator",
             "info",
-            async move {
-                run(
-                    http_port,
-                    namespace,
-                    Duration::from_secs(migration_retry_seconds),
-                )
-                .await
-                .map(|()| ExitCode::SUCCESS)
-            },
+            async move { run(args).await.map(|()| ExitCode::SUCCESS) },
         ),
     }
 }
@@ -97,89 +110,314 @@ async fn check_crd(api: &Api<PostgresWriter>) -> anyhow::Result<()> {
     }
 }
 
-async fn run(
-    http_port: u16,
-    namespace: Option<String>,
-    migration_retry: Duration,
-) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
-    let metrics = Arc::new(Metrics::new());
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", http_port)).await?;
-    let app = operator::metrics::router(metrics.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
+/// The watched namespaces: trimmed, without empty names or repeats; empty means all.
+fn watched(namespaces: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ns in namespaces {
+        let ns = ns.trim().to_string();
+        if !ns.is_empty() && !out.contains(&ns) {
+            out.push(ns);
         }
     }
+    out
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Cancels `stop` on SIGTERM or Ctrl-C.
+fn stop_on_signal(stop: CancellationToken) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutdown signal received");
+        stop.cancel();
+    });
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.http_port)).await?;
+    let app = operator::metrics::router(metrics.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let stop = CancellationToken::new();
+    stop_on_signal(stop.clone())?;
+    let namespaces = watched(args.namespaces);
+    let lease = args
+        .leader_elect
+        .then(|| {
+            LeaseConfig::new(
+                args.lease_namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_string()),
+                args.lease_name.clone(),
+                args.identity
+                    .clone()
+                    .unwrap_or_else(leader::default_identity),
+                args.lease_duration_seconds,
+                args.renew_deadline_seconds,
+                args.retry_period_seconds,
+            )
+        })
+        .transpose()?;
+    let migration_retry = Duration::from_secs(args.migration_retry_seconds);
+
     // Not ready (and a clear log line every 10 s) until the CRD exists.
-    let writers = api::<PostgresWriter>(&client, &namespace);
-    while let Err(error) = check_crd(&writers).await {
+    let probe = api::<PostgresWriter>(&client, namespaces.first().map(String::as_str));
+    while let Err(error) = check_crd(&probe).await {
         metrics.set_not_ready(&format!("{error:#}"));
         tracing::error!("{error:#}; retrying in 10 s");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
         }
     }
-    metrics.set_not_ready("waiting for the PostgresWriter watch to sync");
+    let Some(lease) = lease else {
+        metrics.set_role(true, "leader election off");
+        metrics.set_not_ready("waiting for the PostgresWriter watch to sync");
+        run_controllers(&client, &namespaces, &metrics, migration_retry, stop).await;
+        return Ok(());
+    };
+
+    // A standby is ready: it takes over when the leader goes.
+    let mut elector = Elector::new(client.clone(), lease.clone());
+    tracing::info!(
+        lease = %format!("{}/{}", lease.namespace, lease.name),
+        identity = %lease.identity,
+        "waiting for the leader Lease"
+    );
+    loop {
+        match elector.try_acquire_or_renew().await {
+            Ok(Attempt::Leading) => break,
+            Ok(Attempt::Standby(holder)) => {
+                let holder = holder.unwrap_or_else(|| "none".into());
+                metrics.set_role(false, &format!("standby; leader: {holder}"));
+                metrics.ready.store(true, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(error = %telemetry::ErrorChain(&error), "leader election");
+                metrics.set_role(false, "standby; the Lease cannot be read");
+                metrics.set_not_ready(&format!("leader election: {error}"));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(lease.retry_period) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
+    tracing::info!(identity = %lease.identity, "acquired the leader Lease; starting the controller");
+    metrics.set_role(true, "leader");
+    metrics.set_not_ready("leader: waiting for the PostgresWriter watch to sync");
+    let halt = stop.child_token();
+    let renewals = tokio::spawn(keep_leading(elector, halt.clone()));
+    run_controllers(
+        &client,
+        &namespaces,
+        &metrics,
+        migration_retry,
+        halt.clone(),
+    )
+    .await;
+    halt.cancel();
+    let (mut elector, lost) = renewals.await?;
+    metrics.set_role(false, "stopped");
+    if lost {
+        anyhow::bail!(
+            "lost the leader Lease {}/{}: exiting so that this replica restarts as a standby",
+            lease.namespace,
+            lease.name
+        );
+    }
+    // Released for a quick takeover by a standby.
+    match elector.release().await {
+        Ok(()) => tracing::info!("released the leader Lease"),
+        Err(error) => tracing::warn!(error = %telemetry::ErrorChain(&error), "releasing the Lease"),
+    }
+    Ok(())
+}
+
+/// Renews the Lease every retry period until `halt`; cancels `halt` and
+/// returns `true` when leadership is lost (another holder, or no renewal
+/// within the renew deadline).
+async fn keep_leading(mut elector: Elector, halt: CancellationToken) -> (Elector, bool) {
+    let config = elector.config().clone();
+    let mut renewed = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(config.retry_period) => {}
+            _ = halt.cancelled() => return (elector, false),
+        }
+        match tokio::time::timeout(config.renew_deadline, elector.try_acquire_or_renew()).await {
+            Ok(Ok(Attempt::Leading)) => renewed = Instant::now(),
+            Ok(Ok(Attempt::Standby(holder))) => {
+                tracing::error!(holder = ?holder, "another replica holds the leader Lease");
+                halt.cancel();
+                return (elector, true);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %telemetry::ErrorChain(&error), "renewing the leader Lease")
+            }
+            Err(_) => tracing::warn!("renewing the leader Lease timed out"),
+        }
+        if renewed.elapsed() >= config.renew_deadline {
+            tracing::error!("no renewal of the leader Lease within the renew deadline");
+            halt.cancel();
+            return (elector, true);
+        }
+    }
+}
+
+/// One controller per watched namespace (one for all when the list is
+/// empty), so that the operator needs only the namespaced Roles; they run
+/// until `halt`.
+async fn run_controllers(
+    client: &Client,
+    namespaces: &[String],
+    metrics: &Arc<Metrics>,
+    migration_retry: Duration,
+    halt: CancellationToken,
+) {
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=postgres-writer-operator");
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone()).with_migration_retry(migration_retry),
     );
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|ns| Some(ns.as_str())).collect()
+    };
     tracing::info!(
-        namespace = namespace.as_deref().unwrap_or("(all)"),
+        namespaces = %if namespaces.is_empty() { "(all)".to_string() } else { namespaces.join(",") },
         "starting controller"
     );
-    let controller = Controller::new(writers, watcher::Config::default());
-    // Ready once the controller's store holds the first full list.
-    let store = controller.store();
-    // Secrets: metadata only (the operator never holds their data), mapped
-    // to the resources that reference them, so a rotation rolls the pods.
-    let secrets = operator::controller::secret_mapper(store.clone());
+    let mut stores = Vec::new();
+    let mut runs = Vec::new();
+    for ns in scopes {
+        let controller = Controller::new(
+            api::<PostgresWriter>(client, ns),
+            watcher::Config::default(),
+        );
+        // Ready once the controller's store holds the first full list.
+        let store = controller.store();
+        stores.push(store.clone());
+        // Secrets: metadata only (the operator never holds their data), mapped
+        // to the resources that reference them, so a rotation rolls the pods.
+        let secrets = operator::controller::secret_mapper(store);
+        let run = controller
+            .owns(api::<Deployment>(client, ns), owned.clone())
+            .owns(api::<Job>(client, ns), owned.clone())
+            .owns(api::<ConfigMap>(client, ns), owned.clone())
+            .owns(api::<Service>(client, ns), owned.clone())
+            .owns(api::<PodDisruptionBudget>(client, ns), owned.clone())
+            .watches(
+                api::<PartialObjectMeta<Secret>>(client, ns),
+                watcher::Config::default(),
+                secrets,
+            )
+            .graceful_shutdown_on(halt.clone().cancelled_owned())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
+                    Err(error) => {
+                        tracing::warn!(error = %telemetry::ErrorChain(&error), "reconcile error")
+                    }
+                }
+            });
+        runs.push(run);
+    }
+    // Ready once every controller's store holds its first full list.
     let ready = metrics.clone();
+    let synced = halt.clone();
     tokio::spawn(async move {
-        // Polled again every second: the store's readiness is a oneshot
-        // channel that wakes only its latest waiter, and the controller
-        // waits on it too.
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
-                Ok(Ok(())) => break,
-                Ok(Err(_)) => return,
-                Err(_) => continue,
+        for store in stores {
+            // Polled again every second: the store's readiness is a oneshot
+            // channel that wakes only its latest waiter, and the controller
+            // waits on it too.
+            loop {
+                tokio::select! {
+                    result = tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()) => match result {
+                        Ok(Ok(())) => break,
+                        Ok(Err(_)) => return,
+                        Err(_) => continue,
+                    },
+                    _ = synced.cancelled() => return,
+                }
             }
         }
         tracing::info!("PostgresWriter store synced; ready");
         ready.ready.store(true, Ordering::Relaxed);
     });
-    controller
-        .owns(api::<Deployment>(&client, &namespace), owned.clone())
-        .owns(api::<Job>(&client, &namespace), owned.clone())
-        .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
-        .owns(api::<Service>(&client, &namespace), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, &namespace), owned)
-        .watches(
-            api::<PartialObjectMeta<Secret>>(&client, &namespace),
-            watcher::Config::default(),
-            secrets,
-        )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
-                Err(error) => {
-                    tracing::warn!(error = %telemetry::ErrorChain(&error), "reconcile error")
-                }
-            }
-        })
-        .await;
+    futures::future::join_all(runs).await;
     tracing::info!("controller stopped");
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["postgres-writer-operator", "run"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            Command::Crdgen => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn namespaces_are_a_list_and_one_name_still_works() {
+        let args = run_args(&["--namespace", "chain-a,chain-b", "--namespace", "chain-c"]).unwrap();
+        assert_eq!(args.namespaces, ["chain-a", "chain-b", "chain-c"]);
+        let args = run_args(&["--namespace", "chain"]).unwrap();
+        assert_eq!(watched(args.namespaces), ["chain"]);
+        assert_eq!(
+            watched(vec![" a ".into(), String::new(), "b".into(), "a".into()]),
+            ["a", "b"]
+        );
+        assert!(watched(Vec::new()).is_empty(), "empty: every namespace");
+    }
+
+    #[test]
+    fn lease_settings_have_ranges_and_defaults() {
+        let args = run_args(&[]).unwrap();
+        assert!(args.leader_elect);
+        assert_eq!(
+            (
+                args.lease_duration_seconds,
+                args.renew_deadline_seconds,
+                args.retry_period_seconds
+            ),
+            (15, 10, 2)
+        );
+        assert!(!run_args(&["--leader-elect", "false"]).unwrap().leader_elect);
+        for bad in [
+            ["--lease-duration-seconds", "1"],
+            ["--lease-duration-seconds", "301"],
+            ["--renew-deadline-seconds", "0"],
+            ["--retry-period-seconds", "61"],
+        ] {
+            let err = run_args(&bad).err().expect("refused");
+            assert!(err.to_string().contains(bad[0]), "{err}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use axum::Router;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,10 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabel, Counter>,
     pub reconcile_errors: Counter,
     pub reconcile_duration: Histogram,
+    /// 1 while this replica holds the leader Lease and runs the controller.
+    pub leader: Gauge,
+    /// Who leads, as /readyz tells it (e.g. "leader" or "standby; leader: pod-a").
+    pub role: Mutex<String>,
     /// Set once the controller's PostgresWriter store has synced.
     pub ready: AtomicBool,
     /// Why the operator is not ready (shown by /readyz).
@@ -51,6 +56,12 @@ impl Metrics {
             "Reconciles that failed",
             reconcile_errors.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and runs the controller, else 0",
+            leader.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
@@ -61,6 +72,8 @@ impl Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            leader,
+            role: Mutex::new("starting".to_string()),
             ready: AtomicBool::new(false),
             not_ready_reason: Mutex::new("starting".to_string()),
         }
@@ -72,6 +85,12 @@ impl Metrics {
             .not_ready_reason
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = reason.to_string();
+    }
+
+    /// Records whether this replica leads, and who does otherwise.
+    pub fn set_role(&self, leading: bool, role: &str) {
+        self.leader.set(i64::from(leading));
+        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = role.to_string();
     }
 
     pub fn observe_reconcile(&self, took: Duration, ok: bool) {
@@ -103,20 +122,19 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             "/readyz",
             get(move || {
                 let body = if ready.ready.load(Ordering::Relaxed) {
-                    None
+                    let role = ready.role.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    Ok(format!("ready ({role})"))
                 } else {
-                    Some(
-                        ready
-                            .not_ready_reason
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clone(),
-                    )
+                    Err(ready
+                        .not_ready_reason
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone())
                 };
                 async move {
                     match body {
-                        None => (StatusCode::OK, "ready".to_string()),
-                        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+                        Ok(text) => (StatusCode::OK, text),
+                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
                     }
                 }
             }),

@@ -5,6 +5,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -17,6 +18,8 @@ use std::process::Command;
 
 const CHART: &str = "charts/postgres-writer-operator";
 const ALL_ON: &str = "charts/postgres-writer-operator/ci-all-on-values.yaml";
+/// The chart has no default image repository: every render sets one.
+const REPOSITORY: &str = "image.repository=registry.example/postgres-writer-operator";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -46,6 +49,14 @@ fn helm(args: &[&str]) -> String {
 }
 
 fn render(values: Option<&str>) -> Vec<Value> {
+    match values {
+        Some(v) => render_with(&["-f", v]),
+        None => render_with(&[]),
+    }
+}
+
+/// `helm template` with an image repository and extra arguments (e.g. `--set`).
+fn render_with(extra: &[&str]) -> Vec<Value> {
     let mut args = vec![
         "template",
         "pgw",
@@ -53,10 +64,10 @@ fn render(values: Option<&str>) -> Vec<Value> {
         "--namespace",
         "operators",
         "--include-crds",
+        "--set",
+        REPOSITORY,
     ];
-    if let Some(v) = values {
-        args.extend(["-f", v]);
-    }
+    args.extend(extra);
     let text = helm(&args);
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap())
@@ -165,6 +176,7 @@ fn check(doc: &Value) -> Vec<String> {
         "Role" => check_as::<Role>(doc),
         "RoleBinding" => check_as::<RoleBinding>(doc),
         "Deployment" => check_as::<Deployment>(doc),
+        "PodDisruptionBudget" => check_as::<PodDisruptionBudget>(doc),
         "Service" => check_as::<Service>(doc),
         "ConfigMap" => check_as::<k8s_openapi::api::core::v1::ConfigMap>(doc),
         "CustomResourceDefinition" => check_as::<CustomResourceDefinition>(doc),
@@ -185,7 +197,7 @@ fn kinds(docs: &[Value]) -> Vec<String> {
 
 #[test]
 fn helm_lint_passes_for_default_and_all_on_values() {
-    let out = helm(&["lint", CHART, "--strict"]);
+    let out = helm(&["lint", CHART, "--strict", "--set", REPOSITORY]);
     assert!(out.contains("0 chart(s) failed"), "{out}");
     let out = helm(&["lint", CHART, "--strict", "-f", ALL_ON]);
     assert!(out.contains("0 chart(s) failed"), "{out}");
@@ -205,20 +217,30 @@ fn rendered_manifests_are_valid_kubernetes_objects() {
             );
         }
         let expected = match values {
+            // The Role and RoleBinding of the leader-election Lease come with every install.
             None => vec![
                 "ClusterRole",
                 "ClusterRoleBinding",
                 "CustomResourceDefinition",
                 "Deployment",
+                "PodDisruptionBudget",
+                "Role",
+                "RoleBinding",
                 "Service",
                 "ServiceAccount",
             ],
+            // Two watched namespaces: a Role and RoleBinding in each.
             Some(_) => vec![
                 "ConfigMap",
                 "CustomResourceDefinition",
                 "Deployment",
+                "PodDisruptionBudget",
                 "PrometheusRule",
                 "Role",
+                "Role",
+                "Role",
+                "RoleBinding",
+                "RoleBinding",
                 "RoleBinding",
                 "Service",
                 "ServiceAccount",
@@ -313,8 +335,8 @@ fn operator_deployment_follows_the_values() {
         c["image"],
         "registry.example/postgres-writer-operator:9.9.9"
     );
-    assert_eq!(d["spec"]["replicas"], 1);
-    assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
     let env: Vec<(&str, &str)> = c["env"]
         .as_array()
         .unwrap()
@@ -322,7 +344,11 @@ fn operator_deployment_follows_the_values() {
         .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
         .collect();
     assert!(
-        env.contains(&("WATCH_NAMESPACE", "chain"))
+        env.contains(&("WATCH_NAMESPACE", "chain,chain-2"))
+            && env.contains(&("LEASE_NAME", "pgw-operator"))
+            && env.contains(&("LEASE_DURATION_SECONDS", "20"))
+            && env.contains(&("LEASE_RENEW_DEADLINE_SECONDS", "12"))
+            && env.contains(&("LEASE_RETRY_PERIOD_SECONDS", "3"))
             && env.contains(&("OPERATOR_HTTP_PORT", "9090"))
             && env.contains(&("MIGRATION_RETRY_SECONDS", "30"))
             && env.contains(&(
@@ -344,12 +370,19 @@ fn values_schema_refuses_bad_values() {
     for (set, needle) in [
         ("metrics.port=0", "metrics.port"),
         ("image.pullPolicy=Sometimes", "image.pullPolicy"),
-        ("replicas=3", "replicas"),
+        ("replicas=0", "replicas"),
+        (
+            "leaderElection.leaseDurationSeconds=1",
+            "leaseDurationSeconds",
+        ),
+        ("leaderElection.retryPeriodSeconds=61", "retryPeriodSeconds"),
+        ("watchNamespace=Not_A_Namespace", "watchNamespace"),
+        ("podDisruptionBudget.maxUnavailable=0", "maxUnavailable"),
         ("telemetry.otlpProtocol=thrift", "telemetry.otlpProtocol"),
         ("telemetry.otlpEndpoint=otel:4317", "telemetry.otlpEndpoint"),
     ] {
         let out = Command::new(&path)
-            .args(["template", "pgw", CHART, "--set", set])
+            .args(["template", "pgw", CHART, "--set", REPOSITORY, "--set", set])
             .current_dir(root())
             .output()
             .unwrap();
@@ -358,5 +391,202 @@ fn values_schema_refuses_bad_values() {
             !out.status.success() && stderr.contains(needle),
             "{set}: {stderr}"
         );
+    }
+}
+
+#[test]
+fn install_without_an_image_repository_is_refused_with_a_clear_message() {
+    let path = std::env::var("HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".tools/bin/helm"));
+    for extra in [&[][..], &["--set", "image.repository="][..]] {
+        let out = Command::new(&path)
+            .args(["template", "pgw", CHART])
+            .args(extra)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("image.repository is required"),
+            "{extra:?}: {stderr}"
+        );
+    }
+    let values = std::fs::read_to_string(root().join(CHART).join("values.yaml")).unwrap();
+    let values: Value = serde_yaml::from_str(&values).unwrap();
+    assert_eq!(values["image"]["repository"], "", "no placeholder default");
+}
+
+fn env_of(d: &Value) -> Vec<Value> {
+    d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn env_value(d: &Value, name: &str) -> Option<String> {
+    env_of(d)
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+/// (kind, namespace) of every RBAC object granting the controller's rules.
+fn controller_rbac(docs: &[Value]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = docs
+        .iter()
+        .filter(|d| {
+            d["kind"].as_str().is_some_and(|k| k.contains("Role"))
+                && !d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("-leader-election")
+        })
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn rbac_follows_watch_namespace() {
+    let pair = |kind: &str, ns: &str| (kind.to_string(), ns.to_string());
+    // Empty (the default): one ClusterRole, nothing namespaced.
+    let docs = render(None);
+    assert_eq!(
+        controller_rbac(&docs),
+        vec![pair("ClusterRole", ""), pair("ClusterRoleBinding", "")]
+    );
+    let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(env_value(d, "WATCH_NAMESPACE"), None);
+    // A list: one Role and RoleBinding per namespace, no ClusterRole.
+    let docs = render_with(&["--set", "watchNamespace={chain-a,chain-b,chain-c}"]);
+    let mut expected = Vec::new();
+    for ns in ["chain-a", "chain-b", "chain-c"] {
+        expected.extend([pair("Role", ns), pair("RoleBinding", ns)]);
+    }
+    expected.sort();
+    assert_eq!(controller_rbac(&docs), expected);
+    assert!(!docs.iter().any(|d| d["kind"] == "ClusterRole"));
+    for binding in docs.iter().filter(|d| d["kind"] == "RoleBinding") {
+        assert_eq!(
+            binding["subjects"][0]["namespace"], "operators",
+            "{binding}"
+        );
+        assert_eq!(binding["roleRef"]["kind"], "Role");
+    }
+    let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(
+        env_value(d, "WATCH_NAMESPACE").as_deref(),
+        Some("chain-a,chain-b,chain-c")
+    );
+    // One name as a string, as before: one Role.
+    let docs = render_with(&["--set", "watchNamespace=chain"]);
+    assert_eq!(
+        controller_rbac(&docs),
+        vec![pair("Role", "chain"), pair("RoleBinding", "chain")]
+    );
+}
+
+#[test]
+fn leader_election_is_wired_and_least_privilege() {
+    let docs = render(None);
+    let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(d["spec"]["replicas"], 2, "two replicas by default");
+    let lease_name = env_value(d, "LEASE_NAME").unwrap();
+    assert_eq!(lease_name, "pgw-postgres-writer-operator");
+    // POD_NAME and POD_NAMESPACE from the downward API.
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let e = env_of(d).into_iter().find(|e| e["name"] == name).unwrap();
+        assert_eq!(e["valueFrom"]["fieldRef"]["fieldPath"], field, "{name}");
+    }
+    // The Lease Role: in the release namespace; only the verbs leader.rs uses.
+    let role = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Role" && d["metadata"]["name"] == format!("{lease_name}-leader-election")
+        })
+        .expect("a leader-election Role");
+    assert_eq!(role["metadata"]["namespace"], "operators");
+    let mut granted = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(
+            rule["apiGroups"],
+            serde_json::json!(["coordination.k8s.io"])
+        );
+        assert_eq!(rule["resources"], serde_json::json!(["leases"]));
+        for verb in rule["verbs"].as_array().unwrap() {
+            let verb = verb.as_str().unwrap();
+            // Everything but create is limited to the one Lease.
+            if verb != "create" {
+                assert_eq!(
+                    rule["resourceNames"],
+                    serde_json::json!([lease_name]),
+                    "{verb}"
+                );
+            }
+            granted.push(verb.to_string());
+        }
+    }
+    granted.sort();
+    assert_eq!(granted, ["create", "get", "update"]);
+    // leader.rs uses exactly these calls on the Lease API.
+    let source = std::fs::read_to_string(root().join("operator/src/leader.rs")).unwrap();
+    for call in [".get_opt(", ".create(", ".replace("] {
+        assert!(source.contains(call), "{call}");
+    }
+    for call in [".patch(", ".delete(", ".list(", ".watch("] {
+        assert!(
+            !source.contains(call),
+            "leader.rs uses {call} the chart does not grant"
+        );
+    }
+    // The PDB covers the operator pods.
+    let pdb = docs
+        .iter()
+        .find(|d| d["kind"] == "PodDisruptionBudget")
+        .unwrap();
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+}
+
+#[test]
+fn leader_election_ranges_are_the_operators() {
+    use operator::leader::{LEASE_DURATION_SECONDS, RENEW_DEADLINE_SECONDS, RETRY_PERIOD_SECONDS};
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join(CHART).join("values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join(CHART).join("values.yaml")).unwrap(),
+    )
+    .unwrap();
+    for (key, range) in [
+        ("leaseDurationSeconds", LEASE_DURATION_SECONDS),
+        ("renewDeadlineSeconds", RENEW_DEADLINE_SECONDS),
+        ("retryPeriodSeconds", RETRY_PERIOD_SECONDS),
+    ] {
+        let s = &schema["properties"]["leaderElection"]["properties"][key];
+        assert_eq!(
+            (s["minimum"].as_u64(), s["maximum"].as_u64()),
+            (Some(*range.start()), Some(*range.end())),
+            "{key}"
+        );
+        let default = values["leaderElection"][key].as_u64().unwrap();
+        assert!(range.contains(&default), "{key}");
     }
 }

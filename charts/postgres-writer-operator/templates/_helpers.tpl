@@ -36,3 +36,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* The watched namespaces as a JSON list: watchNamespace may be a list or one name (a string). */}}
+{{- define "pgwo.watchNamespaces" -}}
+{{- $w := .Values.watchNamespace -}}
+{{- if kindIs "string" $w -}}
+{{- if $w }}{{ list $w | toJson }}{{ else }}[]{{ end -}}
+{{- else -}}
+{{- $w | default list | uniq | toJson -}}
+{{- end -}}
+{{- end }}
+
+{{/* The operator image; the repository has no default. */}}
+{{- define "pgwo.image" -}}
+{{- $repo := required "image.repository is required: set it to the registry path of your operator image, e.g. --set image.repository=ghcr.io/YOUR-ORG/postgres-writer-operator (README: Kubernetes, building the images)" .Values.image.repository -}}
+{{- printf "%s:%s" $repo (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end }}

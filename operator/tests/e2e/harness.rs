@@ -191,6 +191,11 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(kubeconfig: &Path, dir: &Path, name: &str) -> Operator {
+        Self::start_with(kubeconfig, dir, name, &[])
+    }
+
+    /// With extra environment (watched namespaces, Lease settings).
+    pub fn start_with(kubeconfig: &Path, dir: &Path, name: &str, env: &[(&str, &str)]) -> Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -204,6 +209,7 @@ impl Operator {
             .env("MIGRATION_RETRY_SECONDS", "2")
             .env("RUST_LOG", "info,operator=debug")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(env.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()

@@ -8,6 +8,7 @@
 //! `PGW_TEST_KUBECONFIG` names the admin kubeconfig. Without it the test
 //! says why and passes, except under CI (`CI` set), where it fails.
 
+mod cluster;
 mod harness;
 mod pods;
 mod scenarios;
@@ -122,7 +123,18 @@ fn user_story_against_a_real_api_server() {
         "{}",
         denied.stderr
     );
-    let operator = Operator::start(&operator_config, &dir, "operator");
+    // The chart's Lease, in the release namespace (POD_NAMESPACE in the pod).
+    let lease_name = format!("{release}-postgres-writer-operator");
+    let operator = Operator::start_with(
+        &operator_config,
+        &dir,
+        "operator",
+        &[
+            ("POD_NAMESPACE", release_ns.as_str()),
+            ("LEASE_NAME", lease_name.as_str()),
+            ("POD_NAME", "operator-0"),
+        ],
+    );
     wait_for("operator /readyz", || match operator.readyz() {
         Some((200, _)) => Ok(()),
         other => Err(format!("{other:?}")),
@@ -142,6 +154,10 @@ fn user_story_against_a_real_api_server() {
         ("placement_and_identity", pods::placement_and_identity),
         ("secret_rotation", pods::secret_rotation),
         ("suspend_and_status", pods::suspend_and_status),
+        (
+            "scale_subresource_and_hpa",
+            cluster::scale_subresource_and_hpa,
+        ),
     ];
     let results: Vec<(&str, Result<Duration, String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = scenarios
@@ -186,6 +202,28 @@ fn user_story_against_a_real_api_server() {
         );
     }
     assert!(failed.is_empty(), "failed scenarios: {failed:#?}");
+    // Sequential: the CRD upgrade (with the operator above), then operators
+    // of their own once it is stopped (cluster.rs).
+    let t = Instant::now();
+    cluster::crd_upgrade(&admin);
+    println!("scenario crd_upgrade: {:?}", t.elapsed());
+    drop(operator);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let leader = s.spawn(|| cluster::leader_election(&admin, &dir));
+        let list = s.spawn(|| cluster::watch_namespace_list(&admin, &dir));
+        let results = [
+            ("leader_election", leader.join()),
+            ("watch_namespace_list", list.join()),
+        ];
+        for (name, result) in results {
+            if let Err(e) = result {
+                std::panic::resume_unwind(e);
+            }
+            println!("scenario {name}: ok");
+        }
+    });
+    println!("sequential operator scenarios: {:?}", t.elapsed());
     admin.helm(&["uninstall", &release, "--namespace", &release_ns]);
     println!("Kubernetes end-to-end suite: {:?}", started.elapsed());
 }

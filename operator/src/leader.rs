@@ -1,0 +1,469 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so that two operator
+//! replicas are safe: only the holder of the Lease runs the controller
+//! (docs/adr/0016).
+//!
+//! The algorithm is client-go's: a candidate takes the Lease when it has no
+//! holder, or when its record has not changed for `leaseDurationSeconds` as
+//! measured on the candidate's own clock (no comparison of clocks across
+//! machines). Every write carries the `resourceVersion` that was read, so of
+//! two candidates writing at once the API server accepts one and answers
+//! 409 Conflict to the other. The leader renews every `retry_period`; when it
+//! has not renewed for `renew_deadline` it stops leading before anybody else
+//! may take over (`renew_deadline < lease_duration`). On a graceful shutdown
+//! the leader releases the Lease (no holder, duration 1 s) so that a standby
+//! takes over at its next try instead of waiting for the expiry.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use kube::Client;
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+/// `leaseDurationSeconds`: how long a silent holder keeps the Lease.
+pub const LEASE_DURATION_SECONDS: RangeInclusive<u64> = 2..=300;
+/// How long the leader keeps leading without a successful renewal.
+pub const RENEW_DEADLINE_SECONDS: RangeInclusive<u64> = 1..=299;
+/// Time between two tries (renewals of the leader, attempts of a standby).
+pub const RETRY_PERIOD_SECONDS: RangeInclusive<u64> = 1..=60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error(
+        "leader election needs retry period ({retry}s) < renew deadline ({renew}s) < lease duration ({lease}s)"
+    )]
+    Timings { lease: u64, renew: u64, retry: u64 },
+    #[error("lease {namespace}/{name}: {source}")]
+    Api {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Where the Lease is and how it is held.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// This candidate's identity (the pod name in a cluster).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl LeaseConfig {
+    /// Checks the timings' order (each range is checked by the CLI).
+    pub fn new(
+        namespace: String,
+        name: String,
+        identity: String,
+        lease_seconds: u64,
+        renew_seconds: u64,
+        retry_seconds: u64,
+    ) -> Result<Self, LeaderError> {
+        if !(retry_seconds < renew_seconds && renew_seconds < lease_seconds) {
+            return Err(LeaderError::Timings {
+                lease: lease_seconds,
+                renew: renew_seconds,
+                retry: retry_seconds,
+            });
+        }
+        Ok(LeaseConfig {
+            namespace,
+            name,
+            identity,
+            lease_duration: Duration::from_secs(lease_seconds),
+            renew_deadline: Duration::from_secs(renew_seconds),
+            retry_period: Duration::from_secs(retry_seconds),
+        })
+    }
+}
+
+/// The outcome of one try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// This candidate holds the Lease (acquired or renewed).
+    Leading,
+    /// Another candidate holds it (its identity, when the Lease names one).
+    Standby(Option<String>),
+}
+
+/// The last record seen and when it was first seen (local clock).
+struct Observed {
+    resource_version: Option<String>,
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    at: Instant,
+}
+
+/// One candidate for the Lease.
+pub struct Elector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    observed: Option<Observed>,
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+impl Elector {
+    pub fn new(client: Client, config: LeaseConfig) -> Self {
+        Elector {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+            observed: None,
+        }
+    }
+
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    fn api_error(&self, source: kube::Error) -> LeaderError {
+        LeaderError::Api {
+            namespace: self.config.namespace.clone(),
+            name: self.config.name.clone(),
+            source,
+        }
+    }
+
+    /// Acquires or renews the Lease once. A write that loses a race (409)
+    /// is a standby answer, not an error.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<Attempt, LeaderError> {
+        let me = self.config.identity.clone();
+        let current = match self.api.get_opt(&self.config.name).await {
+            Ok(current) => current,
+            Err(e) => return Err(self.api_error(e)),
+        };
+        let Some(mut lease) = current else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    namespace: Some(self.config.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me.clone()),
+                    lease_duration_seconds: Some(seconds(self.config.lease_duration)),
+                    acquire_time: Some(now()),
+                    renew_time: Some(now()),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(created) => {
+                    self.observe(&created);
+                    Ok(Attempt::Leading)
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Standby(None)),
+                Err(e) => Err(self.api_error(e)),
+            };
+        };
+        self.observe(&lease);
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let held_by_other = holder.as_ref().is_some_and(|h| *h != me);
+        if held_by_other {
+            let duration = spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map(Duration::from_secs)
+                .unwrap_or(self.config.lease_duration);
+            let seen_at = self
+                .observed
+                .as_ref()
+                .map(|o| o.at)
+                .unwrap_or_else(Instant::now);
+            if seen_at.elapsed() < duration {
+                return Ok(Attempt::Standby(holder));
+            }
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0);
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(me.clone()),
+            lease_duration_seconds: Some(seconds(self.config.lease_duration)),
+            acquire_time: if holder.as_ref() == Some(&me) {
+                spec.acquire_time
+            } else {
+                Some(now())
+            },
+            renew_time: Some(now()),
+            lease_transitions: Some(if holder.as_ref() == Some(&me) {
+                transitions
+            } else {
+                transitions + 1
+            }),
+            ..spec
+        });
+        // `replace` sends the resourceVersion read above: optimistic concurrency.
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(updated) => {
+                self.observe(&updated);
+                Ok(Attempt::Leading)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Standby(holder)),
+            Err(e) => Err(self.api_error(e)),
+        }
+    }
+
+    /// Gives the Lease up (no holder, 1 s) if this candidate still holds it.
+    pub async fn release(&mut self) -> Result<(), LeaderError> {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|e| self.api_error(e))?
+        else {
+            return Ok(());
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        lease.spec = Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            renew_time: Some(now()),
+            ..spec
+        });
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(self.api_error(e)),
+        }
+    }
+
+    /// Remembers when the record last changed, on this machine's clock.
+    fn observe(&mut self, lease: &Lease) {
+        let spec = lease.spec.as_ref();
+        let holder = spec.and_then(|s| s.holder_identity.clone());
+        let renew_time = spec.and_then(|s| s.renew_time.clone());
+        let resource_version = lease.metadata.resource_version.clone();
+        let unchanged = self.observed.as_ref().is_some_and(|o| {
+            o.holder == holder
+                && o.renew_time == renew_time
+                && o.resource_version == resource_version
+        });
+        if !unchanged {
+            self.observed = Some(Observed {
+                resource_version,
+                holder,
+                renew_time,
+                at: Instant::now(),
+            });
+        }
+    }
+}
+
+/// This process's identity: `POD_NAME` in a cluster, else host and pid.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{json, Value};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/pgw";
+
+    /// One Lease with the API server's optimistic concurrency: a write with
+    /// another resourceVersion is a 409. `interfere` makes another
+    /// candidate's write land between the next read and write.
+    #[derive(Default)]
+    struct LeaseServer {
+        lease: Mutex<Option<Value>>,
+        version: Mutex<u64>,
+        interfere: AtomicBool,
+    }
+
+    impl LeaseServer {
+        fn start() -> (Client, Arc<LeaseServer>) {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let server = Arc::new(LeaseServer::default());
+            let s = server.clone();
+            tokio::spawn(async move {
+                while let Some((request, send)) = handle.next_request().await {
+                    let (status, body) = s.handle(request).await;
+                    send.send_response(
+                        Response::builder()
+                            .status(status)
+                            .body(Body::from(body.to_string().into_bytes()))
+                            .unwrap(),
+                    );
+                }
+            });
+            (Client::new(service, "default"), server)
+        }
+
+        fn store(&self, mut lease: Value) -> Value {
+            let mut version = self.version.lock().unwrap();
+            *version += 1;
+            lease["metadata"]["resourceVersion"] = json!(version.to_string());
+            *self.lease.lock().unwrap() = Some(lease.clone());
+            lease
+        }
+
+        fn holder(&self) -> Option<String> {
+            let lease = self.lease.lock().unwrap().clone()?;
+            lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+        }
+
+        async fn handle(&self, request: Request<Body>) -> (u16, Value) {
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let body = request.into_body().collect_bytes().await.unwrap();
+            let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                  "reason": "Conflict", "code": 409, "message": "conflict"});
+            let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": "NotFound", "code": 404, "message": "not found"});
+            let current = self.lease.lock().unwrap().clone();
+            match (method.as_str(), path == PATH) {
+                ("GET", true) => {
+                    let interfere = self.interfere.swap(false, Ordering::SeqCst);
+                    let Some(lease) = current else {
+                        if interfere {
+                            self.store(json!({"metadata": {"name": "pgw", "namespace": "ops"},
+                                              "spec": {"holderIdentity": "intruder"}}));
+                        }
+                        return (404, not_found);
+                    };
+                    if interfere {
+                        let mut other = lease.clone();
+                        other["spec"]["holderIdentity"] = json!("intruder");
+                        self.store(other);
+                    }
+                    (200, lease)
+                }
+                ("POST", false) if current.is_none() => {
+                    let lease: Value = serde_json::from_slice(&body).unwrap();
+                    (201, self.store(lease))
+                }
+                ("POST", false) => (409, conflict),
+                ("PUT", true) => {
+                    let lease: Value = serde_json::from_slice(&body).unwrap();
+                    let stored = current.map(|c| c["metadata"]["resourceVersion"].clone());
+                    if stored != Some(lease["metadata"]["resourceVersion"].clone()) {
+                        return (409, conflict);
+                    }
+                    (200, self.store(lease))
+                }
+                other => panic!("unexpected request {other:?} {path}"),
+            }
+        }
+    }
+
+    fn elector(client: &Client, identity: &str) -> Elector {
+        let config =
+            LeaseConfig::new("ops".into(), "pgw".into(), identity.into(), 15, 10, 2).unwrap();
+        Elector::new(client.clone(), config)
+    }
+
+    #[tokio::test]
+    async fn one_leader_standbys_wait_and_a_release_hands_over() {
+        let (client, server) = LeaseServer::start();
+        let mut a = elector(&client, "a");
+        let mut b = elector(&client, "b");
+        assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        assert_eq!(
+            b.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(Some("a".into()))
+        );
+        // Renewals keep it; the standby keeps waiting (the record changes,
+        // so its expiry clock restarts).
+        assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        assert_eq!(
+            b.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(Some("a".into()))
+        );
+        assert_eq!(server.holder().as_deref(), Some("a"));
+        // Only the holder releases.
+        b.release().await.unwrap();
+        assert_eq!(server.holder().as_deref(), Some("a"));
+        a.release().await.unwrap();
+        assert_eq!(server.holder(), None);
+        assert_eq!(b.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        let lease = server.lease.lock().unwrap().clone().unwrap();
+        assert_eq!(lease["spec"]["holderIdentity"], "b");
+        assert_eq!(lease["spec"]["leaseTransitions"], 1);
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+        assert_eq!(
+            a.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(Some("b".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_loses_the_race_is_a_standby_answer() {
+        let (client, server) = LeaseServer::start();
+        let mut a = elector(&client, "a");
+        a.try_acquire_or_renew().await.unwrap();
+        a.release().await.unwrap();
+        // Another candidate writes between b's read and b's write: 409.
+        let mut b = elector(&client, "b");
+        server.interfere.store(true, Ordering::SeqCst);
+        assert_eq!(
+            b.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(None)
+        );
+        assert_eq!(server.holder().as_deref(), Some("intruder"));
+        // Two creates at once: the second gets 409, a standby answer too.
+        let (client, server) = LeaseServer::start();
+        let mut c = elector(&client, "c");
+        server.interfere.store(true, Ordering::SeqCst);
+        assert_eq!(
+            c.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(None)
+        );
+        assert_eq!(server.holder().as_deref(), Some("intruder"));
+        // The next try sees the intruder's fresh Lease: standby, no write.
+        assert_eq!(
+            c.try_acquire_or_renew().await.unwrap(),
+            Attempt::Standby(Some("intruder".into()))
+        );
+    }
+
+    #[test]
+    fn timings_must_be_ordered() {
+        let ok = LeaseConfig::new("ns".into(), "l".into(), "me".into(), 15, 10, 2).unwrap();
+        assert_eq!(ok.lease_duration, Duration::from_secs(15));
+        for (lease, renew, retry) in [(15, 15, 2), (15, 10, 10), (10, 15, 2), (3, 2, 2)] {
+            let err = LeaseConfig::new("ns".into(), "l".into(), "me".into(), lease, renew, retry)
+                .unwrap_err();
+            assert!(err.to_string().contains("retry period"), "{err}");
+        }
+    }
+
+    #[test]
+    fn default_ranges_contain_the_chart_defaults() {
+        assert!(LEASE_DURATION_SECONDS.contains(&15));
+        assert!(RENEW_DEADLINE_SECONDS.contains(&10));
+        assert!(RETRY_PERIOD_SECONDS.contains(&2));
+    }
+}
