@@ -404,6 +404,7 @@ async fn ensure_migration(
             }
             .to_string(),
             completion_time: completion,
+            schema_version: None,
         };
         (state, record)
     };
@@ -465,9 +466,56 @@ async fn ensure_migration(
         }
         state => {
             let completion = job.status.as_ref().and_then(|s| s.completion_time.clone());
-            Ok(with_record(&job.name_any(), state, completion))
+            let succeeded = state == Migration::Succeeded;
+            let (state, mut record) = with_record(&job.name_any(), state, completion);
+            if succeeded {
+                record.schema_version = reported_schema_version(cr, pods, &record.job_name).await?;
+            }
+            Ok((state, record))
         }
     }
+}
+
+/// The schema version a succeeded migration Job reported: kept from the
+/// status once read, else from its pod's termination message.
+async fn reported_schema_version(
+    cr: &PostgresWriter,
+    pods: &Api<Pod>,
+    job: &str,
+) -> Result<Option<i64>, kube::Error> {
+    let known = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.last_migration.as_ref())
+        .filter(|m| m.job_name == job)
+        .and_then(|m| m.schema_version);
+    if known.is_some() {
+        return Ok(known);
+    }
+    let selector = format!("batch.kubernetes.io/job-name={job}");
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list.items.iter().find_map(|pod| {
+        let status = pod.status.as_ref()?;
+        if status.phase.as_deref() != Some("Succeeded") {
+            return None;
+        }
+        status
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.as_deref())
+            .and_then(parse_schema_report)
+    }))
+}
+
+/// `schema version N` (what `postgres-writer migrate` reports) → N.
+pub fn parse_schema_report(message: &str) -> Option<i64> {
+    message
+        .trim()
+        .strip_prefix("schema version ")?
+        .parse()
+        .ok()
+        .filter(|v| *v > 0)
 }
 
 /// The resourceVersions of the Secrets the resource references (metadata
@@ -1047,8 +1095,11 @@ pub fn desired_status(
         replicas: w.current,
         ready_replicas: w.ready,
         selector: resources::worker_selector(cr),
-        schema_version: match migration {
-            Migration::Succeeded => Some(image.clone()),
+        schema_version: match seen.last_migration.as_ref() {
+            Some(MigrationRecord {
+                schema_version: Some(version),
+                ..
+            }) => Some(version.to_string()),
             _ => old.schema_version.clone(),
         },
         phase: Some(phase.to_string()),

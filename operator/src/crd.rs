@@ -524,7 +524,8 @@ pub struct PostgresWriterStatus {
     /// Label selector of the worker pods (for the scale subresource and HPA).
     #[serde(default)]
     pub selector: String,
-    /// The worker image whose schema migrations have been applied.
+    /// The applied schema version (the newest migration), as the last
+    /// successful migration Job reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<String>,
     /// One word for `kubectl get`: Ready, RollingOut, Migrating,
@@ -558,6 +559,11 @@ pub struct MigrationRecord {
     /// When it succeeded or failed (absent while running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The database's schema version the Job reported on success (its pod's
+    /// termination message `schema version N`); absent when the image does
+    /// not report it or the pod is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
 }
 
 fn default_replicas() -> i32 {

@@ -683,12 +683,20 @@ pub fn analytics_deployment(cr: &PostgresWriter, inputs: PodInputs) -> Deploymen
     )
 }
 
+/// Where the migration container reports the schema version it applied.
+pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+
 /// The migration pod: `postgres-writer migrate` with spec.image, placed by
 /// `spec.pods` and `spec.migration.pods`. Its placement is part of the
 /// template hash, so a placement change starts a new Job at once (which
 /// also fixes a Job that a quota or a node selector left unscheduled).
 fn migration_pod_template(cr: &PostgresWriter) -> PodTemplateSpec {
     let (env_from, mut env) = env(cr, Component::Migration);
+    env.push(EnvVar {
+        name: "TERMINATION_MESSAGE_PATH".to_string(),
+        value: Some(TERMINATION_MESSAGE_PATH.to_string()),
+        ..Default::default()
+    });
     let (volumes, mounts, ca_env) = ca_files(cr, Component::Migration);
     env.extend(ca_env);
     let mut template = PodTemplateSpec {
@@ -705,6 +713,11 @@ fn migration_pod_template(cr: &PostgresWriter) -> PodTemplateSpec {
                 args: Some(vec!["migrate".to_string()]),
                 env_from: Some(env_from),
                 env: Some(env),
+                // `migrate` writes `schema version N` here on success; on
+                // failure the kubelet takes the log's tail instead, so the
+                // status and events show the error itself.
+                termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_string()),
+                termination_message_policy: Some("FallbackToLogsOnError".to_string()),
                 security_context: Some(restricted_security_context()),
                 volume_mounts: non_empty(mounts),
                 resources: cr.spec.migration.resources.clone(),

@@ -230,6 +230,54 @@ fn invalid_settings_stop_start_up_with_a_message() {
     );
 }
 
+/// `migrate` reports the database's schema version where the migration Job's
+/// terminationMessagePath points, for the operator's `status.schemaVersion`.
+#[tokio::test]
+async fn migrate_reports_the_schema_version_for_the_operator() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(unique("pgw-migrate"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("termination-log");
+    let out = Command::new(worker_binary())
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .env("TERMINATION_MESSAGE_PATH", &report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = format!("schema version {}", worker::db::expected_schema_version());
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), expected);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&expected));
+
+    // A report that cannot be written is a warning naming the path; the
+    // migrations are applied, so the Job still succeeds.
+    let out = Command::new(worker_binary())
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .env(
+            "TERMINATION_MESSAGE_PATH",
+            dir.join("missing/termination-log"),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains("could not write the schema version report")
+            && logs.contains("missing/termination-log"),
+        "{logs}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Polls `/readyz` until it answers `code` (the monitor checks every 2 s).
 async fn wait_readyz(worker: &WorkerProcess, code: u16, what: &str) {
     let started = Instant::now();

@@ -28,7 +28,7 @@ pub enum Command {
     /// Process the analytics queue only.
     Analytics(AnalyticsOnlyArgs),
     /// Apply the database migrations and exit (safe to run concurrently).
-    Migrate(DatabaseArgs),
+    Migrate(MigrateArgs),
     /// Ask the local worker to stop consuming, wait until it has flushed, exit (preStop hook).
     Drain(DrainArgs),
     /// Recompute every derived table from the events and report each difference (exit 1 on drift).
@@ -67,6 +67,15 @@ pub struct DatabaseArgs {
     /// Longest wait for a pooled connection, in milliseconds.
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 30_000)]
     pub db_acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// File that receives `schema version N` once the migrations are applied; the operator's migration Job sets it to the container's terminationMessagePath and reports N in `status.schemaVersion`.
+    #[arg(long, env = "TERMINATION_MESSAGE_PATH")]
+    pub termination_message_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

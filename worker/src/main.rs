@@ -49,13 +49,28 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             serve(args.database, None, analytics, args.http).await
         }
         Command::Migrate(args) => {
-            args.validate()?;
-            let pool = db::pool(&args, "postgres-writer-migrate")?;
+            args.database.validate()?;
+            let pool = db::pool(&args.database, "postgres-writer-migrate")?;
             db::migrate(&pool).await.context("applying migrations")?;
-            println!(
-                "migrations applied; schema version {}",
-                db::expected_schema_version()
-            );
+            // The database's version: a newer binary may have migrated it further.
+            let applied = db::applied_schema_version(&pool)
+                .await
+                .context("reading the applied schema version")?
+                .unwrap_or_else(db::expected_schema_version);
+            let report = format!("schema version {applied}");
+            if let Some(path) = &args.termination_message_path {
+                // Read back by the operator from the Job pod's terminated
+                // state. The migrations are applied either way: a report
+                // that cannot be written only leaves the version unreported.
+                if let Err(error) = std::fs::write(path, &report) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        error = %telemetry::ErrorChain(&error),
+                        "could not write the schema version report"
+                    );
+                }
+            }
+            println!("migrations applied; {report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Drain(args) => {

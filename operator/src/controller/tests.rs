@@ -87,6 +87,18 @@ impl Harness {
             })
     }
 
+    /// The first migration Job's pod, succeeded with `message` as its
+    /// termination message (what `migrate` writes).
+    fn succeed_job_pod(&self, cr: &PostgresWriter, message: &str) {
+        let job = resources::migration_job_name(cr, 0);
+        self.api.seed(
+            &format!("/api/v1/namespaces/{NS}/pods/{job}-ok"),
+            json!({"metadata": {"name": format!("{job}-ok"), "labels": {"batch.kubernetes.io/job-name": job}},
+                   "status": {"phase": "Succeeded", "containerStatuses": [{"name": "migrate", "state": {"terminated":
+                       {"exitCode": 0, "reason": "Completed", "message": message}}}]}}),
+        );
+    }
+
     fn set_job_status(&self, cr: &PostgresWriter, status: Value) {
         let path = job_path(&resources::migration_job_name(cr, 0));
         let mut job = self.api.object(&path).expect("job applied");
@@ -182,6 +194,7 @@ async fn job_done_applies_the_deployments_and_ready_follows_the_pods() {
     let h = Harness::new();
     let mut cr = writer(IMAGE_A, 2);
     h.reconcile(&mut cr).await;
+    h.succeed_job_pod(&cr, "schema version 12");
     h.set_job_status(&cr, json!({"succeeded": 1}));
     let t = h.reconcile(&mut cr).await;
     println!("transcript (migration succeeded):\n  {}", t.join("\n  "));
@@ -205,9 +218,11 @@ async fn job_done_applies_the_deployments_and_ready_follows_the_pods() {
         h.condition("Ready"),
         ("False".into(), "ReplicasNotReady".into())
     );
+    let status = cr.status.as_ref().unwrap();
+    assert_eq!(status.schema_version.as_deref(), Some("12"));
     assert_eq!(
-        cr.status.as_ref().unwrap().schema_version.as_deref(),
-        Some(IMAGE_A)
+        status.last_migration.as_ref().unwrap().schema_version,
+        Some(12)
     );
 
     h.set_worker_status(2, 2);
@@ -253,6 +268,7 @@ async fn failed_job_degrades_and_keeps_the_running_image() {
     let h = Harness::new();
     let mut cr = writer(IMAGE_A, 1);
     h.reconcile(&mut cr).await;
+    h.succeed_job_pod(&cr, "schema version 9");
     h.set_job_status(&cr, json!({"succeeded": 1}));
     h.reconcile(&mut cr).await;
     assert_eq!(h.worker_image().as_deref(), Some(IMAGE_A));
@@ -281,8 +297,24 @@ async fn failed_job_degrades_and_keeps_the_running_image() {
         .contains(&("Warning".to_string(), "MigrationFailed".to_string())));
     assert_eq!(
         cr.status.as_ref().unwrap().schema_version.as_deref(),
-        Some(IMAGE_A)
+        Some("9"),
+        "the applied version stays until a new migration reports one"
     );
+}
+
+#[test]
+fn schema_reports_are_parsed_strictly() {
+    assert_eq!(parse_schema_report("schema version 10"), Some(10));
+    assert_eq!(parse_schema_report("schema version 10\n"), Some(10));
+    for other in [
+        "",
+        "schema at the latest version",
+        "schema version ten",
+        "schema version 0",
+        "error: migration 0007 failed",
+    ] {
+        assert_eq!(parse_schema_report(other), None, "{other:?}");
+    }
 }
 
 fn failed_status(at: &str) -> Value {
@@ -919,6 +951,7 @@ fn the_status_patch_clears_fields_that_are_gone() {
             image: IMAGE_B.into(),
             result: "Running".into(),
             completion_time: None,
+            schema_version: None,
         }),
         ..Default::default()
     };

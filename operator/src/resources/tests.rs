@@ -291,6 +291,20 @@ fn migration_job_is_per_image_and_runs_migrate() {
         pod.containers[0].image.as_deref(),
         Some("registry.example/postgres-writer:1.2.3")
     );
+    // `migrate` reports the schema version through the termination message;
+    // a failure's message falls back to the log's tail.
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.termination_message_path.as_deref(),
+        Some(TERMINATION_MESSAGE_PATH)
+    );
+    assert_eq!(
+        container.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
+    assert!(container.env.as_ref().unwrap().iter().any(|e| {
+        e.name == "TERMINATION_MESSAGE_PATH" && e.value.as_deref() == Some(TERMINATION_MESSAGE_PATH)
+    }));
     let mut next = cr.clone();
     next.spec.image = "registry.example/postgres-writer:1.2.4".into();
     assert_ne!(migration_job_name(&cr, 0), migration_job_name(&next, 0));

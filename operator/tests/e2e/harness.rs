@@ -355,7 +355,7 @@ pub fn finish_job_pod(kube: &Kube, ns: &str, job: &str, exit_code: i32) {
             .ok_or_else(|| "no pending pod".to_string())
     });
     let (phase, reason, message) = match exit_code {
-        0 => ("Succeeded", "Completed", "schema at the latest version"),
+        0 => ("Succeeded", "Completed", "schema version 10"),
         _ => (
             "Failed",
             "Error",

@@ -204,7 +204,10 @@ pub fn story(kube: &Kube) {
         container_image(d) == IMAGE_B
     });
     let obj = wait_condition(kube, &ns, "indexer", "Degraded", "False", "AsExpected");
-    assert_eq!(obj["status"]["schemaVersion"], IMAGE_B);
+    // The version the migration pod reported in its termination message.
+    assert_eq!(obj["status"]["schemaVersion"], "10");
+    assert_eq!(obj["status"]["lastMigration"]["schemaVersion"], 10);
+    assert_eq!(obj["status"]["lastMigration"]["image"], IMAGE_B);
     wait_for("earlier migration Jobs removed", || {
         let jobs = names(&kube.list(&ns, "jobs", "app.kubernetes.io/instance=indexer"));
         if jobs == [retry.clone()] {
