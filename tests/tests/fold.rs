@@ -29,9 +29,10 @@ fn deposit_entry(tx_n: u64, block: u64, account: &str, total_shares: u64) -> Dec
         block,
         1,
     );
-    let payload = json!({"event_name": "Deposited", "event_signature_hash": "0x00", "network": "testnet",
+    let payload =
+        json!({"event_name": "Deposited", "event_signature_hash": "0x00", "network": "testnet",
         "event_data": [deposit]})
-    .to_string();
+        .to_string();
     let price_payload = envelope("SharePriceChanged", price);
     let mut entry = decode_entry(
         &Arc::from("s"),
@@ -192,11 +193,10 @@ async fn concurrent_folders_fold_each_delta_exactly_once() {
         results.iter().filter(|r| r.1 > 0).count() > 1,
         "more than one folder did work: {results:?}"
     );
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT sum(folded_deltas)::int8 FROM fold_partition")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT sum(folded_deltas)::int8 FROM fold_partition")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(recorded, pending);
     db.drain_analytics().await;
     db.assert_verified().await;
@@ -283,11 +283,12 @@ async fn the_worker_folds_exposes_freshness_and_folds_before_exit() {
 
     // More entries, then SIGTERM at once: the drain commits the in-flight
     // batch and folds the deltas of this worker's batches before exiting.
-    redis.publish(&generate(&GeneratorSpec {
-        seed: 16,
-        ..spec(&prefix, 400)
-    }))
-    .await;
+    redis
+        .publish(&generate(&GeneratorSpec {
+            seed: 16,
+            ..spec(&prefix, 400)
+        }))
+        .await;
     worker.signal("TERM");
     assert!(worker.wait_exit(Duration::from_secs(60)).await.success());
     assert_eq!(db.pending_deltas().await, 0);

@@ -290,7 +290,11 @@ impl Folded {
             .bind(price(|p| &p.total_shares))
             .bind(price(|p| &p.total_assets))
             .bind(price(|p| &p.share_price))
-            .bind(prices().map(|p| p.map(|p| p.vault_type)).collect::<Vec<_>>())
+            .bind(
+                prices()
+                    .map(|p| p.map(|p| p.vault_type))
+                    .collect::<Vec<_>>(),
+            )
             .bind(
                 keys()
                     .map(|k| position_counts.get(k).copied().unwrap_or(0))
@@ -315,7 +319,10 @@ impl Folded {
             return Ok(());
         }
         let claims = || self.claims.iter();
-        let ids: Vec<&str> = claims().map(|c| c.id.as_str()).chain(unknown.iter().copied()).collect();
+        let ids: Vec<&str> = claims()
+            .map(|c| c.id.as_str())
+            .chain(unknown.iter().copied())
+            .collect();
         let kinds: Vec<&str> = claims()
             .map(|c| c.kind.as_str())
             .chain(unknown.iter().map(|_| "Unknown"))

@@ -171,7 +171,12 @@ pub struct FoldArgs {
 
 impl FoldArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        in_range("FOLD_INTERVAL_MS", "fold-interval-ms", self.fold_interval_ms, 0..=10_000)?;
+        in_range(
+            "FOLD_INTERVAL_MS",
+            "fold-interval-ms",
+            self.fold_interval_ms,
+            0..=10_000,
+        )?;
         in_range(
             "FOLD_POLL_INTERVAL_MS",
             "fold-poll-interval-ms",

@@ -247,7 +247,9 @@ pub async fn run_loop(
         let stopping = stop.is_cancelled();
         if stopping {
             consumers.wait().await;
-        } else if let Some(wait) = last_start.and_then(|t| settings.interval.checked_sub(t.elapsed())) {
+        } else if let Some(wait) =
+            last_start.and_then(|t| settings.interval.checked_sub(t.elapsed()))
+        {
             pause(&stop, wait).await;
         }
         last_start = Some(Instant::now());
@@ -262,7 +264,9 @@ pub async fn run_loop(
                     continue;
                 }
                 if stopping {
-                    tracing::info!("fold loop stopped: every delta this process could take is folded");
+                    tracing::info!(
+                        "fold loop stopped: every delta this process could take is folded"
+                    );
                     return;
                 }
             }
@@ -279,7 +283,11 @@ pub async fn run_loop(
                     tracing::warn!(%error, "fold loop stopping with deltas left; they are durable and folded by another worker or at the next start");
                     return;
                 }
-                let delay = backoff::jittered(Duration::from_millis(50), failures, failure::MAX_OUTAGE_BACKOFF);
+                let delay = backoff::jittered(
+                    Duration::from_millis(50),
+                    failures,
+                    failure::MAX_OUTAGE_BACKOFF,
+                );
                 if stopping {
                     tokio::time::sleep(delay).await;
                 } else {

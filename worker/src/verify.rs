@@ -429,7 +429,7 @@ pub async fn summary(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
         .copied()
         .chain(["dead_letters"])
         .chain(DERIVED_TABLES.iter().map(|t| t.name))
-        .chain(["analytics_queue"]);
+        .chain(["fold_delta", "analytics_queue"]);
     let mut out = Vec::new();
     for table in tables {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
