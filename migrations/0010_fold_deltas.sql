@@ -34,6 +34,10 @@ CREATE TABLE fold_delta (
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     changes text NOT NULL
 ) WITH (autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_scale_factor = 0,
-        autovacuum_vacuum_insert_threshold = 1000, autovacuum_vacuum_insert_scale_factor = 0);
+        autovacuum_vacuum_insert_threshold = 1000, autovacuum_vacuum_insert_scale_factor = 0,
+        toast_tuple_target = 8160);
+-- A delta (a few kB) is written once and read once: kept in the row, never
+-- compressed (pglz on insert and again on read cost more than it saves).
+ALTER TABLE fold_delta ALTER COLUMN changes SET STORAGE EXTERNAL;
 
 CREATE INDEX fold_delta_partition ON fold_delta (partition, id);

@@ -179,18 +179,28 @@ pub async fn fold_all_in(tx: &mut Transaction<'_, Postgres>) -> Result<u64, sqlx
 
 /// Folds until no delta is left that existed when it started, waiting for
 /// other folders where they hold a partition. Deltas written meanwhile may
-/// remain (writers keep running). Returns the number of deltas folded here.
+/// remain (writers keep running; bounded so that it ends under constant
+/// load). Returns the number of deltas folded here.
 pub async fn fold_until_empty(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let Some(last) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(id) FROM fold_delta")
+        .fetch_one(pool)
+        .await?
+    else {
+        return Ok(0);
+    };
     let mut total = 0;
     loop {
         let report = fold_once(pool, Claim::Wait, 5_000).await?;
         total += report.deltas;
+        let left: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fold_delta WHERE id <= $1)")
+                .bind(last)
+                .fetch_one(pool)
+                .await?;
+        if !left {
+            return Ok(total);
+        }
         if report.deltas == 0 {
-            // Nothing taken: either none left, or others folded them meanwhile.
-            let (left, _) = stats(pool).await?;
-            if left == 0 {
-                return Ok(total);
-            }
             // Held partitions were just released; take them on the next turn.
             tokio::task::yield_now().await;
         }
