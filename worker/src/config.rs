@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume the streams (and, unless disabled, the analytics queue).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Process the analytics queue only.
     Analytics(AnalyticsOnlyArgs),
     /// Apply the database migrations and exit (safe to run concurrently).
@@ -849,7 +849,7 @@ mod tests {
             .map_err(|e| e.to_string())?
             .command
         {
-            Command::Run(args) => Ok(args),
+            Command::Run(args) => Ok(*args),
             _ => unreachable!(),
         }
     }
