@@ -307,3 +307,38 @@ async fn migration_creates_every_partition() {
     assert_eq!(n, i64::from(fold::PARTITIONS));
     assert_eq!(max, fold::PARTITIONS - 1);
 }
+
+/// `rebuild` with deltas pending recomputes from the events and drops the
+/// deltas (their events are what it reads): nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_with_pending_deltas_applies_nothing_twice() {
+    let db = TestDb::new().await;
+    deltas_of_history(&db, 600).await;
+    assert!(db.pending_deltas().await > 0);
+    worker::verify::rebuild(&db.pool, false).await.unwrap();
+    assert_eq!(db.pending_deltas().await, 0);
+    db.drain_analytics().await;
+    db.assert_verified().await;
+}
+
+/// `rollback` with deltas pending folds them first, then rewinds: the result
+/// equals the from-scratch definition of the remaining events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_with_pending_deltas_is_exact() {
+    let db = TestDb::new().await;
+    deltas_of_history(&db, 600).await;
+    assert!(db.pending_deltas().await > 0);
+    let (low, high): (i64, i64) =
+        sqlx::query_as("SELECT min(block_number), max(block_number) FROM deposited_events")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let report = worker::rollback::rollback(&db.pool, "testnet", (low + high) / 2)
+        .await
+        .unwrap();
+    let removed: u64 = report.events_removed.iter().map(|(_, n)| n).sum();
+    assert!(removed > 0, "{}", report.render());
+    assert_eq!(db.pending_deltas().await, 0);
+    db.drain_analytics().await;
+    db.assert_verified().await;
+}
