@@ -99,8 +99,34 @@ impl TestDb {
         out
     }
 
-    /// Runs the analytics queue until it is empty.
+    /// Folds every pending delta into the base tables (ADR 0015), waiting
+    /// for folders that hold a partition; returns the number folded here.
+    pub async fn fold(&self) -> u64 {
+        worker::fold::fold_until_empty(&self.pool).await.unwrap()
+    }
+
+    /// Unfolded deltas (all partitions).
+    pub async fn pending_deltas(&self) -> i64 {
+        worker::fold::stats(&self.pool).await.unwrap().0
+    }
+
+    /// Waits until running workers have folded every delta (they are woken
+    /// by their own commits); panics after `timeout`.
+    pub async fn wait_folded(&self, timeout: Duration) {
+        let started = std::time::Instant::now();
+        while self.pending_deltas().await > 0 {
+            assert!(
+                started.elapsed() < timeout,
+                "deltas still unfolded after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Folds pending deltas (their analytics enqueue happens there), then
+    /// runs the analytics queue until it is empty.
     pub async fn drain_analytics(&self) {
+        self.fold().await;
         let settings = test_analytics_settings();
         loop {
             let report = worker::analytics::process_batch(&self.pool, &settings)
@@ -299,6 +325,7 @@ pub async fn consume_until_idle(db: &TestDb, args: Vec<StreamArgs>, timeout: Dur
             pool,
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::new(true, false)),
+            fold_wake: None,
         };
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move { consumer.run(stop).await }));
@@ -329,6 +356,9 @@ pub async fn consume_until_idle(db: &TestDb, args: Vec<StreamArgs>, timeout: Dur
     for task in tasks {
         task.await.unwrap().unwrap();
     }
+    // In-process consumers run no fold loop: fold their deltas here, as a
+    // `run` process's fold loop would (ADR 0015).
+    db.fold().await;
 }
 
 /// The postgres-writer binary (built by scripts/test.sh).

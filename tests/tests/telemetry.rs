@@ -116,14 +116,16 @@ async fn worker_exports_linked_spans_over_otlp_http() {
         .spawn()
         .unwrap();
 
-    // Until every entry is acknowledged and the analytics queue is empty.
+    // Until every entry is acknowledged, its deltas folded (the fold queues
+    // the analytics terms, ADR 0015) and the analytics queue is empty, checked
+    // in that order.
     let started = Instant::now();
     loop {
-        let mut idle =
-            db.count("analytics_queue").await == 0 && db.count("deposited_events").await > 0;
+        let mut idle = db.count("deposited_events").await > 0;
         for s in &streams {
             idle &= redis.backlog(s, &group).await == (Some(0), 0);
         }
+        idle = idle && db.pending_deltas().await == 0 && db.count("analytics_queue").await == 0;
         if idle {
             break;
         }

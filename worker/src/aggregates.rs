@@ -1,26 +1,34 @@
-//! Aggregates: applies newly stored events to the base tables (`atom`,
-//! `triple`, `vault`, `position`), the `term` aggregates and the analytics
-//! queue, inside the batch's transaction.
+//! Aggregates: the effect of newly stored events on the read model.
 //!
-//! Concurrency (ADR 0002, 0007): statements run in one global lock order —
-//! atom, triple, position, vault, term, analytics_queue — each locking its
-//! rows in key order. `vault.position_count` moves by the exact change each
-//! position write made to the row it replaced (under that row's lock); `term`
-//! totals are recomputed by a statement that runs after the term row is
-//! locked, so its snapshot sees every committed vault change. Everything else is "newest wins" or commutative. The worker folds
-//! a batch per row first (newest balance, sums), so every statement gets one
-//! row per key (ADR 0007).
+//! In the batch transaction (ADR 0015) only insert-mostly rows are written:
+//! `atom` and `triple` (newest creation event wins; a conflict means a
+//! redelivered or repeated creation, never a hot row), and one insert-only
+//! delta per fold partition ([`crate::fold`]) holding that partition's share
+//! of the batch folded per key. No vault, position, term or analytics-queue
+//! row is locked by a batch.
+//!
+//! The partition owner later merges deltas ([`Folded::merge`]) and applies
+//! them ([`Folded::apply`]) with the keyed statements of ADR 0007/0008:
+//! positions first (each records its exact change of `position_count` under
+//! its own row lock), then vaults, terms, term totals and the analytics
+//! queue. A folder owns every row it writes (one partition = a term, its
+//! vaults and their positions), so the statements never wait on another
+//! folder; "newest" columns are guarded by chain order and sums are exact
+//! decimals, so the result is the same whatever the grouping of deltas.
 
 use crate::decode::numbers::add_decimal;
 use crate::decode::{DecodedEvent, EventBody};
+use crate::fold;
 use crate::queries;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::{Postgres, Transaction};
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// Applies `events` (only those just inserted, never redeliveries) and
-/// returns the number of terms put on the analytics queue.
+/// Applies `events` (only those just inserted, never redeliveries) inside the
+/// batch transaction: atoms, triples and the fold deltas. Returns the number
+/// of delta rows written.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     events: &[&DecodedEvent],
@@ -32,65 +40,367 @@ pub async fn apply(
     let plan = Plan::from_events(events);
     plan.upsert_atoms(tx).await?;
     plan.upsert_triples(tx).await?;
-    let position_counts = plan.upsert_positions(tx).await?;
-    plan.upsert_vaults(tx, &position_counts).await?;
-    plan.upsert_terms(tx).await?;
-    plan.enqueue_analytics(tx, trace_context).await
+    fold::insert_deltas(tx, plan.deltas, trace_context).await
 }
 
-/// The column arrays of every statement, gathered in one pass over the events.
+/// Where an event sits in the chain; SPEC §3 "newest" is the greatest
+/// (block_number, log_index), then transaction hash (0x + lowercase hex, so
+/// byte order equals PostgreSQL's text order).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChainPos {
+    #[serde(rename = "b")]
+    pub block_number: i64,
+    #[serde(rename = "l")]
+    pub log_index: i64,
+    #[serde(rename = "t")]
+    pub transaction_hash: String,
+}
+
+impl ChainPos {
+    fn of(event: &DecodedEvent) -> ChainPos {
+        ChainPos {
+            block_number: event.position.block_number,
+            log_index: event.position.log_index,
+            transaction_hash: event.position.transaction_hash.clone(),
+        }
+    }
+}
+
+/// What some events do to one position: the newest balance and the sums.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionDelta {
+    #[serde(rename = "a")]
+    pub account_id: String,
+    #[serde(rename = "k")]
+    pub term_id: String,
+    #[serde(rename = "c")]
+    pub curve_id: String,
+    /// The newest Deposited/Redeemed among them.
+    #[serde(rename = "at")]
+    pub newest: ChainPos,
+    /// The receiver's share balance after `newest`.
+    #[serde(rename = "s")]
+    pub shares: String,
+    #[serde(rename = "d")]
+    pub deposited: String,
+    #[serde(rename = "r")]
+    pub redeemed: String,
+}
+
+/// The newest SharePriceChanged of a vault among some events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceDelta {
+    #[serde(rename = "at")]
+    pub newest: ChainPos,
+    #[serde(rename = "ts")]
+    pub total_shares: String,
+    #[serde(rename = "ta")]
+    pub total_assets: String,
+    #[serde(rename = "sp")]
+    pub share_price: String,
+    #[serde(rename = "vt")]
+    pub vault_type: i16,
+}
+
+/// A vault named by some events, with the newest price among them, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultDelta {
+    #[serde(rename = "k")]
+    pub term_id: String,
+    #[serde(rename = "c")]
+    pub curve_id: String,
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<PriceDelta>,
+}
+
+/// A claim on a term's type (Atom > Triple > CounterTriple > Unknown).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TermClaim {
+    #[serde(rename = "k")]
+    pub id: String,
+    #[serde(rename = "y")]
+    pub kind: String,
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub atom_id: Option<String>,
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub triple_id: Option<String>,
+}
+
+/// One delta row's content: one partition's share of one batch (or of
+/// several deltas merged), one entry per key. Stored as JSON text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    #[serde(rename = "p", default, skip_serializing_if = "Vec::is_empty")]
+    pub positions: Vec<PositionDelta>,
+    #[serde(rename = "v", default, skip_serializing_if = "Vec::is_empty")]
+    pub vaults: Vec<VaultDelta>,
+    #[serde(rename = "c", default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<TermClaim>,
+    /// W3C traceparent of the batch, carried to the analytics queue.
+    #[serde(rename = "tc", default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<String>,
+}
+
+/// Deltas merged per key: what one fold writes.
+#[derive(Debug, Default)]
+pub struct Folded {
+    positions: BTreeMap<(String, String, String), PositionDelta>,
+    vaults: BTreeMap<(String, String), Option<PriceDelta>>,
+    claims: BTreeSet<TermClaim>,
+    trace_context: Option<String>,
+}
+
+impl Folded {
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty() && self.vaults.is_empty() && self.claims.is_empty()
+    }
+
+    /// Adds one delta's changes: newest wins by chain order, sums add up
+    /// exactly; the result does not depend on the order of merges.
+    pub fn merge(&mut self, changes: Changes) {
+        for p in changes.positions {
+            self.add_position(p);
+        }
+        for v in changes.vaults {
+            self.add_vault(v.term_id, v.curve_id, v.price);
+        }
+        self.claims.extend(changes.claims);
+        if changes.trace_context.is_some() {
+            self.trace_context = changes.trace_context;
+        }
+    }
+
+    fn add_position(&mut self, p: PositionDelta) {
+        let key = (p.account_id.clone(), p.term_id.clone(), p.curve_id.clone());
+        match self.positions.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(p);
+            }
+            Entry::Occupied(mut slot) => {
+                let held = slot.get_mut();
+                held.deposited = add_decimal(&held.deposited, &p.deposited);
+                held.redeemed = add_decimal(&held.redeemed, &p.redeemed);
+                if p.newest > held.newest {
+                    held.newest = p.newest;
+                    held.shares = p.shares;
+                }
+            }
+        }
+    }
+
+    fn add_vault(&mut self, term_id: String, curve_id: String, price: Option<PriceDelta>) {
+        let held = self.vaults.entry((term_id, curve_id)).or_default();
+        if let Some(price) = price {
+            if held.as_ref().is_none_or(|h| price.newest > h.newest) {
+                *held = Some(price);
+            }
+        }
+    }
+
+    /// The merged changes as one delta (used by the batch to store them).
+    pub fn into_changes(self) -> Changes {
+        Changes {
+            positions: self.positions.into_values().collect(),
+            vaults: self
+                .vaults
+                .into_iter()
+                .map(|((term_id, curve_id), price)| VaultDelta {
+                    term_id,
+                    curve_id,
+                    price,
+                })
+                .collect(),
+            claims: self.claims.into_iter().collect(),
+            trace_context: self.trace_context,
+        }
+    }
+
+    /// Writes the merged changes to the base tables and the analytics queue,
+    /// in the global lock order (position, vault, term, analytics_queue), each
+    /// statement in key order. Returns the number of terms queued.
+    pub async fn apply(&self, tx: &mut Transaction<'_, Postgres>) -> Result<u64, sqlx::Error> {
+        let position_counts = self.upsert_positions(tx).await?;
+        self.upsert_vaults(tx, &position_counts).await?;
+        self.upsert_terms(tx).await?;
+        self.enqueue_analytics(tx).await
+    }
+
+    /// Positions; returns the change of position_count per (term, curve).
+    async fn upsert_positions(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
+        if self.positions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let p = || self.positions.values();
+        sqlx::query(queries::UPSERT_POSITIONS)
+            .bind(p().map(|c| c.account_id.as_str()).collect::<Vec<_>>())
+            .bind(p().map(|c| c.term_id.as_str()).collect::<Vec<_>>())
+            .bind(p().map(|c| c.curve_id.as_str()).collect::<Vec<_>>())
+            .bind(p().map(|c| c.newest.block_number).collect::<Vec<_>>())
+            .bind(p().map(|c| c.newest.log_index).collect::<Vec<_>>())
+            .bind(
+                p().map(|c| c.newest.transaction_hash.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(p().map(|c| c.shares.as_str()).collect::<Vec<_>>())
+            .bind(p().map(|c| c.deposited.as_str()).collect::<Vec<_>>())
+            .bind(p().map(|c| c.redeemed.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    (row.try_get("term_id")?, row.try_get("curve_id")?),
+                    row.try_get("change")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Vaults, with the position_count changes `upsert_positions` returned.
+    async fn upsert_vaults(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        position_counts: &HashMap<(String, String), i64>,
+    ) -> Result<(), sqlx::Error> {
+        if self.vaults.is_empty() {
+            return Ok(());
+        }
+        let keys = || self.vaults.keys();
+        let prices = || self.vaults.values().map(Option::as_ref);
+        let price = |f: fn(&PriceDelta) -> &str| -> Vec<Option<&str>> {
+            prices().map(|p| p.map(f)).collect()
+        };
+        sqlx::query(queries::UPSERT_VAULTS)
+            .bind(keys().map(|k| k.0.as_str()).collect::<Vec<_>>())
+            .bind(keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
+            .bind(
+                prices()
+                    .map(|p| p.map(|p| p.newest.block_number))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                prices()
+                    .map(|p| p.map(|p| p.newest.log_index))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(price(|p| &p.newest.transaction_hash))
+            .bind(price(|p| &p.total_shares))
+            .bind(price(|p| &p.total_assets))
+            .bind(price(|p| &p.share_price))
+            .bind(
+                prices()
+                    .map(|p| p.map(|p| p.vault_type))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                keys()
+                    .map(|k| position_counts.get(k).copied().unwrap_or(0))
+                    .collect::<Vec<i64>>(),
+            )
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Term rows and their type claims (every vault's term is claimed
+    /// Unknown), then the totals of terms whose vault prices changed.
+    async fn upsert_terms(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        let vault_terms: BTreeSet<&str> = self.vaults.keys().map(|k| k.0.as_str()).collect();
+        let claimed: BTreeSet<&str> = self.claims.iter().map(|c| c.id.as_str()).collect();
+        let unknown: Vec<&str> = vault_terms
+            .iter()
+            .copied()
+            .filter(|t| !claimed.contains(t))
+            .collect();
+        if self.claims.is_empty() && unknown.is_empty() {
+            return Ok(());
+        }
+        let claims = || self.claims.iter();
+        let ids: Vec<&str> = claims()
+            .map(|c| c.id.as_str())
+            .chain(unknown.iter().copied())
+            .collect();
+        let kinds: Vec<&str> = claims()
+            .map(|c| c.kind.as_str())
+            .chain(unknown.iter().map(|_| "Unknown"))
+            .collect();
+        let atom_ids: Vec<Option<&str>> = claims()
+            .map(|c| c.atom_id.as_deref())
+            .chain(unknown.iter().map(|_| None))
+            .collect();
+        let triple_ids: Vec<Option<&str>> = claims()
+            .map(|c| c.triple_id.as_deref())
+            .chain(unknown.iter().map(|_| None))
+            .collect();
+        sqlx::query(queries::UPSERT_TERMS)
+            .bind(ids)
+            .bind(kinds)
+            .bind(atom_ids)
+            .bind(triple_ids)
+            .execute(&mut **tx)
+            .await?;
+        let totals: BTreeSet<&str> = self
+            .vaults
+            .iter()
+            .filter(|(_, price)| price.is_some())
+            .map(|(k, _)| k.0.as_str())
+            .collect();
+        if !totals.is_empty() {
+            sqlx::query(queries::RECOMPUTE_TERM_TOTALS)
+                .bind(totals.into_iter().collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Terms whose analytics inputs changed: every vault's term and every
+    /// term claimed Triple; a term claimed CounterTriple too if it has a
+    /// vault (folded before its claim, so not queued then). The queue
+    /// statement keeps only triples and counter triples.
+    async fn enqueue_analytics(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<u64, sqlx::Error> {
+        let claimed = |kind: &str| -> BTreeSet<&str> {
+            self.claims
+                .iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| c.id.as_str())
+                .collect()
+        };
+        let terms: BTreeSet<&str> = self
+            .vaults
+            .keys()
+            .map(|k| k.0.as_str())
+            .chain(claimed("Triple"))
+            .collect();
+        let counters: Vec<&str> = claimed("CounterTriple")
+            .into_iter()
+            .filter(|t| !terms.contains(t))
+            .collect();
+        if terms.is_empty() && counters.is_empty() {
+            return Ok(0);
+        }
+        let queued = sqlx::query(queries::ENQUEUE_ANALYTICS)
+            .bind(terms.into_iter().collect::<Vec<_>>())
+            .bind(self.trace_context.as_deref())
+            .bind(counters)
+            .execute(&mut **tx)
+            .await?;
+        Ok(queued.rows_affected())
+    }
+}
+
+/// Atoms and triples of a batch (written in it) and its deltas by partition.
 #[derive(Default)]
 struct Plan<'a> {
     atoms: Vec<&'a DecodedEvent>,
     triples: Vec<&'a DecodedEvent>,
-    /// Every (term, curve) named by Deposited/Redeemed/SharePriceChanged, with
-    /// the batch's newest SharePriceChanged for it, if any.
-    vaults: BTreeMap<(&'a str, &'a str), Option<PriceChange<'a>>>,
-    /// Deposited/Redeemed folded per position (account, term, curve).
-    positions: BTreeMap<(&'a str, &'a str, &'a str), PositionChange<'a>>,
-    /// (id, type, atom_id, triple_id) claims for `term`.
-    term_claims: Vec<(&'a str, &'static str, Option<&'a str>, Option<&'a str>)>,
-    /// Terms whose vault totals changed.
-    totals: BTreeSet<&'a str>,
-    /// Terms whose analytics inputs changed.
-    analytics: BTreeSet<&'a str>,
-}
-
-/// A SharePriceChanged with the event that carried it.
-type PriceChange<'a> = (&'a DecodedEvent, &'a crate::decode::SharePriceChanged);
-
-/// What a batch does to one position: the newest balance and the sums.
-struct PositionChange<'a> {
-    /// The newest Deposited/Redeemed of the batch for this position.
-    newest: &'a DecodedEvent,
-    /// The receiver's share balance after `newest`.
-    shares: &'a str,
-    deposited: String,
-    redeemed: String,
-}
-
-impl<'a> PositionChange<'a> {
-    fn add(&mut self, event: &'a DecodedEvent, shares: &'a str, deposited: &str, redeemed: &str) {
-        if newer(event, self.newest) {
-            self.newest = event;
-            self.shares = shares;
-        }
-        self.deposited = add_decimal(&self.deposited, deposited);
-        self.redeemed = add_decimal(&self.redeemed, redeemed);
-    }
-}
-
-/// SPEC §3 "newest": higher (block_number, log_index), then transaction hash
-/// (0x + lowercase hex, so byte order equals PostgreSQL's text order).
-fn newer(a: &DecodedEvent, b: &DecodedEvent) -> bool {
-    fn key(e: &DecodedEvent) -> (i64, i64, &[u8]) {
-        (
-            e.position.block_number,
-            e.position.log_index,
-            e.position.transaction_hash.as_bytes(),
-        )
-    }
-    key(a) > key(b)
+    deltas: BTreeMap<i16, Folded>,
 }
 
 impl<'a> Plan<'a> {
@@ -100,24 +410,15 @@ impl<'a> Plan<'a> {
             match &event.body {
                 EventBody::AtomCreated(a) => {
                     plan.atoms.push(event);
-                    plan.term_claims
-                        .push((&a.term_id, "Atom", Some(&a.term_id), None));
+                    plan.claim(&a.term_id, "Atom", Some(&a.term_id), None);
                 }
                 EventBody::TripleCreated(t) => {
                     plan.triples.push(event);
-                    plan.term_claims
-                        .push((&t.term_id, "Triple", None, Some(&t.term_id)));
-                    plan.term_claims.push((
-                        &t.counter_term_id,
-                        "CounterTriple",
-                        None,
-                        Some(&t.term_id),
-                    ));
-                    plan.analytics.insert(&t.term_id);
+                    plan.claim(&t.term_id, "Triple", None, Some(&t.term_id));
+                    plan.claim(&t.counter_term_id, "CounterTriple", None, Some(&t.term_id));
                 }
                 EventBody::Deposited(d) => {
-                    plan.touch_vault(&d.term_id, &d.curve_id, None);
-                    plan.move_position(
+                    plan.position(
                         event,
                         (&d.receiver, &d.term_id, &d.curve_id),
                         &d.total_shares,
@@ -126,8 +427,7 @@ impl<'a> Plan<'a> {
                     );
                 }
                 EventBody::Redeemed(r) => {
-                    plan.touch_vault(&r.term_id, &r.curve_id, None);
-                    plan.move_position(
+                    plan.position(
                         event,
                         (&r.receiver, &r.term_id, &r.curve_id),
                         &r.total_shares,
@@ -136,8 +436,17 @@ impl<'a> Plan<'a> {
                     );
                 }
                 EventBody::SharePriceChanged(s) => {
-                    plan.touch_vault(&s.term_id, &s.curve_id, Some((event, s)));
-                    plan.totals.insert(&s.term_id);
+                    plan.partition(&s.term_id).add_vault(
+                        s.term_id.clone(),
+                        s.curve_id.clone(),
+                        Some(PriceDelta {
+                            newest: ChainPos::of(event),
+                            total_shares: s.total_shares.clone(),
+                            total_assets: s.total_assets.clone(),
+                            share_price: s.share_price.clone(),
+                            vault_type: s.vault_type,
+                        }),
+                    );
                 }
                 EventBody::Generic(_) => {}
             }
@@ -145,36 +454,38 @@ impl<'a> Plan<'a> {
         plan
     }
 
-    fn move_position(
+    fn partition(&mut self, term_id: &str) -> &mut Folded {
+        self.deltas.entry(fold::partition_of(term_id)).or_default()
+    }
+
+    fn claim(&mut self, id: &str, kind: &str, atom_id: Option<&str>, triple_id: Option<&str>) {
+        self.partition(id).claims.insert(TermClaim {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            atom_id: atom_id.map(str::to_string),
+            triple_id: triple_id.map(str::to_string),
+        });
+    }
+
+    fn position(
         &mut self,
         event: &'a DecodedEvent,
-        key: (&'a str, &'a str, &'a str),
-        shares: &'a str,
+        (account, term, curve): (&str, &str, &str),
+        shares: &str,
         deposited: &str,
         redeemed: &str,
     ) {
-        match self.positions.entry(key) {
-            Entry::Occupied(mut change) => change.get_mut().add(event, shares, deposited, redeemed),
-            Entry::Vacant(slot) => {
-                slot.insert(PositionChange {
-                    newest: event,
-                    shares,
-                    deposited: deposited.to_string(),
-                    redeemed: redeemed.to_string(),
-                });
-            }
-        }
-    }
-
-    fn touch_vault(&mut self, term_id: &'a str, curve_id: &'a str, price: Option<PriceChange<'a>>) {
-        let newest = self.vaults.entry((term_id, curve_id)).or_default();
-        if let Some((event, _)) = price {
-            if newest.is_none_or(|(current, _)| newer(event, current)) {
-                *newest = price;
-            }
-        }
-        self.term_claims.push((term_id, "Unknown", None, None));
-        self.analytics.insert(term_id);
+        let folded = self.partition(term);
+        folded.add_vault(term.to_string(), curve.to_string(), None);
+        folded.add_position(PositionDelta {
+            account_id: account.to_string(),
+            term_id: term.to_string(),
+            curve_id: curve.to_string(),
+            newest: ChainPos::of(event),
+            shares: shares.to_string(),
+            deposited: deposited.to_string(),
+            redeemed: redeemed.to_string(),
+        });
     }
 
     async fn upsert_atoms(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
@@ -325,146 +636,5 @@ impl<'a> Plan<'a> {
             .execute(&mut **tx)
             .await?;
         Ok(())
-    }
-
-    /// Vaults, with the position_count changes `upsert_positions` returned.
-    async fn upsert_vaults(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        position_counts: &HashMap<(String, String), i64>,
-    ) -> Result<(), sqlx::Error> {
-        if self.vaults.is_empty() {
-            return Ok(());
-        }
-        let keys = self.vaults.keys();
-        let prices = self.vaults.values();
-        let price = |f: fn(&crate::decode::SharePriceChanged) -> &str| -> Vec<Option<&str>> {
-            prices.clone().map(|p| p.map(|(_, s)| f(s))).collect()
-        };
-        let chain = |f: fn(&'a DecodedEvent) -> i64| -> Vec<Option<i64>> {
-            prices.clone().map(|p| p.map(|(e, _)| f(e))).collect()
-        };
-        sqlx::query(queries::UPSERT_VAULTS)
-            .bind(keys.clone().map(|k| k.0).collect::<Vec<_>>())
-            .bind(keys.map(|k| k.1).collect::<Vec<_>>())
-            .bind(chain(|e| e.position.block_number))
-            .bind(chain(|e| e.position.log_index))
-            .bind(
-                prices
-                    .clone()
-                    .map(|p| p.map(|(e, _)| e.position.transaction_hash.as_str()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(price(|s| &s.total_shares))
-            .bind(price(|s| &s.total_assets))
-            .bind(price(|s| &s.share_price))
-            .bind(
-                prices
-                    .map(|p| p.map(|(_, s)| s.vault_type))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                self.vaults
-                    .keys()
-                    .map(|(t, c)| {
-                        position_counts
-                            .get(&(t.to_string(), c.to_string()))
-                            .copied()
-                            .unwrap_or(0)
-                    })
-                    .collect::<Vec<i64>>(),
-            )
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Positions; returns the change of position_count per (term, curve).
-    async fn upsert_positions(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-    ) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
-        if self.positions.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let keys = self.positions.keys();
-        let changes = self.positions.values();
-        sqlx::query(queries::UPSERT_POSITIONS)
-            .bind(keys.clone().map(|k| k.0).collect::<Vec<_>>())
-            .bind(keys.clone().map(|k| k.1).collect::<Vec<_>>())
-            .bind(keys.map(|k| k.2).collect::<Vec<_>>())
-            .bind(
-                changes
-                    .clone()
-                    .map(|c| c.newest.position.block_number)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                changes
-                    .clone()
-                    .map(|c| c.newest.position.log_index)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                changes
-                    .clone()
-                    .map(|c| c.newest.position.transaction_hash.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(changes.clone().map(|c| c.shares).collect::<Vec<_>>())
-            .bind(
-                changes
-                    .clone()
-                    .map(|c| c.deposited.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(changes.map(|c| c.redeemed.as_str()).collect::<Vec<_>>())
-            .fetch_all(&mut **tx)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok((
-                    (row.try_get("term_id")?, row.try_get("curve_id")?),
-                    row.try_get("change")?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn upsert_terms(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
-        if self.term_claims.is_empty() {
-            return Ok(());
-        }
-        let c = &self.term_claims;
-        sqlx::query(queries::UPSERT_TERMS)
-            .bind(c.iter().map(|c| c.0).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.1).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.2).collect::<Vec<_>>())
-            .bind(c.iter().map(|c| c.3).collect::<Vec<_>>())
-            .execute(&mut **tx)
-            .await?;
-        if !self.totals.is_empty() {
-            sqlx::query(queries::RECOMPUTE_TERM_TOTALS)
-                .bind(self.totals.iter().copied().collect::<Vec<_>>())
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn enqueue_analytics(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        trace_context: Option<&str>,
-    ) -> Result<u64, sqlx::Error> {
-        if self.analytics.is_empty() {
-            return Ok(0);
-        }
-        let queued = sqlx::query(queries::ENQUEUE_ANALYTICS)
-            .bind(self.analytics.iter().copied().collect::<Vec<_>>())
-            .bind(trace_context)
-            .execute(&mut **tx)
-            .await?;
-        Ok(queued.rows_affected())
     }
 }

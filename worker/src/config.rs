@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume the streams (and, unless disabled, the analytics queue).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Process the analytics queue only.
     Analytics(AnalyticsOnlyArgs),
     /// Apply the database migrations and exit (safe to run concurrently).
@@ -161,6 +161,52 @@ pub struct AnalyticsArgs {
     pub analytics_coalesce_ms: u64,
 }
 
+/// The fold loop of `run` (ADR 0015).
+#[derive(Debug, Clone, Args)]
+pub struct FoldArgs {
+    /// Least time between the starts of two folds while deltas keep coming, in milliseconds: more batches merged into one row write per key, for a bounded delay of the base tables.
+    #[arg(long, env = "FOLD_INTERVAL_MS", default_value_t = 50)]
+    pub fold_interval_ms: u64,
+    /// How often the fold loop looks for deltas written by other processes, in milliseconds (its own batches wake it at once).
+    #[arg(long, env = "FOLD_POLL_INTERVAL_MS", default_value_t = 200)]
+    pub fold_poll_interval_ms: u64,
+    /// Fold partitions (of 32) one fold transaction takes; the others stay free for other processes.
+    #[arg(long, env = "FOLD_MAX_PARTITIONS", default_value_t = 8)]
+    pub fold_max_partitions: u32,
+    /// Delta rows one fold transaction takes at most (a batch writes one per partition it touches).
+    #[arg(long, env = "FOLD_MAX_DELTAS", default_value_t = 2_000)]
+    pub fold_max_deltas: u32,
+}
+
+impl FoldArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        in_range(
+            "FOLD_INTERVAL_MS",
+            "fold-interval-ms",
+            self.fold_interval_ms,
+            0..=10_000,
+        )?;
+        in_range(
+            "FOLD_POLL_INTERVAL_MS",
+            "fold-poll-interval-ms",
+            self.fold_poll_interval_ms,
+            10..=60_000,
+        )?;
+        in_range(
+            "FOLD_MAX_PARTITIONS",
+            "fold-max-partitions",
+            self.fold_max_partitions,
+            1..=crate::fold::PARTITIONS as u32,
+        )?;
+        in_range(
+            "FOLD_MAX_DELTAS",
+            "fold-max-deltas",
+            self.fold_max_deltas,
+            1..=100_000,
+        )
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
     /// Port of /livez, /readyz, /health, /metrics and the local /drain.
@@ -182,6 +228,8 @@ pub struct RunArgs {
     pub streams: StreamArgs,
     #[command(flatten)]
     pub analytics: AnalyticsArgs,
+    #[command(flatten)]
+    pub fold: FoldArgs,
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
@@ -709,6 +757,7 @@ impl RunArgs {
         self.database.validate()?;
         self.streams.validate()?;
         self.analytics.validate()?;
+        self.fold.validate()?;
         self.http.validate()
     }
 }
@@ -809,7 +858,7 @@ mod tests {
             .map_err(|e| e.to_string())?
             .command
         {
-            Command::Run(args) => Ok(args),
+            Command::Run(args) => Ok(*args),
             _ => unreachable!(),
         }
     }

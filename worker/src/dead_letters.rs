@@ -264,6 +264,13 @@ pub enum ReplayError {
     },
     #[error("selecting dead letters: {0}")]
     Select(#[source] sqlx::Error),
+    /// The letters are replayed (committed); folding their effect into the
+    /// base tables failed and is left to the running workers.
+    #[error("folding the replayed events into the base tables: {source}")]
+    Fold {
+        #[source]
+        source: sqlx::Error,
+    },
 }
 
 /// Replays the letters matching `filter`, oldest first, one transaction each.
@@ -331,6 +338,13 @@ pub async fn replay(
             }
         };
         report.letters.push((letter, outcome));
+    }
+    // Replayed events reach the base tables by folding (ADR 0015): fold now,
+    // so that the replay's effect is visible when this returns.
+    if !dry_run && report.events_stored > 0 {
+        crate::fold::fold_until_empty(pool)
+            .await
+            .map_err(|source| ReplayError::Fold { source })?;
     }
     Ok(report)
 }

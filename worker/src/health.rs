@@ -48,6 +48,10 @@ impl Source {
     pub fn stream(consumer: &str) -> Source {
         Source::new(Service::Redis, format!("stream {consumer}"))
     }
+    /// The fold loop (ADR 0015).
+    pub fn fold() -> Source {
+        Source::new(Service::Postgres, "fold")
+    }
     /// Analytics loop number `index`.
     pub fn analytics(index: usize) -> Source {
         Source::new(Service::Postgres, format!("analytics {index}"))
@@ -94,6 +98,7 @@ pub struct Health {
     pub last_commit_unix_ms: AtomicU64,
     pub backlog: Mutex<Vec<StreamBacklog>>,
     pub analytics: Mutex<AnalyticsHealth>,
+    pub fold: Mutex<FoldHealth>,
     problems: Mutex<BTreeMap<Source, Problem>>,
     seq: AtomicU64,
 }
@@ -108,6 +113,15 @@ pub struct AnalyticsHealth {
     pub last_error: Option<String>,
 }
 
+/// How far the base tables are behind the committed events (ADR 0015).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FoldHealth {
+    /// Deltas committed but not yet folded (all processes).
+    pub pending_deltas: i64,
+    /// Age of the oldest of them, in seconds.
+    pub lag_seconds: f64,
+}
+
 /// The `/health` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
@@ -120,6 +134,7 @@ pub struct HealthReport {
     pub last_commit_unix_ms: Option<u64>,
     pub streams: Vec<StreamBacklog>,
     pub analytics: AnalyticsHealth,
+    pub fold: FoldHealth,
     /// The latest current problem, if any.
     pub last_error: Option<String>,
     /// Every current problem, by source ("postgres batch pod-0", …).
@@ -226,6 +241,7 @@ impl Health {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             analytics,
+            fold: self.fold.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             last_error: latest(&|_: &Source| true),
             errors: problems
                 .iter()

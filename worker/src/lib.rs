@@ -6,7 +6,9 @@
 //! - [`decode`]: rindexer entries to validated, normalised events;
 //! - [`network`]: one database holds one network, checked in each batch;
 //! - [`persistence`]: one transaction per batch, retries, dead letters;
-//! - [`aggregates`]: base tables, term aggregates, analytics queue;
+//! - [`aggregates`]: atoms and triples, per-key deltas and how they fold into
+//!   base tables, term aggregates and the analytics queue;
+//! - [`fold`]: partition owners folding deltas (ADR 0015);
 //! - [`analytics`]: triple-level analytics from the queue;
 //! - [`verify`]: from-scratch comparison and rebuild;
 //! - [`dead_letters`]: inspecting and replaying dead letters;
@@ -22,6 +24,7 @@ pub mod db;
 pub mod dead_letters;
 pub mod decode;
 pub mod failure;
+pub mod fold;
 pub mod generate;
 pub mod health;
 pub mod http;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker::analytics::{self, AnalyticsSettings};
 use worker::config::{
-    AnalyticsArgs, Cli, Command, DatabaseArgs, DeadLettersCommand, HttpArgs, StreamArgs,
+    AnalyticsArgs, Cli, Command, DatabaseArgs, DeadLettersCommand, FoldArgs, HttpArgs, StreamArgs,
 };
 use worker::health::{Health, Source};
 use worker::http::{self, AppState};
@@ -40,7 +40,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             args.validate()?;
-            serve(args.database, Some(args.streams), args.analytics, args.http).await
+            serve(
+                args.database,
+                Some((args.streams, args.fold)),
+                args.analytics,
+                args.http,
+            )
+            .await
         }
         Command::Analytics(args) => {
             args.validate()?;
@@ -222,12 +228,13 @@ async fn dead_letters_command(command: DeadLettersCommand) -> anyhow::Result<Exi
     }
 }
 
-/// Runs the long-lived process: HTTP, monitor, consumer (if `streams`) and
-/// analytics loops, until SIGTERM/SIGINT or a drain; then stops intake,
-/// lets every loop finish its transaction, and exits 0.
+/// Runs the long-lived process: HTTP, monitor, consumer and fold loops (if
+/// `streams`) and analytics loops, until SIGTERM/SIGINT or a drain; then
+/// stops intake, lets every loop finish its transaction (the fold loop folds
+/// the consumers' last batches), and exits 0.
 async fn serve(
     database: DatabaseArgs,
-    streams: Option<StreamArgs>,
+    streams: Option<(StreamArgs, FoldArgs)>,
     analytics_args: AnalyticsArgs,
     http_args: HttpArgs,
 ) -> anyhow::Result<ExitCode> {
@@ -257,12 +264,14 @@ async fn serve(
     let work = TaskTracker::new();
     work.spawn(monitor(
         pool.clone(),
-        streams.clone(),
+        streams.as_ref().map(|(s, _)| s.clone()),
         metrics.clone(),
         health.clone(),
         stop.clone(),
     ));
-    if let Some(stream_args) = streams {
+    if let Some((stream_args, fold_args)) = streams {
+        let consumers = TaskTracker::new();
+        let fold_wake = Arc::new(tokio::sync::Notify::new());
         // Several consumer loops let PostgreSQL work on several batches at once.
         let loops = stream_args.consumer_concurrency;
         let names: Vec<String> = (0..loops)
@@ -280,14 +289,25 @@ async fn serve(
                 pool: pool.clone(),
                 metrics: metrics.clone(),
                 health: health.clone(),
+                fold_wake: Some(fold_wake.clone()),
             };
             let stop = stop.clone();
-            work.spawn(async move {
+            work.spawn(consumers.track_future(async move {
                 if let Err(error) = consumer.run(stop).await {
                     tracing::error!(error = %telemetry::ErrorChain(&*error), "consumer failed");
                 }
-            });
+            }));
         }
+        consumers.close();
+        work.spawn(worker::fold::run_loop(
+            pool.clone(),
+            worker::fold::FoldSettings::from(&fold_args),
+            metrics.clone(),
+            health.clone(),
+            stop.clone(),
+            fold_wake,
+            consumers,
+        ));
     }
     if analytics_args.analytics_enabled {
         let settings = AnalyticsSettings::from(&analytics_args);
@@ -389,6 +409,20 @@ async fn monitor(
                 }
                 health.schema_ok.store(ok, Ordering::Relaxed);
                 if ok {
+                    match worker::fold::stats(&pool).await {
+                        Ok((pending, lag)) => {
+                            metrics.fold_pending_deltas.set(pending);
+                            metrics.fold_lag_seconds.set(lag);
+                            *health.fold.lock().unwrap_or_else(|e| e.into_inner()) =
+                                worker::health::FoldHealth {
+                                    pending_deltas: pending,
+                                    lag_seconds: lag,
+                                };
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "reading fold statistics failed");
+                        }
+                    }
                     match analytics::queue_stats(&pool).await {
                         Ok((depth, parked, oldest)) => {
                             health.clear(&Source::queue_stats());

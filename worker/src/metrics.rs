@@ -62,6 +62,13 @@ pub struct Metrics {
     pub analytics_batch_duration: Histogram,
     pub analytics_retries: Counter,
     pub analytics_parked: Counter,
+    pub fold_pending_deltas: Gauge,
+    pub fold_lag_seconds: Gauge<f64, AtomicU64>,
+    pub fold_delay_seconds: Histogram,
+    pub fold_duration: Histogram,
+    pub fold_transactions: Counter,
+    pub fold_deltas: Counter,
+    pub fold_failures: Counter,
 }
 
 /// Fine buckets (x1.2 from 0.5 ms to ~3 min) for the stream-entry latency,
@@ -114,6 +121,13 @@ impl Metrics {
             analytics_batch_duration: latency_histogram(),
             analytics_retries: Counter::default(),
             analytics_parked: Counter::default(),
+            fold_pending_deltas: Gauge::default(),
+            fold_lag_seconds: Gauge::default(),
+            fold_delay_seconds: fine_latency_histogram(),
+            fold_duration: latency_histogram(),
+            fold_transactions: Counter::default(),
+            fold_deltas: Counter::default(),
+            fold_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -256,6 +270,41 @@ impl Metrics {
             "analytics_parked",
             "Analytics terms parked after the last allowed attempt",
             m.analytics_parked.clone(),
+        );
+        registry.register(
+            "fold_pending_deltas",
+            "Fold deltas committed but not yet folded into the base tables (all processes)",
+            m.fold_pending_deltas.clone(),
+        );
+        registry.register(
+            "fold_lag_seconds",
+            "Age of the oldest unfolded delta: how far the base tables may be behind the events",
+            m.fold_lag_seconds.clone(),
+        );
+        registry.register(
+            "fold_delay_seconds",
+            "Time from a delta's insert (its batch's commit) to the commit of the fold that applied it",
+            m.fold_delay_seconds.clone(),
+        );
+        registry.register(
+            "fold_duration_seconds",
+            "Time of one fold transaction",
+            m.fold_duration.clone(),
+        );
+        registry.register(
+            "fold_transactions",
+            "Fold transactions committed by this process",
+            m.fold_transactions.clone(),
+        );
+        registry.register(
+            "fold_deltas",
+            "Deltas folded by this process",
+            m.fold_deltas.clone(),
+        );
+        registry.register(
+            "fold_failures",
+            "Fold transactions that failed (retried)",
+            m.fold_failures.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,6 +1,7 @@
 //! Persistence: writes a batch of decoded stream entries in ONE PostgreSQL
-//! transaction (event rows, dead letters, base tables, aggregates and the
-//! analytics queue).
+//! transaction (event rows, dead letters, atoms, triples and the insert-only
+//! fold deltas that carry the batch's effect on the other base tables, the
+//! aggregates and the analytics queue; ADR 0015).
 //!
 //! Failures follow the one policy of [`crate::failure`]: a deadlock or
 //! serialization failure reruns the transaction (bounded, quick); a data error
@@ -76,8 +77,8 @@ pub struct WriteOutcome {
     pub dead_letters: u64,
     /// Entries the database refused, dead-lettered whole.
     pub refused_entries: u64,
-    /// Terms put on the analytics queue (or re-armed there while claimed or parked).
-    pub terms_enqueued: u64,
+    /// Fold delta rows written (one per partition the batch touches).
+    pub fold_deltas: u64,
     /// Transactions rolled back on conflict and run again.
     pub conflict_retries: u64,
 }
@@ -90,7 +91,7 @@ impl WriteOutcome {
         self.duplicate_events += other.duplicate_events;
         self.dead_letters += other.dead_letters;
         self.refused_entries += other.refused_entries;
-        self.terms_enqueued += other.terms_enqueued;
+        self.fold_deltas += other.fold_deltas;
         self.conflict_retries += other.conflict_retries;
     }
 
@@ -267,7 +268,7 @@ pub async fn write_in_transaction(
         outcome.dead_letters = insert_dead_letters(tx, &dead_letters).await?;
     }
 
-    outcome.terms_enqueued = aggregates::apply(tx, &new_events, trace_context).await?;
+    outcome.fold_deltas = aggregates::apply(tx, &new_events, trace_context).await?;
     Ok(outcome)
 }
 

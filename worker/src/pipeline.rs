@@ -27,6 +27,8 @@ pub struct Consumer {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Woken after each commit, so that the fold loop applies the deltas at once.
+    pub fold_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Consumer {
@@ -222,7 +224,7 @@ impl Consumer {
             events.SharePriceChanged = tracing::field::Empty,
             events.Generic = tracing::field::Empty,
             dead_letters = tracing::field::Empty,
-            terms_enqueued = tracing::field::Empty,
+            fold_deltas = tracing::field::Empty,
         );
         self.process_in(intake, raw, stop, &span)
             .instrument(span.clone())
@@ -323,7 +325,7 @@ impl Consumer {
         span.record("events.stored", outcome.stored_events());
         span.record("events.duplicate", outcome.duplicate_events);
         span.record("dead_letters", outcome.dead_letters);
-        span.record("terms_enqueued", outcome.terms_enqueued);
+        span.record("fold_deltas", outcome.fold_deltas);
         let committed_at = SystemTime::now();
         let now_ms = committed_at
             .duration_since(UNIX_EPOCH)
@@ -332,6 +334,11 @@ impl Consumer {
         self.health
             .last_commit_unix_ms
             .store(now_ms, Ordering::Relaxed);
+        if outcome.fold_deltas > 0 {
+            if let Some(wake) = &self.fold_wake {
+                wake.notify_one();
+            }
+        }
         self.record(&entries, &outcome, event_count, now_ms);
 
         let keys: Vec<(Arc<str>, Arc<str>)> = entries
@@ -483,6 +490,7 @@ mod tests {
             pool,
             metrics: Arc::new(Metrics::new()),
             health: Arc::new(Health::new(true, false)),
+            fold_wake: None,
         };
         let outcome = persistence::WriteOutcome::default();
         consumer.record(std::slice::from_ref(&entry), &outcome, 2, 0);

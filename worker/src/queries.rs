@@ -25,6 +25,12 @@ named_queries! {
     UPSERT_TERMS => "upsert_terms.sql",
     RECOMPUTE_TERM_TOTALS => "recompute_term_totals.sql",
     ENQUEUE_ANALYTICS => "enqueue_analytics.sql",
+    INSERT_FOLD_DELTAS => "insert_fold_deltas.sql",
+    CLAIM_FOLD_PARTITIONS => "claim_fold_partitions.sql",
+    CLAIM_FOLD_PARTITIONS_WAITING => "claim_fold_partitions_waiting.sql",
+    TAKE_FOLD_DELTAS => "take_fold_deltas.sql",
+    RECORD_FOLD => "record_fold.sql",
+    FOLD_STATS => "fold_stats.sql",
 }
 
 named_queries! {

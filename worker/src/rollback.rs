@@ -85,8 +85,12 @@ async fn rollback_in(
 ) -> Result<RollbackReport, sqlx::Error> {
     // Writers wait (readers do not) while the chain is rewound.
     let base: Vec<_> = DERIVED_TABLES.iter().filter(|t| !t.analytics).collect();
-    let mut locked: Vec<&str> = EVENT_TABLES.to_vec();
+    // Folders first (they start with fold_partition), then in the order
+    // batches take them: events, atom/triple, fold_delta (ADR 0015).
+    let mut locked: Vec<&str> = vec!["fold_partition"];
+    locked.extend(EVENT_TABLES);
     locked.extend(DERIVED_TABLES.iter().map(|t| t.name));
+    locked.push("fold_delta");
     locked.push("analytics_queue");
     sqlx::query(&format!(
         "LOCK TABLE {} IN EXCLUSIVE MODE",
@@ -94,6 +98,9 @@ async fn rollback_in(
     ))
     .execute(&mut **tx)
     .await?;
+    // The base tables hold every committed effect once folded; the keys
+    // recomputed below are then exact.
+    crate::fold::fold_all_in(tx).await?;
     sqlx::query(queries::ROLLBACK_COLLECT_KEYS)
         .bind(network)
         .bind(to_block)

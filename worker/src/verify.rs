@@ -193,6 +193,11 @@ impl TableDrift {
 pub struct VerifyReport {
     pub tables: Vec<TableDrift>,
     pub analytics_pending: i64,
+    /// Deltas folded by `verify` itself before it compared (ADR 0015).
+    pub folded_first: u64,
+    /// Deltas committed after that fold, not yet folded in the snapshot compared
+    /// (base tables are exact once folded; writers still running add these).
+    pub fold_pending: i64,
 }
 
 impl VerifyReport {
@@ -227,6 +232,18 @@ impl VerifyReport {
                 out.push_str(&format!("{}: present but not expected: {row}\n", t.table));
             }
         }
+        if self.folded_first > 0 {
+            out.push_str(&format!(
+                "note: folded {} pending delta(s) into the base tables before comparing\n",
+                self.folded_first
+            ));
+        }
+        if self.fold_pending > 0 {
+            out.push_str(&format!(
+                "note: {} delta(s) committed during verify are not yet folded; base tables are exact once they are\n",
+                self.fold_pending
+            ));
+        }
         if self.analytics_pending > 0 {
             out.push_str(&format!(
                 "note: {} term(s) still on the analytics queue; analytics tables are exact once it is empty\n",
@@ -256,8 +273,11 @@ async fn tune_for_whole_tables(tx: &mut Transaction<'_, Postgres>) -> Result<(),
     Ok(())
 }
 
-/// Compares every derived table with its definition, in one snapshot.
+/// Compares every derived table with its definition, in one snapshot. Folds
+/// the pending deltas first (waiting for folders that hold a partition): the
+/// base tables are exact once folded, not before (ADR 0015).
 pub async fn verify(pool: &PgPool, show: i64) -> Result<VerifyReport, sqlx::Error> {
+    let folded_first = crate::fold::fold_until_empty(pool).await?;
     let mut tx = pool.begin().await?;
     // One snapshot for every comparison; nothing is written but temp tables,
     // and the transaction is rolled back.
@@ -265,7 +285,10 @@ pub async fn verify(pool: &PgPool, show: i64) -> Result<VerifyReport, sqlx::Erro
         .execute(&mut *tx)
         .await?;
     tune_for_whole_tables(&mut tx).await?;
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport {
+        folded_first,
+        ..VerifyReport::default()
+    };
     for table in DERIVED_TABLES {
         let cols = table.columns.join(", ");
         // Each definition is evaluated once, into a temp table.
@@ -325,6 +348,9 @@ pub async fn verify(pool: &PgPool, show: i64) -> Result<VerifyReport, sqlx::Erro
     report.analytics_pending = sqlx::query_scalar("SELECT count(*) FROM analytics_queue")
         .fetch_one(&mut *tx)
         .await?;
+    report.fold_pending = sqlx::query_scalar("SELECT count(*) FROM fold_delta")
+        .fetch_one(&mut *tx)
+        .await?;
     tx.rollback().await?;
     Ok(report)
 }
@@ -343,12 +369,30 @@ pub async fn rebuild(
     let mut tx = pool.begin().await?;
     tune_for_whole_tables(&mut tx).await?;
     let names: Vec<&str> = tables.iter().map(|t| t.name).collect();
+    // Base tables (ADR 0015): folders stop first (they take fold_partition
+    // before anything else); batches write atom/triple before fold_delta, so
+    // fold_delta is locked after the derived tables. Every delta committed
+    // before these locks has its events in what the rebuild reads, so the
+    // deltas are dropped; later ones fold on top of the rebuilt rows.
+    if !analytics_only {
+        sqlx::query("LOCK TABLE fold_partition IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(&format!(
         "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
         names.join(", ")
     ))
     .execute(&mut *tx)
     .await?;
+    if !analytics_only {
+        sqlx::query("LOCK TABLE fold_delta IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM fold_delta")
+            .execute(&mut *tx)
+            .await?;
+    }
     // The queue too, before anything is read: a writer's enqueue waits for
     // this commit, so every queue row deleted below is covered by what the
     // rebuild reads (ADR 0012). Last, in the order writers and analytics
@@ -385,7 +429,7 @@ pub async fn summary(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
         .copied()
         .chain(["dead_letters"])
         .chain(DERIVED_TABLES.iter().map(|t| t.name))
-        .chain(["analytics_queue"]);
+        .chain(["fold_delta", "analytics_queue"]);
     let mut out = Vec::new();
     for table in tables {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))

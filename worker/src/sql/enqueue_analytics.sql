@@ -1,4 +1,5 @@
--- Transactional outbox: one pending row per term. A pending, unclaimed term
+-- Transactional outbox, written by the fold that changes the term (ADR 0015):
+-- one pending row per term. A pending, unclaimed term
 -- is left alone (deduplication). A term an analytics worker has claimed gets
 -- its version bumped, so that worker's completion keeps the row and the term
 -- is processed again with this change. A parked term gets a fresh set of
@@ -7,12 +8,20 @@
 -- Only triples and counter triples are queued: atom vaults feed no analytics
 -- table (SPEC §3). A term still Unknown here needs no entry either: its
 -- TripleCreated queues the triple when it arrives, and that recomputation
--- reads both vaults. upsert_terms.sql ran first in this transaction and
--- waited for any concurrent claim on these rows, so the types read here are
--- current.
+-- reads both vaults. upsert_terms.sql ran first in this transaction, and the
+-- folder owns these terms' partition, so the types read here are current.
 INSERT INTO analytics_queue AS q (term_id, trace_context)
 SELECT k.term_id, $2::text
-FROM unnest($1::text[]) AS k(term_id)
+FROM (
+    SELECT unnest($1::text[])
+    -- Counter terms whose CounterTriple claim is folded now: queued only if a
+    -- vault of theirs was folded earlier, while they were still Unknown (and
+    -- so not queued then); the fold may apply that claim after their triple's
+    -- analytics ran (ADR 0015).
+    UNION
+    SELECT c.id FROM unnest($3::text[]) AS c(id)
+    WHERE EXISTS (SELECT 1 FROM vault v WHERE v.term_id = c.id)
+) AS k(term_id)
 JOIN term t ON t.id = k.term_id AND t.type IN ('Triple', 'CounterTriple')
 ORDER BY k.term_id
 ON CONFLICT (term_id) DO UPDATE

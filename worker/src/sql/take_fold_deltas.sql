@@ -1,0 +1,8 @@
+-- Removes up to $2 deltas of the partitions this transaction holds and
+-- returns them with their age. The deletion commits with their effect, so a
+-- delta is folded exactly once; a rolled-back fold leaves them in place.
+DELETE FROM fold_delta d
+WHERE d.id IN (
+    SELECT id FROM fold_delta WHERE partition = ANY($1::int2[]) ORDER BY id LIMIT $2
+)
+RETURNING d.partition, d.changes, extract(epoch FROM clock_timestamp() - d.created_at)::float8 AS age_seconds
