@@ -123,6 +123,9 @@ pub struct PostgresWriterSpec {
     /// Entries read and written per transaction.
     #[serde(default)]
     pub batch: BatchSpec,
+    /// How the workers fold batch deltas into the base tables (ADR 0015).
+    #[serde(default)]
+    pub fold: FoldSpec,
     /// Throughput limits (0 = unlimited).
     #[serde(default)]
     pub rate_limits: RateLimitSpec,
@@ -379,6 +382,40 @@ impl Default for BatchSpec {
     }
 }
 
+/// The fold loop of each worker (FOLD_* settings): batches write insert-only
+/// deltas, which partition owners fold into vault, position and term rows.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FoldSpec {
+    /// Least time between the starts of two folds while deltas keep coming, in milliseconds.
+    #[serde(default = "default_fold_interval_ms")]
+    #[schemars(range(min = 0, max = 10_000))]
+    pub interval_ms: i64,
+    /// How often a worker looks for deltas other workers wrote, in milliseconds.
+    #[serde(default = "default_fold_poll_interval_ms")]
+    #[schemars(range(min = 10, max = 60_000))]
+    pub poll_interval_ms: i64,
+    /// Fold partitions (of 32) one fold transaction takes.
+    #[serde(default = "default_fold_max_partitions")]
+    #[schemars(range(min = 1, max = 32))]
+    pub max_partitions: i32,
+    /// Delta rows one fold transaction takes at most.
+    #[serde(default = "default_fold_max_deltas")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub max_deltas: i32,
+}
+
+impl Default for FoldSpec {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_fold_interval_ms(),
+            poll_interval_ms: default_fold_poll_interval_ms(),
+            max_partitions: default_fold_max_partitions(),
+            max_deltas: default_fold_max_deltas(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
@@ -566,6 +603,18 @@ pub struct MigrationRecord {
     pub schema_version: Option<i64>,
 }
 
+fn default_fold_interval_ms() -> i64 {
+    50
+}
+fn default_fold_poll_interval_ms() -> i64 {
+    200
+}
+fn default_fold_max_partitions() -> i32 {
+    8
+}
+fn default_fold_max_deltas() -> i32 {
+    2_000
+}
 fn default_replicas() -> i32 {
     1
 }

@@ -177,6 +177,22 @@ pub fn config_data(spec: &PostgresWriterSpec) -> BTreeMap<String, String> {
         ),
         ("CLAIM_IDLE_MS".to_string(), spec.claim_idle_ms.to_string()),
         (
+            "FOLD_INTERVAL_MS".to_string(),
+            spec.fold.interval_ms.to_string(),
+        ),
+        (
+            "FOLD_POLL_INTERVAL_MS".to_string(),
+            spec.fold.poll_interval_ms.to_string(),
+        ),
+        (
+            "FOLD_MAX_PARTITIONS".to_string(),
+            spec.fold.max_partitions.to_string(),
+        ),
+        (
+            "FOLD_MAX_DELTAS".to_string(),
+            spec.fold.max_deltas.to_string(),
+        ),
+        (
             "CONSUMER_REAP_IDLE_MS".to_string(),
             spec.consumer_reap_idle_ms.to_string(),
         ),

@@ -284,8 +284,12 @@ fn crd_ranges_are_the_workers_ranges() {
         )
     };
     // (CRD field, worker flag, factor from the CRD's unit to the worker's, extra flags)
-    let cases: [(&str, &str, f64, &[&str]); 14] = [
+    let cases: [(&str, &str, f64, &[&str]); 18] = [
         ("batch.size", "--batch-size", 1.0, &[]),
+        ("fold.intervalMs", "--fold-interval-ms", 1.0, &[]),
+        ("fold.pollIntervalMs", "--fold-poll-interval-ms", 1.0, &[]),
+        ("fold.maxPartitions", "--fold-max-partitions", 1.0, &[]),
+        ("fold.maxDeltas", "--fold-max-deltas", 1.0, &[]),
         ("batch.timeoutMs", "--batch-timeout-ms", 1.0, &[]),
         ("claimIdleMs", "--claim-idle-ms", 1.0, &[]),
         (

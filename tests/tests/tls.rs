@@ -252,20 +252,23 @@ async fn verify_full_connects_migrates_and_a_worker_writes_over_tls() {
         tls > 0 && plain == 0,
         "worker connections: {tls} TLS, {plain} plain"
     );
-    // Once analytics has caught up, `verify` (over verify-full too) finds the
-    // tables equal to their recomputation from the events.
+    // Once the deltas are folded and analytics has caught up, `verify` (over
+    // verify-full too) finds the tables equal to their recomputation from the
+    // events. One snapshot: a fold queues its terms as it deletes its deltas.
     let started = Instant::now();
     loop {
-        let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_queue")
-            .fetch_one(&check)
-            .await
-            .unwrap();
-        if queued == 0 {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM fold_delta) + (SELECT count(*) FROM analytics_queue)",
+        )
+        .fetch_one(&check)
+        .await
+        .unwrap();
+        if left == 0 {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "analytics queue not drained: {queued}"
+            "deltas and analytics queue not drained: {left}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -89,6 +89,10 @@ fn config_map_carries_the_spec_settings_under_the_worker_names() {
     );
     assert_eq!(data["CONSUMER_GROUP"], "postgres-writer");
     assert_eq!(data["BATCH_SIZE"], "250");
+    assert_eq!(data["FOLD_INTERVAL_MS"], "50");
+    assert_eq!(data["FOLD_POLL_INTERVAL_MS"], "200");
+    assert_eq!(data["FOLD_MAX_PARTITIONS"], "8");
+    assert_eq!(data["FOLD_MAX_DELTAS"], "2000");
     assert_eq!(data["DB_POOL_MAX_CONNECTIONS"], "20");
     assert_eq!(data["MAX_ENTRIES_PER_SECOND"], "5000");
     assert_eq!(data["DRAIN_TIMEOUT_MS"], "45000");
