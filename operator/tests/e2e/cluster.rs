@@ -80,9 +80,7 @@ fn scale_replicas(kube: &Kube, ns: &str, name: &str) -> Value {
 fn migrated_writer(kube: &Kube, ns: &str) {
     let mut cr = minimal_example();
     cr["spec"]["image"] = json!(IMAGE_A);
-    apply(kube, ns, &cr);
-    let job = wait_for_job(kube, ns, "indexer", IMAGE_A, 0);
-    finish_job_pod(kube, ns, &job, 0);
+    apply_and_migrate(kube, ns, &cr);
     wait_condition(
         kube,
         ns,
@@ -374,9 +372,7 @@ pub fn leader_election(kube: &Kube, dir: &Path) {
     // A change is reconciled by the leader only.
     let mut cr = minimal_example();
     cr["spec"]["image"] = json!(IMAGE_A);
-    apply(kube, &ns, &cr);
-    let job = wait_for_job(kube, &ns, "indexer", IMAGE_A, 0);
-    finish_job_pod(kube, &ns, &job, 0);
+    apply_and_migrate(kube, &ns, &cr);
     wait_condition(
         kube,
         &ns,

@@ -377,6 +377,16 @@ pub fn finish_job_pod(kube: &Kube, ns: &str, job: &str, exit_code: i32) {
     );
 }
 
+/// Applies `cr` (named "indexer", on IMAGE_A) and finishes its first
+/// migration Job successfully: the starting point of most scenarios.
+/// Returns the Job's name.
+pub fn apply_and_migrate(kube: &Kube, ns: &str, cr: &Value) -> String {
+    apply(kube, ns, cr);
+    let job = wait_for_job(kube, ns, "indexer", IMAGE_A, 0);
+    finish_job_pod(kube, ns, &job, 0);
+    job
+}
+
 /// Plays the kubelet for every pod of `component`: running and ready.
 pub fn make_pods_ready(kube: &Kube, ns: &str, cr: &str, component: &str, count: usize) {
     let selector =

@@ -210,9 +210,7 @@ pub fn secret_rotation(kube: &Kube) {
     let ns = namespace(kube, "secrets");
     let mut cr = minimal_example();
     cr["spec"]["image"] = json!(IMAGE_A);
-    apply(kube, &ns, &cr);
-    let job = wait_for_job(kube, &ns, "indexer", IMAGE_A, 0);
-    finish_job_pod(kube, &ns, &job, 0);
+    apply_and_migrate(kube, &ns, &cr);
     make_pods_ready(kube, &ns, "indexer", "worker", 1);
     make_pods_ready(kube, &ns, "indexer", "analytics", 1);
     wait_condition(kube, &ns, "indexer", "Ready", "True", "AllReplicasReady");
@@ -321,9 +319,7 @@ pub fn suspend_and_status(kube: &Kube) {
     let mut cr = minimal_example();
     cr["spec"]["image"] = json!(IMAGE_A);
     cr["spec"]["replicas"] = json!(2);
-    apply(kube, &ns, &cr);
-    let job = wait_for_job(kube, &ns, "indexer", IMAGE_A, 0);
-    finish_job_pod(kube, &ns, &job, 0);
+    let job = apply_and_migrate(kube, &ns, &cr);
     make_pods_ready(kube, &ns, "indexer", "worker", 2);
     make_pods_ready(kube, &ns, "indexer", "analytics", 1);
     let obj = wait_condition(kube, &ns, "indexer", "Ready", "True", "AllReplicasReady");

@@ -245,9 +245,7 @@ pub fn no_wedge(kube: &Kube) {
     let ns = namespace(kube, "wedge");
     let mut cr = minimal_example();
     cr["spec"]["image"] = json!(IMAGE_A);
-    apply(kube, &ns, &cr);
-    let job = wait_for_job(kube, &ns, "indexer", IMAGE_A, 0);
-    finish_job_pod(kube, &ns, &job, 0);
+    apply_and_migrate(kube, &ns, &cr);
     deployment_where(kube, &ns, "indexer-worker", "created", |_| true);
 
     merge_patch(
@@ -295,9 +293,7 @@ pub fn reconcile_error_is_reported(kube: &Kube) {
     let mut cr = minimal_example();
     cr["spec"]["image"] = json!(IMAGE_A);
     cr["spec"]["resources"] = json!({"requests": {"cpu": "2"}, "limits": {"cpu": "1"}});
-    apply(kube, &ns, &cr);
-    let job = wait_for_job(kube, &ns, "indexer", IMAGE_A, 0);
-    finish_job_pod(kube, &ns, &job, 0);
+    apply_and_migrate(kube, &ns, &cr);
     let obj = wait_condition(
         kube,
         &ns,
