@@ -1131,8 +1131,11 @@ pub fn status_patch(status: &PostgresWriterStatus) -> serde_json::Value {
             map.entry(key).or_insert(serde_json::Value::Null);
         }
         if let Some(last) = map.get_mut("lastMigration").and_then(|v| v.as_object_mut()) {
-            last.entry("completionTime")
-                .or_insert(serde_json::Value::Null);
+            // A merge patch merges nested objects: a new Job's record must not
+            // keep the previous Job's completion time or schema version.
+            for key in ["completionTime", "schemaVersion"] {
+                last.entry(key).or_insert(serde_json::Value::Null);
+            }
         }
     }
     value

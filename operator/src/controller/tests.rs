@@ -961,9 +961,9 @@ fn the_status_patch_clears_fields_that_are_gone() {
     assert_eq!(patch["message"], Value::Null);
     assert!(patch.as_object().unwrap().contains_key("message"));
     assert_eq!(patch["currentImage"], Value::Null);
-    assert!(patch["lastMigration"]
-        .as_object()
-        .unwrap()
-        .contains_key("completionTime"));
+    for key in ["completionTime", "schemaVersion"] {
+        let last = patch["lastMigration"].as_object().unwrap();
+        assert_eq!(last.get(key), Some(&Value::Null), "{key}");
+    }
     assert_eq!(patch["phase"], "Ready");
 }

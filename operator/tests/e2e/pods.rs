@@ -485,6 +485,12 @@ pub fn suspend_and_status(kube: &Kube) {
     assert_eq!(status["targetImage"], IMAGE_B);
     assert_eq!(status["lastMigration"]["jobName"], json!(job_b));
     assert_eq!(status["lastMigration"]["result"], "Failed");
+    // The failed Job reported no version; the applied one stays in schemaVersion.
+    assert!(
+        status["lastMigration"]["schemaVersion"].is_null(),
+        "{status}"
+    );
+    assert_eq!(status["schemaVersion"], "10");
     assert!(
         status["message"].as_str().unwrap_or("").contains(&job_b),
         "{status}"
