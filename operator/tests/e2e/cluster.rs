@@ -439,18 +439,12 @@ pub fn watch_namespace_list(kube: &Kube, dir: &Path) {
     let other = namespace(kube, "unlisted");
     let release = format!("wl{}", std::process::id());
     let release_ns = format!("pgw-wl-{}", std::process::id());
-    kube.helm(&[
-        "install",
+    install_chart(
+        kube,
         &release,
-        "charts/postgres-writer-operator",
-        "--namespace",
         &release_ns,
-        "--create-namespace",
-        "--set",
-        "image.repository=registry.example/postgres-writer-operator",
-        "--set",
-        &format!("watchNamespace={{{},{}}}", listed[0], listed[1]),
-    ]);
+        &[&format!("watchNamespace={{{},{}}}", listed[0], listed[1])],
+    );
     let fullname = format!("{release}-postgres-writer-operator");
     // RBAC follows the list: a Role in each listed namespace, no ClusterRole.
     let cluster_role = kube.kubectl_try(&["get", "clusterrole", &fullname]);

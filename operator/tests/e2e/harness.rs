@@ -284,6 +284,25 @@ pub fn minimal_example() -> Value {
     serde_yaml::from_str(&text).unwrap()
 }
 
+/// `helm install` of the chart as a release in `ns` (created), with the
+/// test image repository and each `--set` of `sets`.
+pub fn install_chart(kube: &Kube, release: &str, ns: &str, sets: &[&str]) {
+    let mut args = vec![
+        "install",
+        release,
+        "charts/postgres-writer-operator",
+        "--namespace",
+        ns,
+        "--create-namespace",
+        "--set",
+        "image.repository=registry.example/postgres-writer-operator",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    kube.helm(&args);
+}
+
 /// One scenario's namespace, with the database Secret the example names.
 pub fn namespace(kube: &Kube, name: &str) -> String {
     let ns = format!("e2e-{name}-{}", std::process::id());
@@ -466,4 +485,16 @@ pub fn events(kube: &Kube, ns: &str, cr: &str, reason: &str) -> Vec<Value> {
         .into_iter()
         .filter(|e| e["regarding"]["name"] == cr && e["reason"] == reason)
         .collect()
+}
+
+/// Waits for an Event of `type_` (Normal or Warning) and `reason` about `cr`.
+pub fn wait_for_event(kube: &Kube, ns: &str, cr: &str, type_: &str, reason: &str) -> Value {
+    wait_for(&format!("a {reason} {type_} event"), || {
+        let found = events(kube, ns, cr, reason);
+        found
+            .iter()
+            .find(|e| e["type"] == type_)
+            .cloned()
+            .ok_or_else(|| format!("{found:?}"))
+    })
 }

@@ -51,18 +51,7 @@ fn user_story_against_a_real_api_server() {
     // 1. helm install; the CRD becomes Established.
     let release_ns = format!("pgw-operator-{}", std::process::id());
     let release = format!("e2e{}", std::process::id());
-    admin.helm(&[
-        "install",
-        &release,
-        "charts/postgres-writer-operator",
-        "--namespace",
-        &release_ns,
-        "--create-namespace",
-        "--set",
-        "image.repository=registry.example/postgres-writer-operator",
-        "--set",
-        "image.tag=e2e",
-    ]);
+    install_chart(&admin, &release, &release_ns, &["image.tag=e2e"]);
     admin.kubectl(&[
         "wait",
         "--for=condition=Established",

@@ -259,13 +259,7 @@ pub fn secret_rotation(kube: &Kube) {
         message.contains("Secret indexer-db-ca (spec.database.caSecretRef) not found"),
         "{message}"
     );
-    wait_for("a SecretMissing Warning event", || {
-        let e = events(kube, &ns, "indexer", "SecretMissing");
-        match e.first() {
-            Some(e) if e["type"] == "Warning" => Ok(()),
-            _ => Err(format!("{e:?}")),
-        }
-    });
+    wait_for_event(kube, &ns, "indexer", "Warning", "SecretMissing");
     let hash_while_missing = deployment_where(kube, &ns, "indexer-worker", "CA mounted", |d| {
         pod_spec(d)["volumes"][0]["secret"]["secretName"] == "indexer-db-ca"
     });
@@ -376,12 +370,7 @@ pub fn suspend_and_status(kube: &Kube) {
             && message.contains("OOMKilled, exit code 137"),
         "{message}"
     );
-    wait_for("a PodsFailing Warning event", || {
-        let e = events(kube, &ns, "indexer", "PodsFailing");
-        (!e.is_empty())
-            .then_some(())
-            .ok_or_else(|| "none".to_string())
-    });
+    wait_for_event(kube, &ns, "indexer", "Warning", "PodsFailing");
     make_pods_ready(kube, &ns, "indexer", "worker", 2);
     wait_condition(kube, &ns, "indexer", "Degraded", "False", "AsExpected");
 
@@ -425,12 +414,7 @@ pub fn suspend_and_status(kube: &Kube) {
             .then_some(())
             .ok_or_else(|| format!("{pods:?}"))
     });
-    wait_for("a Suspended event", || {
-        let e = events(kube, &ns, "indexer", "Suspended");
-        (!e.is_empty())
-            .then_some(())
-            .ok_or_else(|| "none".to_string())
-    });
+    wait_for_event(kube, &ns, "indexer", "Normal", "Suspended");
     // The scale subresource keeps working: it sets spec.replicas, used on resume.
     kube.kubectl(&["-n", &ns, "scale", "pgw/indexer", "--replicas=3"]);
     wait_for("spec.replicas 3 while suspended", || {
@@ -462,12 +446,7 @@ pub fn suspend_and_status(kube: &Kube) {
     make_pods_ready(kube, &ns, "indexer", "analytics", 1);
     wait_condition(kube, &ns, "indexer", "Ready", "True", "AllReplicasReady");
     wait_condition(kube, &ns, "indexer", "Suspended", "False", "NotSuspended");
-    wait_for("a Resumed event", || {
-        let e = events(kube, &ns, "indexer", "Resumed");
-        (!e.is_empty())
-            .then_some(())
-            .ok_or_else(|| "none".to_string())
-    });
+    wait_for_event(kube, &ns, "indexer", "Normal", "Resumed");
 
     // A failed migration: current and target images differ, the Job is named.
     merge_patch(

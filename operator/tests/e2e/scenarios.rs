@@ -177,13 +177,7 @@ pub fn story(kube: &Kube) {
         (progressing.as_str(), reason.as_str()),
         ("False", "MigrationFailed")
     );
-    wait_for("a MigrationFailed Warning event", || {
-        let e = events(kube, &ns, "indexer", "MigrationFailed");
-        match e.first() {
-            Some(e) if e["type"] == "Warning" => Ok(()),
-            _ => Err(format!("{e:?}")),
-        }
-    });
+    wait_for_event(kube, &ns, "indexer", "Warning", "MigrationFailed");
     let worker = kube.get(&ns, "deployment/indexer-worker").unwrap();
     assert_eq!(
         container_image(&worker),
@@ -307,12 +301,7 @@ pub fn reconcile_error_is_reported(kube: &Kube) {
         message.contains("must be less than or equal to cpu limit"),
         "{message}"
     );
-    wait_for("a ReconcileFailedInvalid Warning event", || {
-        let e = events(kube, &ns, "indexer", "ReconcileFailedInvalid");
-        (!e.is_empty())
-            .then_some(())
-            .ok_or_else(|| "none".to_string())
-    });
+    wait_for_event(kube, &ns, "indexer", "Warning", "ReconcileFailedInvalid");
     merge_patch(
         kube,
         &ns,
