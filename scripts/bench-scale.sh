@@ -116,42 +116,9 @@ pgdata=$svc/pg/data
 psql_admin() { PGOPTIONS="-c client_min_messages=warning" psql "$admin_url" -Atq "$@"; }
 tck=$(getconf CLK_TCK)
 
-# Clock ticks of PostgreSQL so far: postmaster (own + reaped children) plus live children.
-pg_ticks() {
-  local pm
-  pm=$(head -1 "$pgdata/postmaster.pid")
-  {
-    cat "/proc/$pm/stat"
-    for c in $(pgrep -P "$pm"); do cat "/proc/$c/stat" 2>/dev/null || true; done
-  } | sed 's/.*) //' | awk '{t += $12 + $13 + $14 + $15} END {print t + 0}'
-}
-
-# Waits (up to 5 s) until no client backend of PostgreSQL is left and every
-# exited child is reaped: a backend that is exiting, or a zombie, shows 0 ticks
-# of its own and is not yet in the postmaster's cutime, so a snapshot taken
-# then would miss it and the next would count it.
-pg_settle() {
-  local pm c busy
-  pm=$(head -1 "$pgdata/postmaster.pid")
-  for _ in $(seq 1 50); do
-    busy=0
-    for c in $(pgrep -P "$pm"); do
-      case "$(sed 's/.*) //' "/proc/$c/stat" 2>/dev/null | cut -d' ' -f1) $(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null)" in
-        Z* | *"postgres: postgres "*) busy=1 ;;
-      esac
-    done
-    [ "$busy" = 1 ] || return 0
-    sleep 0.1
-  done
-  log "PostgreSQL still has client backends; the CPU figure may be off by theirs"
-}
-
-# Clock ticks of the given processes (all threads, own time).
-proc_ticks() {
-  local p
-  for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null || true; done |
-    sed 's/.*) //' | awk '{t += $12 + $13} END {print t + 0}'
-}
+# pg_ticks, pg_settle, proc_ticks: CPU clock ticks from /proc.
+# shellcheck source=scripts/lib/cpu.sh
+. scripts/lib/cpu.sh
 
 # Entries still to do (lag + pending) of group $1 on every stream, or -1 while
 # the group is missing on a stream or Redis cannot tell the lag.
@@ -239,8 +206,8 @@ for spec in "${all_runs[@]}"; do
   psql_admin -c "CHECKPOINT"
 
 
-  pg_settle
-  pg0=$(pg_ticks)
+  pg_settle "$pgdata"
+  pg0=$(pg_ticks "$pgdata")
   # Wait-event sampler: one psql session, one query every 0.2 s.
   flag=$OUT/.sampling_$label
   : >"$flag"
@@ -293,7 +260,7 @@ for spec in "${all_runs[@]}"; do
   done
   t1=$(now)
   wk1=$(proc_ticks "${pids[@]}")
-  pg1=$(pg_ticks)
+  pg1=$(pg_ticks "$pgdata")
   settled=-
   if [ "$drained" = 1 ]; then
     log "  $label: drained in $(elapsed "$t0" "$t1") s; waiting until settled"
@@ -314,7 +281,7 @@ for spec in "${all_runs[@]}"; do
     done
   fi
   wk2=$(proc_ticks "${pids[@]}")
-  pg2=$(pg_ticks)
+  pg2=$(pg_ticks "$pgdata")
   final=$OUT/metric_final_$label
   : >"$final"
   scrape_metrics "$final" "${ports[@]}"

@@ -40,17 +40,12 @@ streams=$(printf "${prefix}_%s," atom_created triple_created deposited redeemed 
 streams=${streams%,}
 has_fold=$(q "SELECT to_regclass('fold_delta') IS NOT NULL")
 
-# CPU ticks (utime + stime) of a process and of PostgreSQL's postmaster and backends.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-pg_ticks() {
-  local main total=0
-  main=$(head -1 "$dir/pg/data/postmaster.pid")
-  total=$(awk '{print $16 + $17}' "/proc/$main/stat")   # backends that exited
-  for p in $main $(pgrep -P "$main"); do total=$((total + $(ticks "$p"))); done
-  echo "$total"
-}
+# pg_ticks, pg_settle, proc_ticks: CPU clock ticks from /proc.
+# shellcheck source=scripts/lib/cpu.sh
+. scripts/lib/cpu.sh
 hz=$(getconf CLK_TCK)
-pg_before=$(pg_ticks)
+pg_settle "$dir/pg/data"
+pg_before=$(pg_ticks "$dir/pg/data")
 
 ports=()
 start=$(date +%s.%N)
@@ -74,9 +69,8 @@ folded=$(date +%s.%N)
 while [ "$(q "SELECT count(*) FROM analytics_queue WHERE parked_at IS NULL")" -gt 0 ]; do sleep 0.05; done
 drained=$(date +%s.%N)
 
-worker_ticks=0
-for p in "${pids[@]}"; do worker_ticks=$((worker_ticks + $(ticks "$p"))); done
-pg_after=$(pg_ticks)
+worker_ticks=$(proc_ticks "${pids[@]}")
+pg_after=$(pg_ticks "$dir/pg/data")
 metrics=""
 for port in "${ports[@]}"; do metrics+=$(curl -s "http://127.0.0.1:$port/metrics")$'\n'; done
 
