@@ -241,17 +241,7 @@ fn settings_changes_change_the_pod_template() {
     edited.spec.database.pool.max_connections = 40;
     let after = worker_deployment(&edited, PodInputs::image("img"));
     let hash = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .annotations
-            .as_ref()
-            .unwrap()[CONFIG_HASH_ANNOTATION]
-            .clone()
+        template_meta(template_of(d)).annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION].clone()
     };
     assert_ne!(hash(&before), hash(&after));
     let mut scaled = cr.clone();
@@ -347,18 +337,7 @@ fn service_and_budget_select_the_right_pods() {
     let selector = svc.spec.as_ref().unwrap().selector.clone().unwrap();
     let matches =
         |labels: &BTreeMap<String, String>| selector.iter().all(|(k, v)| labels.get(k) == Some(v));
-    let pod_labels = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap()
-    };
+    let pod_labels = |d: &Deployment| template_meta(template_of(d)).labels.clone().unwrap();
     assert!(matches(&pod_labels(&worker_deployment(
         &cr,
         PodInputs::image("img")
@@ -369,13 +348,7 @@ fn service_and_budget_select_the_right_pods() {
     ))));
     let job = migration_job(&cr, 0);
     assert!(!matches(
-        job.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
+        template_meta(&job.spec.as_ref().unwrap().template)
             .labels
             .as_ref()
             .unwrap()
@@ -504,6 +477,10 @@ fn without_ca_secrets_no_volume_is_added() {
 
 fn template_of(d: &Deployment) -> &PodTemplateSpec {
     &d.spec.as_ref().unwrap().template
+}
+
+fn template_meta(t: &PodTemplateSpec) -> &ObjectMeta {
+    t.metadata.as_ref().unwrap()
 }
 
 fn with_pods(cr: &mut PostgresWriter) {

@@ -503,20 +503,9 @@ pub fn watch_namespace_list(kube: &Kube, dir: &Path) {
     readyz_says(&op, "ready (leader)");
     let mut cr = minimal_example();
     cr["spec"]["image"] = json!(IMAGE_A);
-    for ns in listed.iter().chain([&other]) {
-        apply(kube, ns, &cr);
-    }
+    apply(kube, &other, &cr);
     for ns in &listed {
-        let job = wait_for_job(kube, ns, "indexer", IMAGE_A, 0);
-        finish_job_pod(kube, ns, &job, 0);
-        wait_condition(
-            kube,
-            ns,
-            "indexer",
-            "Migrated",
-            "True",
-            "MigrationSucceeded",
-        );
+        migrated_writer(kube, ns);
     }
     // Both listed namespaces are done; the unlisted one was never touched.
     let untouched = kube.get(&other, "pgw/indexer").unwrap();
