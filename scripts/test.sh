@@ -35,8 +35,12 @@ if [ "$coverage" = 1 ]; then
   cargo llvm-cov clean --workspace
 fi
 
-cargo build --bin postgres-writer
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+# The previous release's binary, for the rolling-upgrade tests (built once,
+# before this tree's binary: it passes through target/debug).
+PGW_PREVIOUS_RELEASE_BIN=$(scripts/previous-release.sh "$target_dir")
+export PGW_PREVIOUS_RELEASE_BIN
+cargo build --bin postgres-writer
 export POSTGRES_WRITER_BIN=$target_dir/debug/postgres-writer
 if ! wait "$control_plane"; then
   cat "$dir/k8s.start.log" >&2

@@ -378,6 +378,18 @@ pub fn worker_binary() -> std::path::PathBuf {
     }
 }
 
+/// The previous release's worker binary (scripts/previous-release.sh builds
+/// it; scripts/test.sh sets `PGW_PREVIOUS_RELEASE_BIN`), for tests of a
+/// rolling upgrade between it and this build.
+pub fn previous_release_binary() -> std::path::PathBuf {
+    match std::env::var("PGW_PREVIOUS_RELEASE_BIN") {
+        Ok(path) if std::path::Path::new(&path).exists() => path.into(),
+        _ => panic!(
+            "the previous release's binary is missing: run scripts/test.sh (it builds it with scripts/previous-release.sh) or set PGW_PREVIOUS_RELEASE_BIN"
+        ),
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -767,8 +779,30 @@ impl WorkerProcess {
         consumer: &str,
         extra: &[(&str, &str)],
     ) -> WorkerProcess {
+        WorkerProcess::start_binary(
+            &worker_binary(),
+            database_url,
+            redis_url,
+            streams,
+            group,
+            consumer,
+            extra,
+        )
+    }
+
+    /// [`WorkerProcess::start`] of another build of the worker (the previous
+    /// release, for rolling-upgrade tests).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        database_url: &str,
+        redis_url: &str,
+        streams: &[String],
+        group: &str,
+        consumer: &str,
+        extra: &[(&str, &str)],
+    ) -> WorkerProcess {
         let port = free_port();
-        let mut cmd = std::process::Command::new(worker_binary());
+        let mut cmd = std::process::Command::new(binary);
         cmd.arg("run")
             .env("DATABASE_URL", database_url)
             .env("REDIS_URL", redis_url)

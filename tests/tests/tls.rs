@@ -137,6 +137,8 @@ fn worker_pool(url: &str, ca_file: Option<&Path>) -> PgPool {
         db_pool_min_connections: 0,
         db_pool_max_connections: 2,
         db_acquire_timeout_ms: 10_000,
+        db_statement_timeout_ms: 20_000,
+        db_idle_in_transaction_timeout_ms: 10_000,
     };
     args.validate().expect("valid settings");
     worker::db::pool(&args, "pgw-tls-test").expect("pool")

@@ -31,7 +31,7 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Ask the local worker to stop consuming, wait until it has flushed, exit (preStop hook).
     Drain(DrainArgs),
-    /// Recompute every derived table from the events and report each difference (exit 1 on drift).
+    /// Compare every derived table with its definition, pending work counted (exit 0 exact, 1 drift, 2 error, 3 pending past --max-wait, 4 newer delta format).
     Verify(VerifyArgs),
     /// Rewrite derived tables from the events in one transaction.
     Rebuild(RebuildArgs),
@@ -46,6 +46,9 @@ pub enum Command {
     /// Inspect dead letters and replay them once their cause is fixed.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Inspect fold deltas parked because they cannot be folded, and replay them once their cause is fixed.
+    #[command(subcommand)]
+    FoldDeltas(FoldDeltasCommand),
     /// Print the settings table (Markdown) documented in the README.
     Settings,
 }
@@ -67,6 +70,12 @@ pub struct DatabaseArgs {
     /// Longest wait for a pooled connection, in milliseconds.
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 30_000)]
     pub db_acquire_timeout_ms: u64,
+    /// Longest statement (and lock wait) of `run` and `analytics`, in milliseconds: with DB_IDLE_IN_TRANSACTION_TIMEOUT_MS and TCP keepalives it bounds how long a worker's transaction can hold row locks, fold partitions or analytics claims (ADR 0019). Commands that scan whole tables lift it.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 20_000)]
+    pub db_statement_timeout_ms: u64,
+    /// Longest time a session may sit idle inside a transaction, in milliseconds, before PostgreSQL ends it and releases its locks (a frozen or partitioned worker; ADR 0019).
+    #[arg(long, env = "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_idle_in_transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -265,6 +274,45 @@ pub struct VerifyArgs {
     /// Differences printed per table.
     #[arg(long, default_value_t = 10)]
     pub show: i64,
+    /// For alerting: after comparing, wait up to this many seconds for the work pending in the compared snapshot (unfolded deltas, queued analytics terms) to be done; exit 3 ("pending, not drift") if it is not.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_wait: Option<u64>,
+}
+
+impl VerifyArgs {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.database.validate()?;
+        if let Some(seconds) = self.max_wait {
+            in_range("--max-wait", "max-wait", seconds, 0..=86_400)?;
+        }
+        in_range("--show", "show", self.show, 0..=1_000_000)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FoldDeltasCommand {
+    /// List parked fold deltas with their reasons, oldest first.
+    List(FoldDeltasListArgs),
+    /// Move parked fold deltas back to be folded (all, or the given ids); one that still cannot be folded is parked again (exit 2).
+    Replay(FoldDeltasReplayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FoldDeltasListArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Most deltas listed.
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FoldDeltasReplayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Only these delta ids (repeatable); all parked deltas when none is given.
+    #[arg(long = "id")]
+    pub ids: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -552,6 +600,18 @@ impl DatabaseArgs {
             "db-pool-min-connections",
             self.db_pool_min_connections,
             0..=self.db_pool_max_connections,
+        )?;
+        in_range(
+            "DB_STATEMENT_TIMEOUT_MS",
+            "db-statement-timeout-ms",
+            self.db_statement_timeout_ms,
+            100..=600_000,
+        )?;
+        in_range(
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            "db-idle-in-transaction-timeout-ms",
+            self.db_idle_in_transaction_timeout_ms,
+            100..=600_000,
         )?;
         in_range(
             "DB_ACQUIRE_TIMEOUT_MS",

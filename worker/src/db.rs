@@ -33,11 +33,28 @@ pub enum DbError {
 /// A pool that connects lazily: a database that is down at start-up makes the
 /// process unready, not crash.
 /// TLS follows the URL's `sslmode` and `sslrootcert`, with the CA of
-/// `DATABASE_CA_FILE` when set.
+/// `DATABASE_CA_FILE` when set. Every session gets the hold bounds that do
+/// not cut long work short ([`hold_bounds`] without a statement timeout):
+/// commands (`verify`, `rebuild`, `rollback`) run whole-table statements.
 pub fn pool(args: &DatabaseArgs, application_name: &str) -> Result<PgPool, DbError> {
+    pool_with(args, application_name, false)
+}
+
+/// The pool of `run` and `analytics`: [`pool`] with every hold bound,
+/// statement and lock timeouts included (ADR 0019).
+pub fn worker_pool(args: &DatabaseArgs, application_name: &str) -> Result<PgPool, DbError> {
+    pool_with(args, application_name, true)
+}
+
+fn pool_with(
+    args: &DatabaseArgs,
+    application_name: &str,
+    statement_bound: bool,
+) -> Result<PgPool, DbError> {
     let options = PgConnectOptions::from_str(&args.database_url).map_err(DbError::BadUrl)?;
     let options = crate::tls::pg_with_ca(options, args.database_ca_file.as_deref())?
         .application_name(application_name)
+        .options(hold_bounds(args, statement_bound))
         // A batch statement waiting a second for another batch's row locks is
         // normal under load; sqlx would log each one, SQL text included, at
         // WARN. Shown with RUST_LOG=sqlx=info; the batch metrics cover it.
@@ -47,6 +64,44 @@ pub fn pool(args: &DatabaseArgs, application_name: &str) -> Result<PgPool, DbErr
         .max_connections(args.db_pool_max_connections)
         .acquire_timeout(args.acquire_timeout())
         .connect_lazy_with(options))
+}
+
+/// How PostgreSQL probes an idle connection: first probe after this many
+/// seconds of silence, then every [`KEEPALIVE_INTERVAL_S`], giving up after
+/// [`KEEPALIVE_COUNT`] unanswered ones; unacknowledged data is given up after
+/// [`TCP_USER_TIMEOUT_MS`]. A vanished node or a partition ends the session,
+/// and its transaction, within about 25 s instead of the kernel's 2 hours.
+pub const KEEPALIVE_IDLE_S: u32 = 10;
+pub const KEEPALIVE_INTERVAL_S: u32 = 5;
+pub const KEEPALIVE_COUNT: u32 = 3;
+pub const TCP_USER_TIMEOUT_MS: u32 = 25_000;
+
+/// Session settings that bound how long a session can hold locks whatever
+/// happens to its client (ADR 0019), sent at connection start-up so that
+/// every pooled connection has them:
+/// - `idle_in_transaction_session_timeout`: a frozen client (SIGSTOP, GC
+///   pause, frozen node) whose session sits idle inside a transaction is
+///   ended and its transaction rolled back;
+/// - server-side TCP keepalives and `tcp_user_timeout`: a client whose node
+///   or network is gone is noticed;
+/// - with `statement_bound`, `statement_timeout` and `lock_timeout`: no
+///   statement, nor a wait for a lock, outlasts the bound.
+pub fn hold_bounds(args: &DatabaseArgs, statement_bound: bool) -> Vec<(&'static str, String)> {
+    let mut options = vec![
+        (
+            "idle_in_transaction_session_timeout",
+            args.db_idle_in_transaction_timeout_ms.to_string(),
+        ),
+        ("tcp_keepalives_idle", KEEPALIVE_IDLE_S.to_string()),
+        ("tcp_keepalives_interval", KEEPALIVE_INTERVAL_S.to_string()),
+        ("tcp_keepalives_count", KEEPALIVE_COUNT.to_string()),
+        ("tcp_user_timeout", TCP_USER_TIMEOUT_MS.to_string()),
+    ];
+    if statement_bound {
+        options.push(("statement_timeout", args.db_statement_timeout_ms.to_string()));
+        options.push(("lock_timeout", args.db_statement_timeout_ms.to_string()));
+    }
+    options
 }
 
 /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it

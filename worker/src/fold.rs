@@ -11,16 +11,24 @@
 //! for the next folder. Every `run` process folds; commands that must see the
 //! base tables complete (`verify`, dead-letter replay) fold what is left first
 //! ([`fold_until_empty`]).
+//!
+//! Operating it (ADR 0019): a delta that cannot be folded (undecodable, or
+//! its statements fail with a data-class error) is parked in
+//! `fold_delta_parked` by the fold that meets it, and the rest keeps folding;
+//! deltas carry a format version ([`FORMAT`]) and a binary folds only formats
+//! it knows; a draining process folds only deltas that existed when its
+//! drain began.
 
 use crate::aggregates::{Changes, Folded};
 use crate::backoff;
 use crate::failure::{self, Classify, Failure};
+use sqlx::Acquire;
 use crate::health::{Health, Source};
 use crate::lifecycle::pause;
 use crate::metrics::Metrics;
 use crate::queries;
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -29,6 +37,12 @@ use tokio_util::task::TaskTracker;
 
 /// Fold partitions; migration 0010 creates exactly these `fold_partition` rows.
 pub const PARTITIONS: i16 = 32;
+
+/// The delta format this binary writes and the newest it folds (ADR 0019):
+/// 1 is the JSON of ADR 0015 ([`Changes`]), also written by binaries of
+/// schema 10, which do not name it (the column's default). Deltas of a newer
+/// format stay in `fold_delta` for a newer binary.
+pub const FORMAT: i16 = 1;
 
 /// The partition of a term: FNV-1a (32 bit) of its id, modulo [`PARTITIONS`].
 /// Stable across builds and platforms: every binary must agree on it.
@@ -64,6 +78,7 @@ pub async fn insert_deltas(
     let written = sqlx::query(queries::INSERT_FOLD_DELTAS)
         .bind(partitions)
         .bind(texts)
+        .bind(FORMAT)
         .execute(&mut **tx)
         .await?;
     Ok(written.rows_affected())
@@ -82,9 +97,12 @@ pub enum Claim {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct FoldReport {
     pub partitions: usize,
+    /// Deltas taken from `fold_delta`: folded or parked.
     pub deltas: u64,
+    /// Of those, parked because they cannot be folded.
+    pub parked: u64,
     pub terms_enqueued: u64,
-    /// Per delta: seconds from its insert to this fold's commit.
+    /// Per folded delta: seconds from its insert to this fold's commit.
     pub delays: Vec<f64>,
 }
 
@@ -95,16 +113,30 @@ pub async fn fold_once(
     claim: Claim,
     max_deltas: i64,
 ) -> Result<FoldReport, sqlx::Error> {
+    fold_once_upto(pool, claim, max_deltas, None).await
+}
+
+/// [`fold_once`] limited to deltas with an id up to `upto` (a drain's
+/// horizon), when given.
+pub async fn fold_once_upto(
+    pool: &PgPool,
+    claim: Claim,
+    max_deltas: i64,
+    upto: Option<i64>,
+) -> Result<FoldReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let partitions: Vec<i16> = match claim {
         Claim::SkipLocked(n) => {
             sqlx::query_scalar(queries::CLAIM_FOLD_PARTITIONS)
                 .bind(n)
+                .bind(FORMAT)
+                .bind(upto)
                 .fetch_all(&mut *tx)
                 .await?
         }
         Claim::Wait => {
             sqlx::query_scalar(queries::CLAIM_FOLD_PARTITIONS_WAITING)
+                .bind(FORMAT)
                 .fetch_all(&mut *tx)
                 .await?
         }
@@ -114,7 +146,7 @@ pub async fn fold_once(
         return Ok(FoldReport::default());
     }
     let taken = Instant::now();
-    let mut report = fold_in(&mut tx, &partitions, max_deltas).await?;
+    let mut report = fold_in_upto(&mut tx, &partitions, max_deltas, upto).await?;
     tx.commit().await?;
     let elapsed = taken.elapsed().as_secs_f64();
     for delay in &mut report.delays {
@@ -130,28 +162,178 @@ pub async fn fold_in(
     partitions: &[i16],
     max_deltas: i64,
 ) -> Result<FoldReport, sqlx::Error> {
+    fold_in_upto(tx, partitions, max_deltas, None).await
+}
+
+/// One delta as read from `fold_delta`.
+#[derive(Debug, Clone)]
+pub struct StoredDelta {
+    pub id: i64,
+    pub partition: i16,
+    /// As PostgreSQL prints it (read back by the same session when parked).
+    pub created_at: String,
+    pub format: i16,
+    pub changes: String,
+    pub age_seconds: f64,
+}
+
+impl StoredDelta {
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(StoredDelta {
+            id: row.try_get("id")?,
+            partition: row.try_get("partition")?,
+            created_at: row.try_get("created_at")?,
+            format: row.try_get("format")?,
+            changes: row.try_get("changes")?,
+            age_seconds: row.try_get("age_seconds")?,
+        })
+    }
+
+    /// Its changes, or why they cannot be read.
+    pub fn decode(&self) -> Result<Changes, String> {
+        serde_json::from_str(&self.changes)
+            .map_err(|e| format!("delta {} (format {}) does not decode: {e}", self.id, self.format))
+    }
+}
+
+/// Why a delta cannot be folded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poison {
+    pub id: i64,
+    /// `undecodable` or `data`.
+    pub kind: &'static str,
+    pub sqlstate: Option<String>,
+    pub reason: String,
+}
+
+/// What [`apply_isolating`] did: the deltas applied, those that cannot be.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub folded: Vec<i64>,
+    pub poisoned: Vec<Poison>,
+    pub terms_enqueued: u64,
+}
+
+/// Applies `deltas` merged, inside a savepoint. When the merged statements
+/// fail with a data-class error, applies them one by one, each in its own
+/// savepoint, to find those responsible: they are returned as poisoned and
+/// the others applied. An undecodable delta is poisoned without a statement.
+/// Any other error is returned (the caller's transaction rolls back and the
+/// failure policy retries).
+pub async fn apply_isolating(
+    tx: &mut Transaction<'_, Postgres>,
+    deltas: &[StoredDelta],
+) -> Result<Applied, sqlx::Error> {
+    let mut applied = Applied::default();
+    let mut decoded: Vec<(i64, Changes)> = Vec::with_capacity(deltas.len());
+    for delta in deltas {
+        match delta.decode() {
+            Ok(changes) => decoded.push((delta.id, changes)),
+            Err(reason) => applied.poisoned.push(Poison {
+                id: delta.id,
+                kind: "undecodable",
+                sqlstate: None,
+                reason,
+            }),
+        }
+    }
+    let mut folded = Folded::default();
+    for (_, changes) in &decoded {
+        folded.merge(changes.clone());
+    }
+    match apply_in_savepoint(tx, &folded).await? {
+        Ok(terms) => {
+            applied.terms_enqueued = terms;
+            applied.folded = decoded.into_iter().map(|(id, _)| id).collect();
+            return Ok(applied);
+        }
+        Err(error) => {
+            tracing::warn!(%error, deltas = decoded.len(),
+                "a fold failed with a data error; applying its deltas one by one to park the culprits");
+        }
+    }
+    for (id, changes) in decoded {
+        let mut one = Folded::default();
+        one.merge(changes);
+        match apply_in_savepoint(tx, &one).await? {
+            Ok(terms) => {
+                applied.terms_enqueued += terms;
+                applied.folded.push(id);
+            }
+            Err(error) => applied.poisoned.push(Poison {
+                id,
+                kind: "data",
+                sqlstate: Some(error.sqlstate().into_owned()),
+                reason: format!(
+                    "delta {id} fails with SQLSTATE {}: {}",
+                    error.sqlstate(),
+                    telemetry::ErrorChain(&error)
+                ),
+            }),
+        }
+    }
+    Ok(applied)
+}
+
+/// Applies `folded` in a savepoint: `Ok(Err(e))` when it failed with a
+/// data-class error (rolled back to the savepoint), `Err` for any other.
+async fn apply_in_savepoint(
+    tx: &mut Transaction<'_, Postgres>,
+    folded: &Folded,
+) -> Result<Result<u64, sqlx::Error>, sqlx::Error> {
+    let mut savepoint = (&mut **tx).begin().await?;
+    match folded.apply(&mut savepoint).await {
+        Ok(terms) => {
+            savepoint.commit().await?;
+            Ok(Ok(terms))
+        }
+        Err(error) if error.failure() == Failure::Data => {
+            savepoint.rollback().await?;
+            Ok(Err(error))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// [`fold_in`] limited to deltas with an id up to `upto`, when given.
+/// Deltas that cannot be folded are parked in this transaction.
+pub async fn fold_in_upto(
+    tx: &mut Transaction<'_, Postgres>,
+    partitions: &[i16],
+    max_deltas: i64,
+    upto: Option<i64>,
+) -> Result<FoldReport, sqlx::Error> {
     let rows = sqlx::query(queries::TAKE_FOLD_DELTAS)
         .bind(partitions)
         .bind(max_deltas)
+        .bind(FORMAT)
+        .bind(upto)
         .fetch_all(&mut **tx)
         .await?;
+    let deltas = rows
+        .iter()
+        .map(StoredDelta::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut report = FoldReport {
         partitions: partitions.len(),
-        deltas: rows.len() as u64,
+        deltas: deltas.len() as u64,
         ..Default::default()
     };
-    let mut per_partition: BTreeMap<i16, i64> = BTreeMap::new();
-    let mut folded = Folded::default();
-    for row in &rows {
-        let partition: i16 = row.try_get("partition")?;
-        let text: &str = row.try_get("changes")?;
-        let changes: Changes =
-            serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(e.into()))?;
-        folded.merge(changes);
-        *per_partition.entry(partition).or_default() += 1;
-        report.delays.push(row.try_get("age_seconds")?);
+    if deltas.is_empty() {
+        return Ok(report);
     }
-    report.terms_enqueued = folded.apply(tx).await?;
+    let applied = apply_isolating(tx, &deltas).await?;
+    report.terms_enqueued = applied.terms_enqueued;
+    report.parked = applied.poisoned.len() as u64;
+    if !applied.poisoned.is_empty() {
+        park(tx, &deltas, &applied.poisoned).await?;
+    }
+    let poisoned: BTreeSet<i64> = applied.poisoned.iter().map(|p| p.id).collect();
+    let mut per_partition: BTreeMap<i16, i64> = BTreeMap::new();
+    for delta in deltas.iter().filter(|d| !poisoned.contains(&d.id)) {
+        *per_partition.entry(delta.partition).or_default() += 1;
+        report.delays.push(delta.age_seconds);
+    }
     if !per_partition.is_empty() {
         sqlx::query(queries::RECORD_FOLD)
             .bind(per_partition.keys().copied().collect::<Vec<_>>())
@@ -160,6 +342,37 @@ pub async fn fold_in(
             .await?;
     }
     Ok(report)
+}
+
+/// Moves poisoned deltas (already deleted from `fold_delta` by this
+/// transaction) into `fold_delta_parked` with their reasons.
+async fn park(
+    tx: &mut Transaction<'_, Postgres>,
+    deltas: &[StoredDelta],
+    poisoned: &[Poison],
+) -> Result<(), sqlx::Error> {
+    let by_id: BTreeMap<i64, &StoredDelta> = deltas.iter().map(|d| (d.id, d)).collect();
+    let rows: Vec<(&StoredDelta, &Poison)> = poisoned
+        .iter()
+        .filter_map(|p| by_id.get(&p.id).map(|d| (*d, p)))
+        .collect();
+    for (delta, poison) in &rows {
+        tracing::error!(id = delta.id, partition = delta.partition, kind = poison.kind,
+            reason = %poison.reason,
+            "fold delta parked: it cannot be folded; the rest keeps folding (`postgres-writer fold-deltas list`)");
+    }
+    sqlx::query(queries::PARK_FOLD_DELTAS)
+        .bind(rows.iter().map(|(d, _)| d.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(d, _)| d.partition).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(d, _)| d.created_at.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(d, _)| d.format).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(d, _)| d.changes.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, p)| p.kind).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, p)| p.sqlstate.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, p)| p.reason.as_str()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Folds every delta inside a transaction that holds `fold_partition` and
@@ -177,26 +390,32 @@ pub async fn fold_all_in(tx: &mut Transaction<'_, Postgres>) -> Result<u64, sqlx
     }
 }
 
+/// The newest delta id now (`None`: no delta): deltas up to it existed
+/// when this was read; later ones may not.
+pub async fn horizon(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(queries::FOLD_HORIZON)
+        .fetch_one(pool)
+        .await
+}
+
 /// Folds until no delta is left that existed when it started, waiting for
 /// other folders where they hold a partition. Deltas written meanwhile may
 /// remain (writers keep running; bounded so that it ends under constant
-/// load). Returns the number of deltas folded here.
+/// load), as do deltas of a newer format. Returns the number of deltas
+/// folded (or parked) here.
 pub async fn fold_until_empty(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let Some(last) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(id) FROM fold_delta")
-        .fetch_one(pool)
-        .await?
-    else {
+    let Some(last) = horizon(pool).await? else {
         return Ok(0);
     };
     let mut total = 0;
     loop {
         let report = fold_once(pool, Claim::Wait, 5_000).await?;
         total += report.deltas;
-        let left: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fold_delta WHERE id <= $1)")
-                .bind(last)
-                .fetch_one(pool)
-                .await?;
+        let left: bool = sqlx::query_scalar(queries::FOLD_DELTAS_LEFT)
+            .bind(last)
+            .bind(FORMAT)
+            .fetch_one(pool)
+            .await?;
         if !left {
             return Ok(total);
         }
@@ -209,8 +428,105 @@ pub async fn fold_until_empty(pool: &PgPool) -> Result<u64, sqlx::Error> {
 
 /// Unfolded deltas and the age of the oldest, in seconds.
 pub async fn stats(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
-    let row = sqlx::query(queries::FOLD_STATS).fetch_one(pool).await?;
-    Ok((row.try_get(0)?, row.try_get(1)?))
+    let backlog = backlog(pool).await?;
+    Ok((backlog.pending, backlog.lag_seconds))
+}
+
+/// The fold's backlog (all processes).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    /// Deltas this binary can fold, not yet folded.
+    pub pending: i64,
+    /// Age of the oldest of them, in seconds.
+    pub lag_seconds: f64,
+    /// Deltas of a newer format, left for a newer binary.
+    pub newer_format: i64,
+    /// Deltas parked because they cannot be folded.
+    pub parked: i64,
+}
+
+pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
+    let row = sqlx::query(queries::FOLD_STATS)
+        .bind(FORMAT)
+        .fetch_one(pool)
+        .await?;
+    Ok(Backlog {
+        pending: row.try_get(0)?,
+        lag_seconds: row.try_get(1)?,
+        newer_format: row.try_get(2)?,
+        parked: row.try_get(3)?,
+    })
+}
+
+/// Publishes the backlog in the metrics and `/health` (the monitor's turn).
+pub async fn report_backlog(
+    pool: &PgPool,
+    metrics: &Metrics,
+    health: &Health,
+) -> Result<Backlog, sqlx::Error> {
+    let b = backlog(pool).await?;
+    metrics.fold_pending_deltas.set(b.pending);
+    metrics.fold_lag_seconds.set(b.lag_seconds);
+    metrics.fold_parked_deltas.set(b.parked);
+    metrics.fold_newer_format_deltas.set(b.newer_format);
+    *health.fold.lock().unwrap_or_else(|e| e.into_inner()) = crate::health::FoldHealth {
+        pending_deltas: b.pending,
+        lag_seconds: b.lag_seconds,
+        parked_deltas: b.parked,
+        newer_format_deltas: b.newer_format,
+    };
+    Ok(b)
+}
+
+/// A parked delta, for `fold-deltas list`.
+#[derive(Debug, Clone)]
+pub struct ParkedDelta {
+    pub id: i64,
+    pub partition: i16,
+    pub created_at: String,
+    pub parked_at: String,
+    pub format: i16,
+    pub kind: String,
+    pub sqlstate: Option<String>,
+    pub reason: String,
+    pub bytes: i64,
+}
+
+/// Parked deltas, oldest first.
+pub async fn list_parked(pool: &PgPool, limit: i64) -> Result<Vec<ParkedDelta>, sqlx::Error> {
+    let rows = sqlx::query(queries::SELECT_PARKED_FOLD_DELTAS)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ParkedDelta {
+                id: r.try_get("id")?,
+                partition: r.try_get("partition")?,
+                created_at: r.try_get("created_at")?,
+                parked_at: r.try_get("parked_at")?,
+                format: r.try_get("format")?,
+                kind: r.try_get("kind")?,
+                sqlstate: r.try_get("sqlstate")?,
+                reason: r.try_get("reason")?,
+                bytes: r.try_get("bytes")?,
+            })
+        })
+        .collect()
+}
+
+/// Moves parked deltas (all when `ids` is None) back into `fold_delta`, then
+/// folds what existed (this binary's formats). A delta that still cannot be
+/// folded is parked again, with its new reason. Returns the ids moved back.
+pub async fn replay_parked(pool: &PgPool, ids: Option<&[i64]>) -> Result<Vec<i64>, sqlx::Error> {
+    let moved: Vec<i64> = sqlx::query_scalar(queries::REPLAY_PARKED_FOLD_DELTAS)
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+    if !moved.is_empty() {
+        fold_until_empty(pool).await?;
+    }
+    Ok(moved)
 }
 
 /// Settings of a process's fold loop.
@@ -238,9 +554,12 @@ impl From<&crate::config::FoldArgs> for FoldSettings {
 
 /// The fold loop of a `run` process. Woken by `wake` after each local commit,
 /// and every `poll_interval` for deltas of other processes. When `stop`
-/// fires it waits for the `consumers` (their last batches commit deltas), folds
-/// what it can take, and returns; deltas it could not take are durable and
-/// folded by another process or at the next start.
+/// fires it waits for the `consumers` (their last batches commit deltas),
+/// reads the drain's horizon (the newest delta id then), folds what it can
+/// take up to it, and returns: deltas other processes write during the drain
+/// are theirs to fold, so the drain ends however fast they write (ADR 0019).
+/// Deltas it could not take are durable and folded by another process or at
+/// the next start.
 pub async fn run_loop(
     pool: PgPool,
     settings: FoldSettings,
@@ -253,18 +572,47 @@ pub async fn run_loop(
     let source = Source::fold();
     let mut failures = 0u32;
     let mut last_start: Option<Instant> = None;
+    // Set once the drain began: Some(horizon), None inside when no delta existed.
+    let mut drain: Option<Option<i64>> = None;
     loop {
         let stopping = stop.is_cancelled();
-        if stopping {
+        if stopping && drain.is_none() {
             consumers.wait().await;
-        } else if let Some(wait) =
-            last_start.and_then(|t| settings.interval.checked_sub(t.elapsed()))
-        {
-            pause(&stop, wait).await;
+            match horizon(&pool).await {
+                Ok(None) => {
+                    tracing::info!("fold loop stopped: no delta left");
+                    return;
+                }
+                Ok(h) => {
+                    tracing::info!(horizon = h, "draining the fold: deltas up to the horizon only");
+                    drain = Some(h);
+                }
+                Err(error) => {
+                    failures += 1;
+                    metrics.fold_failures.inc();
+                    if failures >= 3 {
+                        tracing::warn!(%error, "fold loop stopping with deltas left; they are durable and folded by another worker or at the next start");
+                        return;
+                    }
+                    tokio::time::sleep(backoff::jittered(
+                        Duration::from_millis(50),
+                        failures,
+                        Duration::from_secs(1),
+                    ))
+                    .await;
+                    continue;
+                }
+            }
+        } else if !stopping {
+            if let Some(wait) = last_start.and_then(|t| settings.interval.checked_sub(t.elapsed()))
+            {
+                pause(&stop, wait).await;
+            }
         }
         last_start = Some(Instant::now());
         let claim = Claim::SkipLocked(settings.max_partitions);
-        match fold_once(&pool, claim, settings.max_deltas).await {
+        let upto = drain.flatten();
+        match fold_once_upto(&pool, claim, settings.max_deltas, upto).await {
             Ok(report) => {
                 failures = 0;
                 health.clear(&source);
@@ -273,9 +621,9 @@ pub async fn run_loop(
                     // More may be waiting (other partitions, or the bound).
                     continue;
                 }
-                if stopping {
+                if drain.is_some() {
                     tracing::info!(
-                        "fold loop stopped: every delta this process could take is folded"
+                        "fold loop stopped: every delta up to the drain's horizon this process could take is folded"
                     );
                     return;
                 }
@@ -289,7 +637,7 @@ pub async fn run_loop(
                     failure::report_outage(&metrics, &health, &source, "fold", &error);
                 }
                 metrics.fold_failures.inc();
-                if stopping && failures >= 3 {
+                if drain.is_some() && failures >= 3 {
                     tracing::warn!(%error, "fold loop stopping with deltas left; they are durable and folded by another worker or at the next start");
                     return;
                 }
@@ -298,13 +646,16 @@ pub async fn run_loop(
                     failures,
                     failure::MAX_OUTAGE_BACKOFF,
                 );
-                if stopping {
-                    tokio::time::sleep(delay).await;
+                if drain.is_some() {
+                    tokio::time::sleep(delay.min(Duration::from_secs(1))).await;
                 } else {
                     pause(&stop, delay).await;
                 }
                 continue;
             }
+        }
+        if stop.is_cancelled() {
+            continue;
         }
         tokio::select! {
             _ = wake.notified() => {}
@@ -316,7 +667,8 @@ pub async fn run_loop(
 
 fn record(metrics: &Metrics, report: &FoldReport, duration: Option<Duration>) {
     metrics.fold_transactions.inc();
-    metrics.fold_deltas.inc_by(report.deltas);
+    metrics.fold_deltas.inc_by(report.deltas - report.parked);
+    metrics.fold_parked.inc_by(report.parked);
     for delay in &report.delays {
         metrics.fold_delay_seconds.observe(*delay);
     }

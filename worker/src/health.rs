@@ -120,6 +120,10 @@ pub struct FoldHealth {
     pub pending_deltas: i64,
     /// Age of the oldest of them, in seconds.
     pub lag_seconds: f64,
+    /// Deltas parked because they cannot be folded (ADR 0019).
+    pub parked_deltas: i64,
+    /// Deltas of a newer format, left for a newer binary.
+    pub newer_format_deltas: i64,
 }
 
 /// The `/health` document.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker::analytics::{self, AnalyticsSettings};
 use worker::config::{
-    AnalyticsArgs, Cli, Command, DatabaseArgs, DeadLettersCommand, FoldArgs, HttpArgs, StreamArgs,
+    AnalyticsArgs, Cli, Command, DatabaseArgs, DeadLettersCommand, FoldArgs, FoldDeltasCommand, HttpArgs, StreamArgs,
 };
 use worker::health::{Health, Source};
 use worker::http::{self, AppState};
@@ -94,19 +94,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", body.trim());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify(args) => {
-            args.database.validate()?;
-            let pool = db::pool(&args.database, "postgres-writer-verify")?;
-            let report = verify::verify(&pool, args.show)
-                .await
-                .context("verifying")?;
-            print!("{}", report.render());
-            Ok(if report.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        // Exit 1 means drift only: an error that stops verify exits 2.
+        Command::Verify(args) => Ok(verify_command(args).await.unwrap_or_else(|error| {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        })),
+        Command::FoldDeltas(command) => fold_deltas_command(command).await,
         Command::Rebuild(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-rebuild")?;
@@ -179,6 +172,84 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `verify` (ADR 0019): exit 0 no drift, 1 drift, 2 error, 3 pending work not
+/// done within `--max-wait`, 4 deltas of a newer format not modelled.
+async fn verify_command(args: worker::config::VerifyArgs) -> anyhow::Result<ExitCode> {
+    args.validate()?;
+    let pool = db::pool(&args.database, "postgres-writer-verify")?;
+    let mut report = verify::verify(&pool, args.show)
+        .await
+        .context("verifying")?;
+    if let Some(seconds) = args.max_wait {
+        if report.is_clean() {
+            verify::wait_for_pending(&pool, &mut report, Duration::from_secs(seconds))
+                .await
+                .context("waiting for the snapshot's pending work")?;
+        }
+    }
+    print!("{}", report.render());
+    Ok(ExitCode::from(report.verdict().exit_code()))
+}
+
+/// `fold-deltas list | replay` (ADR 0019). Replay exits 2 when a delta is
+/// parked again.
+async fn fold_deltas_command(command: FoldDeltasCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        FoldDeltasCommand::List(args) => {
+            args.database.validate()?;
+            let pool = db::pool(&args.database, "postgres-writer-fold-deltas")?;
+            let parked = worker::fold::list_parked(&pool, args.limit)
+                .await
+                .context("listing parked fold deltas")?;
+            println!(
+                "{:>10} {:>9} {:>6} {:<11} {:<7} {:>8}  {:<32} reason",
+                "id", "partition", "format", "kind", "sqlstate", "bytes", "parked at"
+            );
+            for p in &parked {
+                println!(
+                    "{:>10} {:>9} {:>6} {:<11} {:<7} {:>8}  {:<32} {}",
+                    p.id,
+                    p.partition,
+                    p.format,
+                    p.kind,
+                    p.sqlstate.as_deref().unwrap_or("-"),
+                    p.bytes,
+                    p.parked_at,
+                    p.reason
+                );
+            }
+            println!("{} parked fold delta(s) listed", parked.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        FoldDeltasCommand::Replay(args) => {
+            args.database.validate()?;
+            let pool = db::pool(&args.database, "postgres-writer-fold-deltas")?;
+            let ids = (!args.ids.is_empty()).then_some(args.ids.as_slice());
+            let moved = worker::fold::replay_parked(&pool, ids)
+                .await
+                .context("replaying parked fold deltas")?;
+            let again: Vec<i64> = worker::fold::list_parked(&pool, i64::MAX)
+                .await
+                .context("listing parked fold deltas")?
+                .into_iter()
+                .map(|p| p.id)
+                .filter(|id| moved.contains(id))
+                .collect();
+            println!(
+                "replayed {} parked fold delta(s): {} folded, {} parked again",
+                moved.len(),
+                moved.len() - again.len(),
+                again.len()
+            );
+            Ok(if again.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+    }
+}
+
 /// `dead-letters list | show | replay`. Replay exits 2 when a letter failed
 /// again (it stays pending with its new reason), 1 on an outage.
 async fn dead_letters_command(command: DeadLettersCommand) -> anyhow::Result<ExitCode> {
@@ -238,7 +309,7 @@ async fn serve(
     analytics_args: AnalyticsArgs,
     http_args: HttpArgs,
 ) -> anyhow::Result<ExitCode> {
-    let pool = db::pool(&database, "postgres-writer")?;
+    let pool = db::worker_pool(&database, "postgres-writer")?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(
         streams.is_some(),
@@ -409,19 +480,10 @@ async fn monitor(
                 }
                 health.schema_ok.store(ok, Ordering::Relaxed);
                 if ok {
-                    match worker::fold::stats(&pool).await {
-                        Ok((pending, lag)) => {
-                            metrics.fold_pending_deltas.set(pending);
-                            metrics.fold_lag_seconds.set(lag);
-                            *health.fold.lock().unwrap_or_else(|e| e.into_inner()) =
-                                worker::health::FoldHealth {
-                                    pending_deltas: pending,
-                                    lag_seconds: lag,
-                                };
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "reading fold statistics failed");
-                        }
+                    if let Err(error) =
+                        worker::fold::report_backlog(&pool, &metrics, &health).await
+                    {
+                        tracing::warn!(%error, "reading fold statistics failed");
                     }
                     match analytics::queue_stats(&pool).await {
                         Ok((depth, parked, oldest)) => {

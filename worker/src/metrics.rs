@@ -69,6 +69,9 @@ pub struct Metrics {
     pub fold_transactions: Counter,
     pub fold_deltas: Counter,
     pub fold_failures: Counter,
+    pub fold_parked: Counter,
+    pub fold_parked_deltas: Gauge,
+    pub fold_newer_format_deltas: Gauge,
 }
 
 /// Fine buckets (x1.2 from 0.5 ms to ~3 min) for the stream-entry latency,
@@ -128,6 +131,9 @@ impl Metrics {
             fold_transactions: Counter::default(),
             fold_deltas: Counter::default(),
             fold_failures: Counter::default(),
+            fold_parked: Counter::default(),
+            fold_parked_deltas: Gauge::default(),
+            fold_newer_format_deltas: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -305,6 +311,21 @@ impl Metrics {
             "fold_failures",
             "Fold transactions that failed (retried)",
             m.fold_failures.clone(),
+        );
+        registry.register(
+            "fold_parked",
+            "Deltas this process parked because they cannot be folded (ADR 0019)",
+            m.fold_parked.clone(),
+        );
+        registry.register(
+            "fold_parked_deltas",
+            "Deltas in fold_delta_parked (all processes): effects missing from the base tables until replayed",
+            m.fold_parked_deltas.clone(),
+        );
+        registry.register(
+            "fold_newer_format_deltas",
+            "Deltas of a newer format than this binary folds, left for a newer binary (a rolling upgrade)",
+            m.fold_newer_format_deltas.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -31,6 +31,11 @@ named_queries! {
     TAKE_FOLD_DELTAS => "take_fold_deltas.sql",
     RECORD_FOLD => "record_fold.sql",
     FOLD_STATS => "fold_stats.sql",
+    FOLD_HORIZON => "fold_horizon.sql",
+    FOLD_DELTAS_LEFT => "fold_deltas_left.sql",
+    PARK_FOLD_DELTAS => "park_fold_deltas.sql",
+    SELECT_PARKED_FOLD_DELTAS => "select_parked_fold_deltas.sql",
+    REPLAY_PARKED_FOLD_DELTAS => "replay_parked_fold_deltas.sql",
 }
 
 named_queries! {
