@@ -117,7 +117,7 @@ async fn verify_finds_no_drift_while_workers_write() {
     let db = TestDb::new().await;
     let mut redis = TestRedis::new().await;
     let prefix = unique("live");
-    redis.publish(&generate(&spec(&prefix, 24_000, 7))).await;
+    redis.publish(&generate(&spec(&prefix, 60_000, 7))).await;
     let streams = stream_names(&prefix);
     let group = unique("group");
     let workers: Vec<WorkerProcess> = ["pod-a", "pod-b"]
@@ -158,7 +158,12 @@ async fn verify_finds_no_drift_while_workers_write() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("verify: OK, no drift"), "{stdout}");
 
     redis
@@ -191,7 +196,12 @@ async fn verify_reports_real_drift_with_deltas_pending() {
     let report = worker::verify::verify(&db.pool, 5).await.unwrap();
     assert_eq!(report.verdict(), Verdict::Drift, "{}", report.render());
     let vault = report.tables.iter().find(|t| t.table == "vault").unwrap();
-    assert_eq!((vault.missing, vault.unexpected), (1, 1), "{}", report.render());
+    assert_eq!(
+        (vault.missing, vault.unexpected),
+        (1, 1),
+        "{}",
+        report.render()
+    );
     let out = Command::new(worker_binary())
         .arg("verify")
         .env("DATABASE_URL", &db.url)
@@ -221,7 +231,10 @@ async fn verify_max_wait_reports_stuck_pending_work_apart_from_drift() {
 /// The local TCP ports of `pid`'s connections to `server_port` (Linux /proc).
 fn client_ports(pid: u32, server_port: u16) -> Vec<i32> {
     let mut inodes = std::collections::HashSet::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(link) = std::fs::read_link(fd.path()) {
             let link = link.to_string_lossy().to_string();
             if let Some(inode) = link
@@ -336,7 +349,10 @@ async fn a_worker_frozen_mid_fold_releases_its_partitions_within_the_bound() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(frozen.is_running(), "the frozen worker must not have exited");
+    assert!(
+        frozen.is_running(),
+        "the frozen worker must not have exited"
+    );
     eprintln!(
         "frozen mid-fold holding partitions {held:?}: released after {:.1} s, folded by the other worker after {:.1} s",
         released.unwrap_or_default().as_secs_f64(),
@@ -421,7 +437,11 @@ async fn poison_deltas_are_parked_and_everything_else_folds() {
             (failing, "data", Some("22P02"))
         ]
     );
-    assert!(list[0].reason.contains("does not decode"), "{}", list[0].reason);
+    assert!(
+        list[0].reason.contains("does not decode"),
+        "{}",
+        list[0].reason
+    );
     let still: i64 = sqlx::query_scalar("SELECT count(*) FROM fold_delta WHERE id = $1")
         .bind(newer)
         .fetch_one(&db.pool)
@@ -444,28 +464,42 @@ async fn poison_deltas_are_parked_and_everything_else_folds() {
     // Replay: still broken -> parked again (exit 2); fixed -> folded (exit 0).
     let replay = |ids: &[i64]| {
         let mut cmd = Command::new(worker_binary());
-        cmd.args(["fold-deltas", "replay"]).env("DATABASE_URL", &db.url);
+        cmd.args(["fold-deltas", "replay"])
+            .env("DATABASE_URL", &db.url);
         for id in ids {
             cmd.args(["--id", &id.to_string()]);
         }
         cmd.output().unwrap()
     };
     let out = replay(&[garbage]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     sqlx::query("UPDATE fold_delta_parked SET changes = '{}' WHERE id = $1")
         .bind(garbage)
         .execute(&db.pool)
         .await
         .unwrap();
     let out = replay(&[garbage]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let listed = Command::new(worker_binary())
         .args(["fold-deltas", "list"])
         .env("DATABASE_URL", &db.url)
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);
-    assert!(listed.contains("22P02") && listed.contains("1 parked fold delta(s) listed"), "{listed}");
+    assert!(
+        listed.contains("22P02") && listed.contains("1 parked fold delta(s) listed"),
+        "{listed}"
+    );
     assert_eq!(fold::backlog(&db.pool).await.unwrap().parked, 1);
 }
 
@@ -639,7 +673,10 @@ async fn a_drain_ends_promptly_while_other_workers_write() {
     for w in writers {
         batches += w.await.unwrap();
     }
-    assert!(status.success(), "drain under others' writes: {status:?} after {took:?}");
+    assert!(
+        status.success(),
+        "drain under others' writes: {status:?} after {took:?}"
+    );
     assert!(still_writing, "the writers must outlast the drain");
     eprintln!(
         "drained in {:.2} s while 3 writers committed {batches} batches (backlog before: {} deltas)",
@@ -668,7 +705,13 @@ async fn the_previous_release_and_this_build_fold_each_others_deltas() {
     let redis = TestRedis::new().await;
     let idle = stream_names(&unique("idle"));
     let mut old = WorkerProcess::start_binary(
-        &previous, &db.url, &redis.url, &idle, &unique("group"), "pod-old", &[],
+        &previous,
+        &db.url,
+        &redis.url,
+        &idle,
+        &unique("group"),
+        "pod-old",
+        &[],
     );
     old.wait_http().await;
     db.wait_folded(Duration::from_secs(120)).await;
@@ -690,8 +733,15 @@ async fn the_previous_release_and_this_build_fold_each_others_deltas() {
         .execute(&mut *hold)
         .await
         .unwrap();
-    let mut old =
-        WorkerProcess::start_binary(&previous, &db.url, &redis.url, &streams, &group, "pod-old", &[]);
+    let mut old = WorkerProcess::start_binary(
+        &previous,
+        &db.url,
+        &redis.url,
+        &streams,
+        &group,
+        "pod-old",
+        &[],
+    );
     old.wait_http().await;
     redis
         .wait_until_idle(&streams, &group, Duration::from_secs(120))

@@ -70,11 +70,15 @@ pub struct DatabaseArgs {
     /// Longest wait for a pooled connection, in milliseconds.
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 30_000)]
     pub db_acquire_timeout_ms: u64,
-    /// Longest statement (and lock wait) of `run` and `analytics`, in milliseconds: with DB_IDLE_IN_TRANSACTION_TIMEOUT_MS and TCP keepalives it bounds how long a worker's transaction can hold row locks, fold partitions or analytics claims (ADR 0019). Commands that scan whole tables lift it.
+    /// Longest statement (and lock wait) of `run` and `analytics`, in milliseconds: with DB_IDLE_IN_TRANSACTION_TIMEOUT_MS and TCP keepalives it bounds how long a worker's transaction can hold row locks, fold partitions or analytics claims (ADR 0019); commands, which scan whole tables, do not apply it.
     #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 20_000)]
     pub db_statement_timeout_ms: u64,
     /// Longest time a session may sit idle inside a transaction, in milliseconds, before PostgreSQL ends it and releases its locks (a frozen or partitioned worker; ADR 0019).
-    #[arg(long, env = "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub db_idle_in_transaction_timeout_ms: u64,
 }
 

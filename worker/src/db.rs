@@ -98,7 +98,10 @@ pub fn hold_bounds(args: &DatabaseArgs, statement_bound: bool) -> Vec<(&'static 
         ("tcp_user_timeout", TCP_USER_TIMEOUT_MS.to_string()),
     ];
     if statement_bound {
-        options.push(("statement_timeout", args.db_statement_timeout_ms.to_string()));
+        options.push((
+            "statement_timeout",
+            args.db_statement_timeout_ms.to_string(),
+        ));
         options.push(("lock_timeout", args.db_statement_timeout_ms.to_string()));
     }
     options

@@ -22,11 +22,11 @@
 use crate::aggregates::{Changes, Folded};
 use crate::backoff;
 use crate::failure::{self, Classify, Failure};
-use sqlx::Acquire;
 use crate::health::{Health, Source};
 use crate::lifecycle::pause;
 use crate::metrics::Metrics;
 use crate::queries;
+use sqlx::Acquire;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -191,8 +191,12 @@ impl StoredDelta {
 
     /// Its changes, or why they cannot be read.
     pub fn decode(&self) -> Result<Changes, String> {
-        serde_json::from_str(&self.changes)
-            .map_err(|e| format!("delta {} (format {}) does not decode: {e}", self.id, self.format))
+        serde_json::from_str(&self.changes).map_err(|e| {
+            format!(
+                "delta {} (format {}) does not decode: {e}",
+                self.id, self.format
+            )
+        })
     }
 }
 
@@ -364,12 +368,28 @@ async fn park(
     sqlx::query(queries::PARK_FOLD_DELTAS)
         .bind(rows.iter().map(|(d, _)| d.id).collect::<Vec<_>>())
         .bind(rows.iter().map(|(d, _)| d.partition).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(d, _)| d.created_at.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(d, _)| d.created_at.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|(d, _)| d.format).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(d, _)| d.changes.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(d, _)| d.changes.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|(_, p)| p.kind).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, p)| p.sqlstate.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, p)| p.reason.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, p)| p.sqlstate.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, p)| p.reason.as_str())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -584,7 +604,10 @@ pub async fn run_loop(
                     return;
                 }
                 Ok(h) => {
-                    tracing::info!(horizon = h, "draining the fold: deltas up to the horizon only");
+                    tracing::info!(
+                        horizon = h,
+                        "draining the fold: deltas up to the horizon only"
+                    );
                     drain = Some(h);
                 }
                 Err(error) => {

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker::analytics::{self, AnalyticsSettings};
 use worker::config::{
-    AnalyticsArgs, Cli, Command, DatabaseArgs, DeadLettersCommand, FoldArgs, FoldDeltasCommand, HttpArgs, StreamArgs,
+    AnalyticsArgs, Cli, Command, DatabaseArgs, DeadLettersCommand, FoldArgs, FoldDeltasCommand,
+    HttpArgs, StreamArgs,
 };
 use worker::health::{Health, Source};
 use worker::http::{self, AppState};
@@ -480,8 +481,7 @@ async fn monitor(
                 }
                 health.schema_ok.store(ok, Ordering::Relaxed);
                 if ok {
-                    if let Err(error) =
-                        worker::fold::report_backlog(&pool, &metrics, &health).await
+                    if let Err(error) = worker::fold::report_backlog(&pool, &metrics, &health).await
                     {
                         tracing::warn!(%error, "reading fold statistics failed");
                     }

@@ -2,7 +2,7 @@
 //! from-scratch definition (the `*_expected` views of migration 0003). One
 //! table-driven path for all tables.
 
-use sqlx::{Connection, ConnectOptions, PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 
 /// A derived table and the columns that define it.
 #[derive(Debug, Clone, Copy)]
@@ -511,7 +511,12 @@ async fn recompute_queued_into_model(
         )
         .fetch_one(&mut **tx)
         .await?;
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)
+        (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        )
     };
     report.pending_term_versions = queued.iter().cloned().zip(versions).collect();
     report.pending_terms = queued.len() as i64;
