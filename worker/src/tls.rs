@@ -90,23 +90,62 @@ pub enum RedisClientError {
 }
 
 /// The one constructor of Redis clients: `rediss://` URLs verify the server
-/// against `ca_file` when given, against the Mozilla roots otherwise.
+/// against `ca_file` when given, against the Mozilla roots otherwise. Every
+/// connection carries TCP keepalives and a user timeout ([`redis_tcp`]).
 pub fn redis_client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, RedisClientError> {
+    use redis::IntoConnectionInfo;
+    let info = url
+        .into_connection_info()
+        .map_err(RedisClientError::Url)?
+        .set_tcp_settings(redis_tcp());
     match ca_file {
         Some(path) => {
             let certificates = redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(read_ca_file(path)?),
             };
-            redis::Client::build_with_tls(url, certificates).map_err(RedisClientError::Url)
+            redis::Client::build_with_tls(info, certificates).map_err(RedisClientError::Url)
         }
-        None => redis::Client::open(url).map_err(RedisClientError::Url),
+        None => redis::Client::open(info).map_err(RedisClientError::Url),
     }
+}
+
+/// TCP settings of Redis connections (ADR 0019): keepalive probes after 10 s
+/// of silence, every 5 s, 3 of them, and unacknowledged data given up after
+/// 25 s, so that a vanished Redis host or a partition is noticed by the
+/// kernel (the connection fails and is made again) instead of after hours.
+pub fn redis_tcp() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::socket2::TcpKeepalive;
+    let keepalive = TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(u64::from(crate::db::KEEPALIVE_IDLE_S)))
+        .with_interval(std::time::Duration::from_secs(u64::from(
+            crate::db::KEEPALIVE_INTERVAL_S,
+        )))
+        .with_retries(crate::db::KEEPALIVE_COUNT);
+    redis::io::tcp::TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(std::time::Duration::from_millis(u64::from(
+            crate::db::TCP_USER_TIMEOUT_MS,
+        )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_connections_carry_keepalives() {
+        for url in ["redis://127.0.0.1:6379", "rediss://example.org:6380"] {
+            let client = redis_client(url, None).expect("client");
+            let tcp = client.get_connection_info().tcp_settings();
+            assert!(tcp.keepalive().is_some(), "{url}");
+            assert_eq!(
+                tcp.user_timeout(),
+                Some(std::time::Duration::from_millis(25_000)),
+                "{url}"
+            );
+        }
+    }
     use std::io::Write;
 
     fn temp_file(contents: &[u8]) -> tempfile_like::TempPath {
