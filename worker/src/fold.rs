@@ -229,10 +229,14 @@ pub async fn apply_isolating(
     deltas: &[StoredDelta],
 ) -> Result<Applied, sqlx::Error> {
     let mut applied = Applied::default();
-    let mut decoded: Vec<(i64, Changes)> = Vec::with_capacity(deltas.len());
+    let mut decoded: Vec<&StoredDelta> = Vec::with_capacity(deltas.len());
+    let mut folded = Folded::default();
     for delta in deltas {
         match delta.decode() {
-            Ok(changes) => decoded.push((delta.id, changes)),
+            Ok(changes) => {
+                folded.merge(changes);
+                decoded.push(delta);
+            }
             Err(reason) => applied.poisoned.push(Poison {
                 id: delta.id,
                 kind: "undecodable",
@@ -241,14 +245,10 @@ pub async fn apply_isolating(
             }),
         }
     }
-    let mut folded = Folded::default();
-    for (_, changes) in &decoded {
-        folded.merge(changes.clone());
-    }
     match apply_in_savepoint(tx, &folded).await? {
         Ok(terms) => {
             applied.terms_enqueued = terms;
-            applied.folded = decoded.into_iter().map(|(id, _)| id).collect();
+            applied.folded = decoded.iter().map(|d| d.id).collect();
             return Ok(applied);
         }
         Err(error) => {
@@ -256,9 +256,11 @@ pub async fn apply_isolating(
                 "a fold failed with a data error; applying its deltas one by one to park the culprits");
         }
     }
-    for (id, changes) in decoded {
+    for delta in decoded {
         let mut one = Folded::default();
-        one.merge(changes);
+        // Decoded above; decoding again keeps the common path free of copies.
+        one.merge(delta.decode().map_err(|e| sqlx::Error::Decode(e.into()))?);
+        let id = delta.id;
         match apply_in_savepoint(tx, &one).await? {
             Ok(terms) => {
                 applied.terms_enqueued += terms;

@@ -347,14 +347,13 @@ impl VerifyReport {
 /// whole tables. The planner overestimates their nested aggregates by orders
 /// of magnitude, so JIT compilation would cost more than the query (1 s of
 /// 2 s per table on 200,000 events); more sort memory keeps sorts off disk.
-/// The worker's per-session statement and idle bounds (ADR 0019) are lifted:
-/// a whole-table comparison takes long by nature and holds no row lock.
+/// A statement bound (ADR 0019) is lifted: a whole-table comparison takes
+/// long by nature.
 async fn tune_for_whole_tables(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
     for setting in [
         "SET LOCAL jit = off",
         "SET LOCAL work_mem = '64MB'",
         "SET LOCAL statement_timeout = 0",
-        "SET LOCAL idle_in_transaction_session_timeout = 0",
     ] {
         sqlx::query(setting).execute(&mut **tx).await?;
     }
@@ -401,6 +400,11 @@ async fn verify_on(conn: &mut PgConnection, show: i64) -> Result<VerifyReport, s
         .execute(&mut *tx)
         .await?;
     tune_for_whole_tables(&mut tx).await?;
+    // Between statements verify decodes and merges every pending delta: give
+    // that room, still bounded (it holds only ACCESS SHARE locks).
+    sqlx::query("SET LOCAL idle_in_transaction_session_timeout = '5min'")
+        .execute(&mut *tx)
+        .await?;
     // The first query fixes the snapshot every later one reads.
     let schema: String = sqlx::query_scalar("SELECT current_schema()")
         .fetch_one(&mut *tx)
@@ -667,6 +671,11 @@ pub async fn rebuild(
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM fold_delta")
+            .execute(&mut *tx)
+            .await?;
+        // Parked deltas too: their events are read like the others', so a
+        // later replay would apply them twice (ADR 0019).
+        sqlx::query("DELETE FROM fold_delta_parked")
             .execute(&mut *tx)
             .await?;
     }
