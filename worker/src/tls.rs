@@ -117,7 +117,9 @@ pub fn redis_client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, 
 pub fn redis_tcp() -> redis::io::tcp::TcpSettings {
     use redis::io::tcp::socket2::TcpKeepalive;
     let keepalive = TcpKeepalive::new()
-        .with_time(std::time::Duration::from_secs(u64::from(crate::db::KEEPALIVE_IDLE_S)))
+        .with_time(std::time::Duration::from_secs(u64::from(
+            crate::db::KEEPALIVE_IDLE_S,
+        )))
         .with_interval(std::time::Duration::from_secs(u64::from(
             crate::db::KEEPALIVE_INTERVAL_S,
         )))
