@@ -448,6 +448,8 @@ struct DatabaseFault {
     fix: Vec<String>,
     /// Role or database settings: sessions must be renewed to see them.
     new_sessions: bool,
+    /// Worker settings for this fault.
+    worker_env: &'static [(&'static str, &'static str)],
 }
 
 /// Under load: strike, see the worker unready with the outage metric naming
@@ -467,9 +469,13 @@ async fn database_outage(seed: u64, fault: impl FnOnce(&str) -> DatabaseFault) {
         &run.group,
         "pod-db",
         &[
-            ("MAX_ENTRIES_PER_SECOND", "150"),
-            ("ANALYTICS_CLAIM_LEASE_MS", "2000"),
-        ],
+            &[
+                ("MAX_ENTRIES_PER_SECOND", "150"),
+                ("ANALYTICS_CLAIM_LEASE_MS", "2000"),
+            ],
+            fault.worker_env,
+        ]
+        .concat(),
     );
     w.wait_http().await;
     wait_ready(&w, 200, Duration::from_secs(30), fault.name).await;
@@ -583,12 +589,26 @@ async fn database_outage(seed: u64, fault: impl FnOnce(&str) -> DatabaseFault) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_statement_timeout_is_an_outage_not_bad_data() {
-    database_outage(21, |role| DatabaseFault {
-        name: "statement_timeout 1ms",
+    // The worker's own statement bound (DB_STATEMENT_TIMEOUT_MS, ADR 0019)
+    // is sent at connection start-up and so wins over a role setting: the
+    // fault is a statement that outlasts it.
+    database_outage(21, |_| DatabaseFault {
+        name: "statement past DB_STATEMENT_TIMEOUT_MS",
         sqlstate: "57014",
-        inject: vec![format!("ALTER ROLE {role} SET statement_timeout = '1ms'")],
-        fix: vec![format!("ALTER ROLE {role} RESET statement_timeout")],
-        new_sessions: true,
+        inject: vec![
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN PERFORM pg_sleep(3); RETURN NEW; END$$"
+                .into(),
+            "CREATE TRIGGER slow_insert BEFORE INSERT ON deposited_events \
+             FOR EACH STATEMENT EXECUTE FUNCTION slow_insert()"
+                .into(),
+        ],
+        fix: vec![
+            "DROP TRIGGER slow_insert ON deposited_events".into(),
+            "DROP FUNCTION slow_insert()".into(),
+        ],
+        new_sessions: false,
+        worker_env: &[("DB_STATEMENT_TIMEOUT_MS", "2000")],
     })
     .await;
 }
@@ -601,6 +621,7 @@ async fn revoked_insert_is_an_outage_not_bad_data() {
         inject: vec![format!("REVOKE INSERT ON deposited_events FROM {role}")],
         fix: vec![format!("GRANT INSERT ON deposited_events TO {role}")],
         new_sessions: false,
+        worker_env: &[],
     })
     .await;
 }
@@ -613,6 +634,7 @@ async fn dropped_column_is_an_outage_not_bad_data() {
         inject: vec!["ALTER TABLE deposited_events DROP COLUMN contract_address".into()],
         fix: vec!["ALTER TABLE deposited_events ADD COLUMN contract_address TEXT".into()],
         new_sessions: false,
+        worker_env: &[],
     })
     .await;
 }
@@ -629,6 +651,7 @@ async fn read_only_transactions_are_an_outage_not_bad_data() {
             "ALTER ROLE {role} RESET default_transaction_read_only"
         )],
         new_sessions: true,
+        worker_env: &[],
     })
     .await;
 }
