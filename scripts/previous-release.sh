@@ -29,7 +29,18 @@ git archive "$commit" | tar -x -C "$src"
 # Its own copy of the binary: the next build of this tree puts its own back.
 (cd "$src" && CARGO_TARGET_DIR=$target_dir cargo build --quiet --bin postgres-writer >&2)
 mkdir -p "$(dirname "$out")"
-cp "$target_dir/debug/postgres-writer" "$out.tmp"
+if [ -n "${LLVM_PROFILE_FILE:-}" ]; then
+  # Built under cargo-llvm-cov (to share its dependencies): the old binary's
+  # coverage profiles go elsewhere, so that they never mix with this tree's.
+  cp "$target_dir/debug/postgres-writer" "$out.bin"
+  cat >"$out.tmp" <<'SH'
+#!/bin/sh
+LLVM_PROFILE_FILE=${TMPDIR:-/tmp}/pgw-previous-release-%p.profraw exec "$0.bin" "$@"
+SH
+  chmod +x "$out.tmp"
+else
+  cp "$target_dir/debug/postgres-writer" "$out.tmp"
+fi
 mv "$out.tmp" "$out"
 rm -rf "$src"
 echo "$out"

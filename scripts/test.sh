@@ -26,13 +26,6 @@ unset DATABASE_URL REDIS_URL
 tools=$(scripts/tools.sh)
 export HELM=$tools/helm KUBECTL=$tools/kubectl
 
-# The previous release's binary, for the rolling-upgrade tests (ADR 0019):
-# built once, uninstrumented, before this tree's binary (it passes through
-# target/debug).
-plain_target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-PGW_PREVIOUS_RELEASE_BIN=$(scripts/previous-release.sh "$plain_target_dir")
-export PGW_PREVIOUS_RELEASE_BIN
-
 # Coverage: the same build and test run, instrumented by cargo-llvm-cov. The
 # worker processes the system tests spawn inherit LLVM_PROFILE_FILE, so their
 # lines count too.
@@ -43,6 +36,12 @@ if [ "$coverage" = 1 ]; then
 fi
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+# The previous release's binary, for the rolling-upgrade tests (ADR 0019):
+# built once into the same target directory as this tree (instrumented or
+# not), so only its workspace crates compile; before this tree's binary,
+# since it passes through target/debug.
+PGW_PREVIOUS_RELEASE_BIN=$(scripts/previous-release.sh "$target_dir")
+export PGW_PREVIOUS_RELEASE_BIN
 cargo build --bin postgres-writer
 export POSTGRES_WRITER_BIN=$target_dir/debug/postgres-writer
 if ! wait "$control_plane"; then
