@@ -111,8 +111,8 @@ blob() { # LAYOUT FILE -> moves FILE into the layout's blobs, prints its digest
   echo "$digest"
 }
 
-build_image() { # IMAGE BINARY TAG OUT WORKDIR
-  local image=$1 source=$2 tag=$3 out=$4 work=$5 layout arch
+build_image() { # IMAGE BINARY TAG OUT WORKDIR SHOWN_OUT
+  local image=$1 source=$2 tag=$3 out=$4 work=$5 shown=$6 layout arch
   layout=$work/layout
   mkdir -p "$layout/blobs/sha256"
   rootfs "$image" "$source" "$work/rootfs"
@@ -138,7 +138,7 @@ build_image() { # IMAGE BINARY TAG OUT WORKDIR
   (cd "$layout" && tar -cf "$work/image.tar" --format=gnu --sort=name --mtime=@0 \
     --owner=0 --group=0 --numeric-owner --mode=u=rwX,go=rX oci-layout index.json blobs)
   mv "$work/image.tar" "$out/$image-$tag.oci.tar"
-  printf '%s\t%s\t%s\tsha256:%s\n' "$ref" "$out/$image-$tag.oci.tar" \
+  printf '%s\t%s\t%s\tsha256:%s\n' "$ref" "$shown/$image-$tag.oci.tar" \
     "$(size "$out/$image-$tag.oci.tar")" "$manifest"
 }
 
@@ -163,13 +163,14 @@ build() {
     [ -x "$binaries/$image" ] || die "no executable $binaries/$image"
   done
   mkdir -p "$out"
+  local shown=${out%/}
   out=$(cd "$out" && pwd)
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   printf 'image\tfile\tbytes\tmanifest\n'
   for image in postgres-writer postgres-writer-operator; do
     mkdir "$work/$image"
-    build_image "$image" "$(cd "$binaries" && pwd)/$image" "$tag" "$out" "$work/$image"
+    build_image "$image" "$(cd "$binaries" && pwd)/$image" "$tag" "$out" "$work/$image" "$shown"
   done
 }
 
