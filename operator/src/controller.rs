@@ -1190,5 +1190,28 @@ pub fn error_policy(cr: Arc<PostgresWriter>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
+/// The error type of the controller stream that `main.rs` runs.
+pub type StreamError = kube::runtime::controller::Error<Error, kube::runtime::watcher::Error>;
+
+/// How loud an error of the controller stream is. A reconcile scheduled for
+/// an object that is gone from the store is routine: after `kubectl delete`,
+/// the garbage collection of its children triggers it two or three times.
+/// Everything else is a warning.
+pub fn stream_error_level<E, Q>(error: &kube::runtime::controller::Error<E, Q>) -> tracing::Level {
+    match error {
+        kube::runtime::controller::Error::ObjectNotFound(_) => tracing::Level::DEBUG,
+        _ => tracing::Level::WARN,
+    }
+}
+
+/// Logs one error of the controller stream at [`stream_error_level`].
+pub fn log_stream_error(error: &StreamError) {
+    if stream_error_level(error) == tracing::Level::DEBUG {
+        tracing::debug!(error = %telemetry::ErrorChain(error), "reconcile skipped");
+    } else {
+        tracing::warn!(error = %telemetry::ErrorChain(error), "reconcile error");
+    }
+}
+
 #[cfg(test)]
 mod tests;

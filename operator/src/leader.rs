@@ -12,13 +12,23 @@
 //! may take over (`renew_deadline < lease_duration`). On a graceful shutdown
 //! the leader releases the Lease (no holder, duration 1 s) so that a standby
 //! takes over at its next try instead of waiting for the expiry.
+//!
+//! No overlap ([`Elector::lead`]): the renew deadline runs from the *start*
+//! of the last successful try (a standby cannot have seen that record
+//! earlier), every try gets only the time that remains of it, and at the
+//! deadline the leader's work is dropped, not asked to finish, so nothing
+//! of it runs once a standby may lead. A graceful stop is bounded too
+//! ([`SHUTDOWN_GRACE`]), and the Lease is kept renewed while it drains.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::Client;
+use std::future::Future;
 use std::ops::RangeInclusive;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// `leaseDurationSeconds`: how long a silent holder keeps the Lease.
 pub const LEASE_DURATION_SECONDS: RangeInclusive<u64> = 2..=300;
@@ -26,6 +36,10 @@ pub const LEASE_DURATION_SECONDS: RangeInclusive<u64> = 2..=300;
 pub const RENEW_DEADLINE_SECONDS: RangeInclusive<u64> = 1..=299;
 /// Time between two tries (renewals of the leader, attempts of a standby).
 pub const RETRY_PERIOD_SECONDS: RangeInclusive<u64> = 1..=60;
+/// How long the leader's work may take to finish after a stop signal before
+/// it is dropped: below the pod's default terminationGracePeriodSeconds
+/// (30 s), so that the Lease is still released before the SIGKILL.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
@@ -91,6 +105,29 @@ pub enum Attempt {
     Standby(Option<String>),
 }
 
+/// How a term of [`Elector::lead`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The work returned (after the stop signal, or on its own).
+    Finished,
+    /// The stop signal came and the work had not returned within
+    /// [`SHUTDOWN_GRACE`]: it was dropped.
+    ShutdownTimedOut,
+    /// No successful renewal within the renew deadline: the work was dropped
+    /// at the deadline.
+    RenewDeadlinePassed,
+    /// Another candidate holds the Lease (its identity, when known): the
+    /// work was dropped at once.
+    Taken(Option<String>),
+}
+
+impl Ended {
+    /// Whether leadership was lost (rather than given up).
+    pub fn lost(&self) -> bool {
+        matches!(self, Ended::RenewDeadlinePassed | Ended::Taken(_))
+    }
+}
+
 /// The last record seen and when it was first seen (local clock).
 struct Observed {
     resource_version: Option<String>,
@@ -104,6 +141,9 @@ pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: Option<Observed>,
+    /// When the last try that returned [`Attempt::Leading`] started: the
+    /// renew deadline runs from here.
+    leading_since_try: Option<Instant>,
 }
 
 fn now() -> MicroTime {
@@ -120,6 +160,7 @@ impl Elector {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: None,
+            leading_since_try: None,
         }
     }
 
@@ -138,6 +179,17 @@ impl Elector {
     /// Acquires or renews the Lease once. A write that loses a race (409)
     /// is a standby answer, not an error.
     pub async fn try_acquire_or_renew(&mut self) -> Result<Attempt, LeaderError> {
+        let started = Instant::now();
+        let attempt = self.try_once().await;
+        match &attempt {
+            Ok(Attempt::Leading) => self.leading_since_try = Some(started),
+            Ok(Attempt::Standby(_)) => self.leading_since_try = None,
+            Err(_) => {}
+        }
+        attempt
+    }
+
+    async fn try_once(&mut self) -> Result<Attempt, LeaderError> {
         let me = self.config.identity.clone();
         let current = match self.api.get_opt(&self.config.name).await {
             Ok(current) => current,
@@ -214,9 +266,104 @@ impl Elector {
                 self.observe(&updated);
                 Ok(Attempt::Leading)
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Standby(holder)),
+            // Lost a race: the holder read is not the winner when it was us.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                Ok(Attempt::Standby(holder.filter(|h| *h != me)))
+            }
             Err(e) => Err(self.api_error(e)),
         }
+    }
+
+    /// Runs `work` while this candidate leads, renewing the Lease every retry
+    /// period, after a try that returned [`Attempt::Leading`]. `work` gets a
+    /// token that is cancelled on `stop`: it should then finish; it is
+    /// dropped when it has not within [`SHUTDOWN_GRACE`], and at once when
+    /// leadership is lost (no renewal within the renew deadline, counted from
+    /// the start of the last successful try, or another holder). The Lease is
+    /// renewed until the work has ended, and left held: call
+    /// [`Elector::release`] after a stop.
+    pub async fn lead<W, F>(&mut self, stop: &CancellationToken, work: W) -> Ended
+    where
+        W: FnOnce(CancellationToken) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let renew_deadline = self.config.renew_deadline;
+        let retry = self.config.retry_period;
+        let deadline_of =
+            |since: Option<Instant>| since.map_or_else(Instant::now, |s| s + renew_deadline);
+        let mut deadline = deadline_of(self.leading_since_try);
+        let mut next_try = self
+            .leading_since_try
+            .map_or_else(Instant::now, |s| s + retry);
+        let mut task = tokio::spawn(work(stop.child_token()));
+        let mut shutdown_by: Option<Instant> = None;
+        let mut returned = None;
+        let ended = loop {
+            // The work ends, at the latest, here.
+            let stop_by = shutdown_by.map_or(deadline, |s| s.min(deadline));
+            let ended_at = |at: Instant| {
+                if at >= deadline {
+                    Ended::RenewDeadlinePassed
+                } else {
+                    Ended::ShutdownTimedOut
+                }
+            };
+            tokio::select! {
+                biased;
+                result = &mut task => {
+                    returned = Some(result);
+                    break Ended::Finished;
+                }
+                _ = tokio::time::sleep_until(stop_by) => break ended_at(stop_by),
+                _ = stop.cancelled(), if shutdown_by.is_none() => {
+                    shutdown_by = Some(Instant::now() + SHUTDOWN_GRACE);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next_try) => {}
+            }
+            let started = Instant::now();
+            // Only the time that remains: a hanging request ends at the deadline.
+            let attempt = tokio::select! {
+                biased;
+                result = &mut task => {
+                    returned = Some(result);
+                    break Ended::Finished;
+                }
+                attempt = tokio::time::timeout_at(stop_by, self.try_acquire_or_renew()) => attempt,
+            };
+            match attempt {
+                Ok(Ok(Attempt::Leading)) => deadline = deadline_of(self.leading_since_try),
+                Ok(Ok(Attempt::Standby(holder))) => {
+                    tracing::error!(holder = ?holder, "another replica holds the leader Lease");
+                    break Ended::Taken(holder);
+                }
+                Ok(Err(error)) => tracing::warn!(
+                    error = %telemetry::ErrorChain(&error),
+                    left = ?deadline.saturating_duration_since(Instant::now()),
+                    "renewing the leader Lease"
+                ),
+                Err(_) => break ended_at(stop_by),
+            }
+            next_try = (started + retry).max(Instant::now());
+        };
+        if ended == Ended::RenewDeadlinePassed {
+            tracing::error!("no renewal of the leader Lease within the renew deadline");
+        }
+        let result = match returned {
+            Some(result) => result,
+            None => {
+                // Dropped, not asked: nothing of it runs past this point
+                // (the controller's spawned reconciles are aborted with it).
+                task.abort();
+                task.await
+            }
+        };
+        if let Err(e) = result {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        ended
     }
 
     /// Gives the Lease up (no holder, 1 s) if this candidate still holds it.
@@ -288,19 +435,23 @@ mod tests {
     use http::{Request, Response};
     use kube::client::Body;
     use serde_json::{json, Value};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/pgw";
 
     /// One Lease with the API server's optimistic concurrency: a write with
     /// another resourceVersion is a 409. `interfere` makes another
-    /// candidate's write land between the next read and write.
+    /// candidate's write land between the next read and write; `fail`
+    /// answers the next requests with 500, and `hang` then never answers.
     #[derive(Default)]
     struct LeaseServer {
         lease: Mutex<Option<Value>>,
         version: Mutex<u64>,
         interfere: AtomicBool,
+        fail: AtomicUsize,
+        hang: AtomicBool,
+        requests: AtomicUsize,
     }
 
     impl LeaseServer {
@@ -343,6 +494,19 @@ mod tests {
                                   "reason": "Conflict", "code": 409, "message": "conflict"});
             let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                    "reason": "NotFound", "code": 404, "message": "not found"});
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            let failing = self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                let error = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": "InternalError", "code": 500, "message": "etcd is down"});
+                return (500, error);
+            }
+            if self.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             let current = self.lease.lock().unwrap().clone();
             match (method.as_str(), path == PATH) {
                 ("GET", true) => {
@@ -447,6 +611,159 @@ mod tests {
             c.try_acquire_or_renew().await.unwrap(),
             Attempt::Standby(Some("intruder".into()))
         );
+    }
+
+    /// What the leader's work did, on the test's (paused) clock.
+    #[derive(Default)]
+    struct Trace {
+        last_tick: Mutex<Option<Instant>>,
+        ended: Mutex<Option<Instant>>,
+    }
+
+    impl Trace {
+        fn last_tick(&self) -> Instant {
+            self.last_tick.lock().unwrap().expect("the work ran")
+        }
+        fn ended(&self) -> Instant {
+            self.ended.lock().unwrap().expect("the work ended")
+        }
+    }
+
+    /// Records when the work ended, returned or dropped.
+    struct EndGuard(Arc<Trace>);
+
+    impl Drop for EndGuard {
+        fn drop(&mut self) {
+            *self.0.ended.lock().unwrap() = Some(Instant::now());
+        }
+    }
+
+    /// A controller stand-in that "reconciles" every 100 ms. With
+    /// `finish_in`, it takes that long to finish after its token is
+    /// cancelled; without, it ignores the token (a reconcile that hangs).
+    fn work(
+        trace: &Arc<Trace>,
+        finish_in: Option<Duration>,
+    ) -> impl FnOnce(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let trace = trace.clone();
+        move |halt| {
+            Box::pin(async move {
+                let _guard = EndGuard(trace.clone());
+                loop {
+                    *trace.last_tick.lock().unwrap() = Some(Instant::now());
+                    tokio::select! {
+                        _ = halt.cancelled(), if finish_in.is_some() => {
+                            tokio::time::sleep(finish_in.unwrap_or_default()).await;
+                            return;
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            })
+        }
+    }
+
+    fn stop_after(after: Duration) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            token.cancel();
+        });
+        stop
+    }
+
+    const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_then_a_hang_stop_the_work_within_the_renew_deadline() {
+        let (client, server) = LeaseServer::start();
+        let mut a = elector(&client, "a");
+        let acquired = Instant::now();
+        assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        let before = server.requests.load(Ordering::SeqCst);
+        // Tries at +2 s and +4 s fail, the one at +6 s never gets an answer.
+        server.fail.store(2, Ordering::SeqCst);
+        server.hang.store(true, Ordering::SeqCst);
+        let trace = Arc::new(Trace::default());
+        let ended = a.lead(&CancellationToken::new(), work(&trace, None)).await;
+        assert_eq!(ended, Ended::RenewDeadlinePassed);
+        assert!(ended.lost());
+        // A fresh timeout for the hanging try would have ended it at +16 s,
+        // after a standby may take over (+15 s).
+        let deadline = acquired + RENEW_DEADLINE;
+        assert!(trace.ended() <= deadline, "work dropped at the deadline");
+        assert!(trace.last_tick() < deadline);
+        assert!(
+            trace.last_tick() >= acquired + Duration::from_secs(6),
+            "failed tries alone do not end the term"
+        );
+        assert_eq!(server.requests.load(Ordering::SeqCst) - before, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_after_failures_keeps_leading_and_a_stop_lets_the_work_finish() {
+        let (client, server) = LeaseServer::start();
+        let mut a = elector(&client, "a");
+        let started = Instant::now();
+        assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        // Tries at +2 s and +4 s fail, +6 s renews: the term goes on.
+        server.fail.store(2, Ordering::SeqCst);
+        let trace = Arc::new(Trace::default());
+        let stop = stop_after(Duration::from_secs(30));
+        let drain = Duration::from_secs(5);
+        let ended = a.lead(&stop, work(&trace, Some(drain))).await;
+        assert_eq!(ended, Ended::Finished);
+        let stopped = started + Duration::from_secs(30);
+        assert_eq!(trace.ended(), stopped + drain, "it finished on its own");
+        // Renewed while draining, so nobody else could take over meanwhile.
+        let lease = server.lease.lock().unwrap().clone().unwrap();
+        let renewed: k8s_openapi::jiff::Timestamp = lease["spec"]["renewTime"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let acquired: k8s_openapi::jiff::Timestamp = lease["spec"]["acquireTime"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(renewed > acquired);
+        assert_eq!(server.holder().as_deref(), Some("a"));
+        a.release().await.unwrap();
+        assert_eq!(server.holder(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_drops_work_that_does_not_finish_within_the_grace() {
+        let (client, server) = LeaseServer::start();
+        let mut a = elector(&client, "a");
+        let started = Instant::now();
+        assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        let trace = Arc::new(Trace::default());
+        let stop = stop_after(Duration::from_secs(3));
+        let ended = a.lead(&stop, work(&trace, None)).await;
+        assert_eq!(ended, Ended::ShutdownTimedOut);
+        assert!(!ended.lost());
+        let bound = started + Duration::from_secs(3) + SHUTDOWN_GRACE;
+        assert!(trace.ended() <= bound);
+        assert!(trace.last_tick() >= bound - Duration::from_millis(100));
+        assert_eq!(server.holder().as_deref(), Some("a"), "still held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_holder_ends_the_term_at_once() {
+        let (client, server) = LeaseServer::start();
+        let mut a = elector(&client, "a");
+        let started = Instant::now();
+        assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        server.interfere.store(true, Ordering::SeqCst);
+        let trace = Arc::new(Trace::default());
+        let ended = a.lead(&CancellationToken::new(), work(&trace, None)).await;
+        assert_eq!(ended, Ended::Taken(None), "the winner is not known");
+        assert!(ended.lost());
+        assert_eq!(trace.ended(), started + Duration::from_secs(2));
+        assert_eq!(server.holder().as_deref(), Some("intruder"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use operator::metrics::Metrics;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -220,25 +220,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(identity = %lease.identity, "acquired the leader Lease; starting the controller");
     metrics.set_role(true, "leader");
     metrics.set_not_ready("leader: waiting for the PostgresWriter watch to sync");
-    let halt = stop.child_token();
-    let renewals = tokio::spawn(keep_leading(elector, halt.clone()));
-    run_controllers(
-        &client,
-        &namespaces,
-        &metrics,
-        migration_retry,
-        halt.clone(),
-    )
-    .await;
-    halt.cancel();
-    let (mut elector, lost) = renewals.await?;
+    let ended =
+        elector
+            .lead(&stop, |halt| {
+                let (client, metrics) = (client.clone(), metrics.clone());
+                async move {
+                    run_controllers(&client, &namespaces, &metrics, migration_retry, halt).await
+                }
+            })
+            .await;
     metrics.set_role(false, "stopped");
-    if lost {
+    if ended.lost() {
         anyhow::bail!(
-            "lost the leader Lease {}/{}: exiting so that this replica restarts as a standby",
+            "lost the leader Lease {}/{} ({ended:?}): exiting so that this replica restarts as a standby",
             lease.namespace,
             lease.name
         );
+    }
+    if ended == leader::Ended::ShutdownTimedOut {
+        tracing::warn!(grace = ?leader::SHUTDOWN_GRACE, "the controller did not stop within the grace period; dropped it");
     }
     // Released for a quick takeover by a standby.
     match elector.release().await {
@@ -246,37 +246,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(error) => tracing::warn!(error = %telemetry::ErrorChain(&error), "releasing the Lease"),
     }
     Ok(())
-}
-
-/// Renews the Lease every retry period until `halt`; cancels `halt` and
-/// returns `true` when leadership is lost (another holder, or no renewal
-/// within the renew deadline).
-async fn keep_leading(mut elector: Elector, halt: CancellationToken) -> (Elector, bool) {
-    let config = elector.config().clone();
-    let mut renewed = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(config.retry_period) => {}
-            _ = halt.cancelled() => return (elector, false),
-        }
-        match tokio::time::timeout(config.renew_deadline, elector.try_acquire_or_renew()).await {
-            Ok(Ok(Attempt::Leading)) => renewed = Instant::now(),
-            Ok(Ok(Attempt::Standby(holder))) => {
-                tracing::error!(holder = ?holder, "another replica holds the leader Lease");
-                halt.cancel();
-                return (elector, true);
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(error = %telemetry::ErrorChain(&error), "renewing the leader Lease")
-            }
-            Err(_) => tracing::warn!("renewing the leader Lease timed out"),
-        }
-        if renewed.elapsed() >= config.renew_deadline {
-            tracing::error!("no renewal of the leader Lease within the renew deadline");
-            halt.cancel();
-            return (elector, true);
-        }
-    }
 }
 
 /// One controller per watched namespace (one for all when the list is
@@ -332,9 +301,7 @@ async fn run_controllers(
             .for_each(|result| async move {
                 match result {
                     Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
-                    Err(error) => {
-                        tracing::warn!(error = %telemetry::ErrorChain(&error), "reconcile error")
-                    }
+                    Err(error) => operator::controller::log_stream_error(&error),
                 }
             });
         runs.push(run);

@@ -967,3 +967,30 @@ fn the_status_patch_clears_fields_that_are_gone() {
     }
     assert_eq!(patch["phase"], "Ready");
 }
+
+#[test]
+fn a_reconcile_for_a_deleted_object_is_logged_at_debug() {
+    use kube::runtime::controller::Error as StreamErr;
+    // What `kubectl delete pgw/indexer` produces while its children are
+    // garbage-collected: their deletions schedule the gone object.
+    let gone = || {
+        ObjectRef::<PostgresWriter>::new("indexer")
+            .within(NS)
+            .erase()
+    };
+    let not_found: StreamError = StreamErr::ObjectNotFound(Box::new(gone()));
+    assert!(
+        telemetry::ErrorChain(&not_found)
+            .to_string()
+            .contains("not found in local store"),
+        "the case this test is about"
+    );
+    assert_eq!(stream_error_level(&not_found), tracing::Level::DEBUG);
+    // A real failure stays a warning.
+    let failed: StreamError =
+        StreamErr::ReconcilerFailed(Error::NoNamespace("indexer".into()), Box::new(gone()));
+    assert_eq!(stream_error_level(&failed), tracing::Level::WARN);
+    let queue: StreamError =
+        StreamErr::QueueError(kube::runtime::watcher::Error::NoResourceVersion);
+    assert_eq!(stream_error_level(&queue), tracing::Level::WARN);
+}
