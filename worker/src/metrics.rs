@@ -69,6 +69,8 @@ pub struct Metrics {
     pub fold_transactions: Counter,
     pub fold_deltas: Counter,
     pub fold_failures: Counter,
+    /// rindexer reorg notices and control entries (ADR 0018).
+    pub reorg: crate::reorg::ReorgMetrics,
 }
 
 /// Fine buckets (x1.2 from 0.5 ms to ~3 min) for the stream-entry latency,
@@ -128,6 +130,7 @@ impl Metrics {
             fold_transactions: Counter::default(),
             fold_deltas: Counter::default(),
             fold_failures: Counter::default(),
+            reorg: crate::reorg::ReorgMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -306,6 +309,7 @@ impl Metrics {
             "Fold transactions that failed (retried)",
             m.fold_failures.clone(),
         );
+        m.reorg.register(&mut registry);
         Metrics { registry, ..m }
     }
 
