@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use system_tests::payload::{tx, ADDR_A, ADDR_B};
-use system_tests::{assert_same_tables, consume_until_idle, stream_args, unique, TestDb, TestRedis};
+use system_tests::{
+    assert_same_tables, consume_until_idle, stream_args, unique, TestDb, TestRedis,
+};
 
 const NETWORK: &str = "testnet";
 
@@ -126,7 +128,11 @@ async fn event_rows(db: &TestDb) -> String {
         .fetch_all(&db.pool)
         .await
         .unwrap();
-        out.push_str(&format!("## {table} ({} rows)\n{}\n", rows.len(), rows.join("\n")));
+        out.push_str(&format!(
+            "## {table} ({} rows)\n{}\n",
+            rows.len(),
+            rows.join("\n")
+        ));
     }
     out
 }
@@ -137,7 +143,11 @@ async fn reference(entries: &[(usize, String)], streams: usize) -> TestDb {
     let mut redis = TestRedis::new().await;
     let names: Vec<String> = (0..streams).map(|_| unique("canonical")).collect();
     redis
-        .xadd_all(entries.iter().map(|(s, p)| (names[*s].as_str(), p.as_str())))
+        .xadd_all(
+            entries
+                .iter()
+                .map(|(s, p)| (names[*s].as_str(), p.as_str())),
+        )
         .await;
     let mut args = stream_args(&redis.url, &names, &unique("group"), "ref");
     args.batch_size = 200;
@@ -161,22 +171,49 @@ async fn dead_letters(db: &TestDb) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rindexer_notices_remove_the_dropped_branch_in_every_stream() {
     let atoms = vec![
-        entry("AtomCreated", vec![item(atom(1), 1, 20, 0), item(atom(2), 2, 20, 1)]),
+        entry(
+            "AtomCreated",
+            vec![item(atom(1), 1, 20, 0), item(atom(2), 2, 20, 1)],
+        ),
         // Dropped branch.
         entry("AtomCreated", vec![item(atom(3), 3, 28, 0)]),
     ];
     let deposits_before = vec![
-        entry("Deposited", vec![item(deposit(1, 1, 1, 1000, 1000), 10, 21, 0)]),
-        entry("Deposited", vec![item(deposit(2, 1, 1, 500, 1500), 11, 25, 3), item(deposit(3, 2, 1, 70, 70), 12, 25, 4)]),
+        entry(
+            "Deposited",
+            vec![item(deposit(1, 1, 1, 1000, 1000), 10, 21, 0)],
+        ),
+        entry(
+            "Deposited",
+            vec![
+                item(deposit(2, 1, 1, 500, 1500), 11, 25, 3),
+                item(deposit(3, 2, 1, 70, 70), 12, 25, 4),
+            ],
+        ),
         // Dropped branch: 3 deposits, one of them a new position of vault (1, 1).
-        entry("Deposited", vec![item(deposit(4, 1, 1, 10, 1510), 13, 27, 0)]),
-        entry("Deposited", vec![item(deposit(1, 2, 1, 30, 100), 14, 28, 1), item(deposit(5, 3, 1, 9, 9), 15, 29, 2)]),
+        entry(
+            "Deposited",
+            vec![item(deposit(4, 1, 1, 10, 1510), 13, 27, 0)],
+        ),
+        entry(
+            "Deposited",
+            vec![
+                item(deposit(1, 2, 1, 30, 100), 14, 28, 1),
+                item(deposit(5, 3, 1, 9, 9), 15, 29, 2),
+            ],
+        ),
     ];
     let atoms_after = vec![entry("AtomCreated", vec![item(atom(4), 16, 28, 5)])];
     let deposits_after = vec![
         // Transaction 14 again, at another block and log index.
-        entry("Deposited", vec![item(deposit(1, 2, 1, 30, 100), 14, 30, 7)]),
-        entry("Deposited", vec![item(deposit(6, 1, 1, 5, 1505), 17, 31, 0)]),
+        entry(
+            "Deposited",
+            vec![item(deposit(1, 2, 1, 30, 100), 14, 30, 7)],
+        ),
+        entry(
+            "Deposited",
+            vec![item(deposit(6, 1, 1, 5, 1505), 17, 31, 0)],
+        ),
     ];
 
     let db = TestDb::new().await;
@@ -194,7 +231,10 @@ async fn rindexer_notices_remove_the_dropped_branch_in_every_stream() {
         published.push((&deposit_stream, notice(NETWORK, 27, 12)));
         published.push((&atom_stream, notice(NETWORK, 27, 12)));
     }
-    published.push((&atom_stream, json!({"event_name": "__rindexer_heartbeat", "event_data": []}).to_string()));
+    published.push((
+        &atom_stream,
+        json!({"event_name": "__rindexer_heartbeat", "event_data": []}).to_string(),
+    ));
     published.push((&deposit_stream, notice("other-chain", 5, 1)));
     for p in &atoms_after {
         published.push((&atom_stream, p.clone()));
@@ -216,7 +256,13 @@ async fn rindexer_notices_remove_the_dropped_branch_in_every_stream() {
     assert_eq!(dead_letters(&db).await, Vec::<String>::new());
 
     let canonical: Vec<(usize, String)> = vec![
-        (0, entry("AtomCreated", vec![item(atom(1), 1, 20, 0), item(atom(2), 2, 20, 1)])),
+        (
+            0,
+            entry(
+                "AtomCreated",
+                vec![item(atom(1), 1, 20, 0), item(atom(2), 2, 20, 1)],
+            ),
+        ),
         (0, atoms_after[0].clone()),
         (1, deposits_before[0].clone()),
         (1, deposits_before[1].clone()),
@@ -224,20 +270,31 @@ async fn rindexer_notices_remove_the_dropped_branch_in_every_stream() {
         (1, deposits_after[1].clone()),
     ];
     let expected = reference(&canonical, 2).await;
-    assert_same_tables(&db.snapshot().await, &expected.snapshot().await, "after the reorg");
+    assert_same_tables(
+        &db.snapshot().await,
+        &expected.snapshot().await,
+        "after the reorg",
+    );
     assert_eq!(event_rows(&db).await, event_rows(&expected).await);
-    let position_count: i64 = sqlx::query_scalar("SELECT position_count FROM vault WHERE term_id = $1 AND curve_id = 1")
-        .bind(term(1))
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(position_count, 3, "receivers 1, 2 and 6; not the dropped receiver 4");
+    let position_count: i64 = sqlx::query_scalar(
+        "SELECT position_count::bigint FROM vault WHERE term_id = $1 AND curve_id = '1'",
+    )
+    .bind(term(1))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        position_count, 3,
+        "receivers 1, 2 and 6; not the dropped receiver 4"
+    );
 
     // One reorg, passed by both streams; what it removed is recorded.
-    let row = sqlx::query("SELECT network, fork_block, depth, events_removed, streams_passed FROM chain_reorg")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let row = sqlx::query(
+        "SELECT network, fork_block, depth, events_removed, streams_passed FROM chain_reorg",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(row.len(), 1);
     let r = &row[0];
     assert_eq!(
@@ -253,7 +310,10 @@ async fn rindexer_notices_remove_the_dropped_branch_in_every_stream() {
     assert_eq!(db.count("reorg_fence").await, 2);
     let health = worker::reorg::stats(&db.pool).await.unwrap();
     assert_eq!(health.applied, 1);
-    assert_eq!(health.latest.map(|l| (l.fork_block, l.events_removed)), Some((27, 4)));
+    assert_eq!(
+        health.latest.map(|l| (l.fork_block, l.events_removed)),
+        Some((27, 4))
+    );
 
     // The same notice applied again (a later copy) changes nothing.
     let before = (db.snapshot().await, event_rows(&db).await);
@@ -267,7 +327,10 @@ async fn rindexer_notices_remove_the_dropped_branch_in_every_stream() {
     let applied = worker::reorg::apply(&db.pool, &deposit_stream, "99999999999999-0", &again)
         .await
         .unwrap();
-    assert!(matches!(applied, worker::reorg::Applied::Duplicate { .. }), "{applied:?}");
+    assert!(
+        matches!(applied, worker::reorg::Applied::Duplicate { .. }),
+        "{applied:?}"
+    );
     // Another network's notice changes nothing either.
     let other = worker::reorg::ReorgNotice {
         network: "other-chain".into(),
@@ -276,7 +339,10 @@ async fn rindexer_notices_remove_the_dropped_branch_in_every_stream() {
     let applied = worker::reorg::apply(&db.pool, &deposit_stream, "99999999999999-1", &other)
         .await
         .unwrap();
-    assert!(matches!(applied, worker::reorg::Applied::OtherNetwork { .. }), "{applied:?}");
+    assert!(
+        matches!(applied, worker::reorg::Applied::OtherNetwork { .. }),
+        "{applied:?}"
+    );
     assert_eq!((db.snapshot().await, event_rows(&db).await), before);
     assert_eq!(db.count("reorg_fence").await, 2);
 }
@@ -288,7 +354,10 @@ async fn a_dropped_entry_delivered_again_after_its_notice_is_discarded() {
     let db = TestDb::new().await;
     let mut redis = TestRedis::new().await;
     let stream = unique("deposited");
-    let kept = entry("Deposited", vec![item(deposit(1, 1, 1, 100, 100), 1, 10, 0)]);
+    let kept = entry(
+        "Deposited",
+        vec![item(deposit(1, 1, 1, 100, 100), 1, 10, 0)],
+    );
     let dropped = entry("Deposited", vec![item(deposit(2, 1, 1, 50, 150), 2, 12, 0)]);
     redis
         .xadd_all([
@@ -296,9 +365,16 @@ async fn a_dropped_entry_delivered_again_after_its_notice_is_discarded() {
             (stream.as_str(), dropped.as_str()),
         ])
         .await;
-    let notice_id = redis.xadd(&stream, "payload", notice(NETWORK, 11, 2).as_bytes()).await;
+    let notice_id = redis
+        .xadd(&stream, "payload", notice(NETWORK, 11, 2).as_bytes())
+        .await;
     let group = unique("group");
-    consume_until_idle(&db, vec![stream_args(&redis.url, &[stream.clone()], &group, "c1")], Duration::from_secs(30)).await;
+    consume_until_idle(
+        &db,
+        vec![stream_args(&redis.url, &[stream.clone()], &group, "c1")],
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(db.count("deposited_events").await, 1);
 
     // The group is lost and recreated at 0: everything is delivered again.
@@ -309,17 +385,30 @@ async fn a_dropped_entry_delivered_again_after_its_notice_is_discarded() {
         .query_async(&mut redis.con)
         .await
         .unwrap();
-    consume_until_idle(&db, vec![stream_args(&redis.url, &[stream.clone()], &group, "c2")], Duration::from_secs(30)).await;
+    consume_until_idle(
+        &db,
+        vec![stream_args(&redis.url, &[stream.clone()], &group, "c2")],
+        Duration::from_secs(30),
+    )
+    .await;
     db.drain_analytics().await;
     db.assert_verified().await;
-    assert_eq!(db.count("deposited_events").await, 1, "the dropped deposit stays out");
+    assert_eq!(
+        db.count("deposited_events").await,
+        1,
+        "the dropped deposit stays out"
+    );
     let fence: String = sqlx::query_scalar("SELECT entry_id FROM reorg_fence")
         .fetch_one(&db.pool)
         .await
         .unwrap();
     assert_eq!(fence, notice_id);
     let expected = reference(&[(0, kept)], 1).await;
-    assert_same_tables(&db.snapshot().await, &expected.snapshot().await, "after redelivery");
+    assert_same_tables(
+        &db.snapshot().await,
+        &expected.snapshot().await,
+        "after redelivery",
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -369,25 +458,7 @@ fn history(rng: &mut Rng) -> History {
     let mut atoms: Vec<u64> = vec![1, 2, 3, 4];
     let mut next_term = 10u64;
     let mut reorgs = 0;
-
-    let mut push = |per_stream: &mut Vec<Vec<String>>, deferred: &mut Vec<Vec<(u64, String)>>, rng: &mut Rng, s: usize, payload: String| {
-        per_stream[s].push(payload);
-        // Deferred duplicates come due.
-        let mut due = Vec::new();
-        deferred[s].retain_mut(|(left, p)| {
-            if *left == 0 {
-                due.push(p.clone());
-                false
-            } else {
-                *left -= 1;
-                true
-            }
-        });
-        for p in due {
-            per_stream[s].push(p);
-        }
-        let _ = rng;
-    };
+    let mut identities: HashSet<(u64, u64)> = HashSet::new();
 
     // Base block: atoms and two triples, never reorganised.
     let mut base = Vec::new();
@@ -396,7 +467,7 @@ fn history(rng: &mut Rng) -> History {
     }
     base.push((5, "TripleCreated", triple(5, 1, 2, 3)));
     base.push((6, "TripleCreated", triple(6, 2, 3, 4)));
-    let mut block = 1u64;
+    let block = 1u64;
     let mut events = Vec::new();
     for (_, name, fields) in base {
         next_tx += 1;
@@ -409,24 +480,7 @@ fn history(rng: &mut Rng) -> History {
         });
     }
     chain.push((block, events));
-    let publish_block = |per_stream: &mut Vec<Vec<String>>, deferred: &mut Vec<Vec<(u64, String)>>, rng: &mut Rng, events: &[SimEvent]| {
-        // Per stream, consecutive events of one kind share an entry (1-3 items).
-        let mut i = 0;
-        while i < events.len() {
-            let s = stream_of(events[i].name, streams);
-            let mut items = vec![events[i].item.clone()];
-            let max = rng.range(1, 3) as usize;
-            while items.len() < max
-                && i + items.len() < events.len()
-                && events[i + items.len()].name == events[i].name
-            {
-                items.push(events[i + items.len()].item.clone());
-            }
-            i += items.len();
-            push(per_stream, deferred, rng, s, entry(events[i - items.len()].name, items));
-        }
-    };
-    publish_block(&mut per_stream, &mut deferred, rng, &chain[0].1);
+    publish_block(&mut per_stream, &mut deferred, rng, streams, &chain[0].1);
 
     let steps = rng.range(8, 16);
     let mut dropped_pool: Vec<SimEvent> = Vec::new();
@@ -436,6 +490,11 @@ fn history(rng: &mut Rng) -> History {
             // A reorg: drop blocks >= fork, announce it on every stream.
             let fork = rng.range(2, head);
             let depth = head - fork + 1;
+            // A reorg is (network, fork block, depth): two different ones
+            // with equal identities are taken for one (ADR 0018, limits).
+            if !identities.insert((fork, depth)) {
+                continue;
+            }
             let dropped: Vec<SimEvent> = chain
                 .iter()
                 .filter(|(b, _)| *b >= fork)
@@ -446,10 +505,20 @@ fn history(rng: &mut Rng) -> History {
             reorgs += 1;
             for s in 0..streams {
                 let copies = rng.range(1, 3);
-                push(&mut per_stream, &mut deferred, rng, s, notice(NETWORK, fork, depth));
+                push(
+                    &mut per_stream,
+                    &mut deferred,
+                    s,
+                    notice(NETWORK, fork, depth),
+                );
                 for _ in 1..copies {
                     if rng.chance(50) {
-                        push(&mut per_stream, &mut deferred, rng, s, notice(NETWORK, fork, depth));
+                        push(
+                            &mut per_stream,
+                            &mut deferred,
+                            s,
+                            notice(NETWORK, fork, depth),
+                        );
                     } else {
                         // A repeated copy written after some new-branch entries.
                         let later = rng.range(0, 4);
@@ -460,15 +529,33 @@ fn history(rng: &mut Rng) -> History {
             // The new branch starts at the fork block again (or one later).
             let restart = fork + rng.below(2);
             let mut events = Vec::new();
-            build_block(rng, &mut events, &mut next_tx, &mut log_index, restart, &mut atoms, &mut next_term, &mut dropped_pool);
-            publish_block(&mut per_stream, &mut deferred, rng, &events);
+            build_block(
+                rng,
+                &mut events,
+                &mut next_tx,
+                &mut log_index,
+                restart,
+                &mut atoms,
+                &mut next_term,
+                &mut dropped_pool,
+            );
+            publish_block(&mut per_stream, &mut deferred, rng, streams, &events);
             chain.push((restart, events));
             continue;
         }
         let number = head + 1;
         let mut events = Vec::new();
-        build_block(rng, &mut events, &mut next_tx, &mut log_index, number, &mut atoms, &mut next_term, &mut dropped_pool);
-        publish_block(&mut per_stream, &mut deferred, rng, &events);
+        build_block(
+            rng,
+            &mut events,
+            &mut next_tx,
+            &mut log_index,
+            number,
+            &mut atoms,
+            &mut next_term,
+            &mut dropped_pool,
+        );
+        publish_block(&mut per_stream, &mut deferred, rng, streams, &events);
         chain.push((number, events));
     }
     // Copies still deferred are written at the end.
@@ -480,13 +567,63 @@ fn history(rng: &mut Rng) -> History {
     let canonical = chain
         .iter()
         .flat_map(|(_, e)| e.iter())
-        .map(|e| (stream_of(e.name, streams), entry(e.name, vec![e.item.clone()])))
+        .map(|e| {
+            (
+                stream_of(e.name, streams),
+                entry(e.name, vec![e.item.clone()]),
+            )
+        })
         .collect();
     History {
         streams,
         per_stream,
         canonical,
         reorgs,
+    }
+}
+
+/// Appends an entry to stream `s`, then the deferred duplicate copies that
+/// come due.
+fn push(
+    per_stream: &mut [Vec<String>],
+    deferred: &mut [Vec<(u64, String)>],
+    s: usize,
+    payload: String,
+) {
+    per_stream[s].push(payload);
+    let mut due = Vec::new();
+    deferred[s].retain_mut(|(left, p)| {
+        if *left == 0 {
+            due.push(p.clone());
+            false
+        } else {
+            *left -= 1;
+            true
+        }
+    });
+    per_stream[s].extend(due);
+}
+
+/// Publishes a block's events: per stream, consecutive events of one kind
+/// share an entry (1-3 items).
+fn publish_block(
+    per_stream: &mut [Vec<String>],
+    deferred: &mut [Vec<(u64, String)>],
+    rng: &mut Rng,
+    streams: usize,
+    events: &[SimEvent],
+) {
+    let mut i = 0;
+    while i < events.len() {
+        let s = stream_of(events[i].name, streams);
+        let max = rng.range(1, 3) as usize;
+        let mut n = 1;
+        while n < max && i + n < events.len() && events[i + n].name == events[i].name {
+            n += 1;
+        }
+        let items = events[i..i + n].iter().map(|e| e.item.clone()).collect();
+        push(per_stream, deferred, s, entry(events[i].name, items));
+        i += n;
     }
 }
 
@@ -531,9 +668,36 @@ fn build_block(
                 let (s, p, o) = (pick(rng), pick(rng), pick(rng));
                 ("TripleCreated", triple(*next_term, s, p, o))
             }
-            2 | 3 => ("Deposited", deposit(rng.below(4), t, rng.range(1, 2), rng.range(1, 10_000), rng.range(1, 100_000))),
-            4 => ("Redeemed", redeem(rng.below(4), t, rng.range(1, 2), rng.range(1, 1_000), rng.below(3) * rng.range(1, 100_000))),
-            _ => ("SharePriceChanged", price(t, rng.range(1, 2), rng.range(900, 1100), rng.range(1, 1_000_000), rng.range(1, 1_000_000))),
+            2 | 3 => (
+                "Deposited",
+                deposit(
+                    rng.below(4),
+                    t,
+                    rng.range(1, 2),
+                    rng.range(1, 10_000),
+                    rng.range(1, 100_000),
+                ),
+            ),
+            4 => (
+                "Redeemed",
+                redeem(
+                    rng.below(4),
+                    t,
+                    rng.range(1, 2),
+                    rng.range(1, 1_000),
+                    rng.below(3) * rng.range(1, 100_000),
+                ),
+            ),
+            _ => (
+                "SharePriceChanged",
+                price(
+                    t,
+                    rng.range(1, 2),
+                    rng.range(900, 1100),
+                    rng.range(1, 1_000_000),
+                    rng.range(1, 1_000_000),
+                ),
+            ),
         };
         events.push(SimEvent {
             name,
@@ -547,8 +711,23 @@ fn build_block(
 /// A consumer that crashed: it read entries and never acknowledged them;
 /// with `commit`, it had committed the events before its first notice of each
 /// stream (a crash between commit and ack).
-async fn crashed_consumer(db: &TestDb, redis_url: &str, streams: &[String], group: &str, count: usize, commit: bool) {
-    let mut intake = worker::intake::StreamIntake::new(redis_url, streams, group, &unique("crashed"), count, Duration::from_millis(10)).unwrap();
+async fn crashed_consumer(
+    db: &TestDb,
+    redis_url: &str,
+    streams: &[String],
+    group: &str,
+    count: usize,
+    commit: bool,
+) {
+    let mut intake = worker::intake::StreamIntake::new(
+        redis_url,
+        streams,
+        group,
+        &unique("crashed"),
+        count,
+        Duration::from_millis(10),
+    )
+    .unwrap();
     intake.ensure_groups().await.unwrap();
     let read = intake.read(worker::intake::ReadFrom::New).await.unwrap();
     if !commit {
@@ -561,7 +740,11 @@ async fn crashed_consumer(db: &TestDb, redis_url: &str, streams: &[String], grou
             noticed.insert(raw.stream.clone());
         }
         if !noticed.contains(&raw.stream) {
-            committed.push(worker::decode::decode_entry(&raw.stream, &raw.id, &raw.fields));
+            committed.push(worker::decode::decode_entry(
+                &raw.stream,
+                &raw.id,
+                &raw.fields,
+            ));
         }
     }
     worker::persistence::write_entries(&db.pool, &committed, Default::default(), None)
@@ -612,11 +795,23 @@ async fn random_histories_equal_the_canonical_chain() {
             }
         }
         redis
-            .xadd_all(order.iter().map(|(s, i)| (names[*s].as_str(), h.per_stream[*s][*i].as_str())))
+            .xadd_all(
+                order
+                    .iter()
+                    .map(|(s, i)| (names[*s].as_str(), h.per_stream[*s][*i].as_str())),
+            )
             .await;
         let group = unique("group");
         if crash > 0 {
-            crashed_consumer(&db, &redis.url, &names, &group, rng.range(1, 8) as usize, crash == 2).await;
+            crashed_consumer(
+                &db,
+                &redis.url,
+                &names,
+                &group,
+                rng.range(1, 8) as usize,
+                crash == 2,
+            )
+            .await;
         }
         let args: Vec<_> = (0..workers)
             .map(|w| {
@@ -631,13 +826,22 @@ async fn random_histories_equal_the_canonical_chain() {
         assert_eq!(dead_letters(&db).await, Vec::<String>::new(), "case {case}");
 
         let expected = reference(&h.canonical, h.streams).await;
-        assert_same_tables(&db.snapshot().await, &expected.snapshot().await, &format!("case {case} (seed {case_seed:#x})"));
-        assert_eq!(event_rows(&db).await, event_rows(&expected).await, "case {case} (seed {case_seed:#x})");
+        assert_same_tables(
+            &db.snapshot().await,
+            &expected.snapshot().await,
+            &format!("case {case} (seed {case_seed:#x})"),
+        );
+        assert_eq!(
+            event_rows(&db).await,
+            event_rows(&expected).await,
+            "case {case} (seed {case_seed:#x})"
+        );
 
-        let (apply_ms, copies): (Option<i64>, i64) = sqlx::query_as("SELECT max(apply_ms), count(*) FROM reorg_fence")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let (apply_ms, copies): (Option<i64>, i64) =
+            sqlx::query_as("SELECT max(apply_ms), count(*) FROM reorg_fence")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         longest_apply_ms = longest_apply_ms.max(apply_ms.unwrap_or(0));
         reorgs_total += h.reorgs;
         copies_total += copies;

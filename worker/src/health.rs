@@ -245,7 +245,11 @@ impl Health {
                 .clone(),
             analytics,
             fold: self.fold.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            reorgs: self.reorgs.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            reorgs: self
+                .reorgs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             last_error: latest(&|_: &Source| true),
             errors: problems
                 .iter()

@@ -546,7 +546,10 @@ fn parse_first_pending(reply: Value) -> Result<Option<crate::reorg::PendingEntry
             consumer: text(consumer).unwrap_or_default(),
             idle: Duration::from_millis(text(idle).and_then(|i| i.parse().ok()).unwrap_or(0)),
         })),
-        _ => Err(reply_error("XPENDING", "pending entry has fewer than 3 fields")),
+        _ => Err(reply_error(
+            "XPENDING",
+            "pending entry has fewer than 3 fields",
+        )),
     }
 }
 

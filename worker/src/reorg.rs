@@ -70,21 +70,22 @@ pub struct ReorgNotice {
 pub enum Control {
     Reorg(Vec<ReorgNotice>),
     /// A `__rindexer_*` entry this worker does not know.
-    Unknown { event_name: String },
+    Unknown {
+        event_name: String,
+    },
     /// A reorg notice without what applying it needs (bad input).
-    Malformed { reason: String, raw: Vec<u8> },
+    Malformed {
+        reason: String,
+        raw: Vec<u8>,
+    },
 }
 
 /// The control entry `entry` is, if it is one (any payload field name the
 /// decoder accepts; numbers in any of its spellings).
 pub fn control_of(entry: &RawEntry) -> Option<Control> {
-    let raw = PAYLOAD_FIELDS.iter().find_map(|name| {
-        entry
-            .fields
-            .iter()
-            .find(|(f, _)| f == name)
-            .map(|(_, v)| v)
-    })?;
+    let raw = PAYLOAD_FIELDS
+        .iter()
+        .find_map(|name| entry.fields.iter().find(|(f, _)| f == name).map(|(_, v)| v))?;
     // Cheap test first: almost every entry is an event.
     if !raw
         .windows(CONTROL_PREFIX.len())
@@ -115,7 +116,12 @@ fn notices(envelope: &Value) -> Result<Vec<ReorgNotice>, String> {
     let items: Vec<&Value> = match envelope.get("event_data") {
         Some(Value::Array(items)) => items.iter().collect(),
         Some(item @ Value::Object(_)) => vec![item],
-        Some(other) => return Err(format!("event_data is {}, not an object or array", kind(other))),
+        Some(other) => {
+            return Err(format!(
+                "event_data is {}, not an object or array",
+                kind(other)
+            ))
+        }
         None => return Err("event_data is missing".into()),
     };
     if items.is_empty() {
@@ -142,7 +148,11 @@ fn notice(item: &Value, envelope_network: Option<&str>) -> Result<ReorgNotice, S
     }
     let network = match fields.get("network") {
         Some(Value::String(n)) if !n.is_empty() && !n.contains('\0') => n.clone(),
-        Some(other) => return Err(format!("field `network` expected a network name, got {other}")),
+        Some(other) => {
+            return Err(format!(
+                "field `network` expected a network name, got {other}"
+            ))
+        }
         None => envelope_network
             .filter(|n| !n.is_empty() && !n.contains('\0'))
             .map(str::to_string)
@@ -151,16 +161,16 @@ fn notice(item: &Value, envelope_network: Option<&str>) -> Result<ReorgNotice, S
     let number = |name: &str| -> Result<Option<i64>, String> {
         let parsed = match fields.get(name) {
             None | Some(Value::Null) => return Ok(None),
-            Some(Value::String(s)) => numbers::parse_small(Spelling::Text(s), i64::MAX as u64, "a block number"),
+            Some(Value::String(s)) => {
+                numbers::parse_small(Spelling::Text(s), i64::MAX as u64, "a block number")
+            }
             Some(Value::Number(n)) => {
                 let text = n.to_string();
                 numbers::parse_small(Spelling::Literal(&text), i64::MAX as u64, "a block number")
             }
             Some(other) => return Err(format!("field `{name}` expected a number, got {other}")),
         };
-        parsed
-            .map(Some)
-            .map_err(|e| format!("field `{name}` {e}"))
+        parsed.map(Some).map_err(|e| format!("field `{name}` {e}"))
     };
     let fork_block = number("fork_block")?.ok_or("field `fork_block` is missing")?;
     let affected_tx_hashes = match fields.get("affected_tx_hashes") {
@@ -266,23 +276,20 @@ pub async fn discard_fenced<'a>(
         let (Ok(ms), Ok(seq)) = (ms.parse::<u64>(), seq.parse::<u64>()) else {
             continue;
         };
-        fences
-            .entry(row.try_get(0)?)
-            .or_default()
-            .push(Fence {
-                network: row.try_get(1)?,
-                fork_block: row.try_get(2)?,
-                position: (ms, seq),
-            });
+        fences.entry(row.try_get(0)?).or_default().push(Fence {
+            network: row.try_get(1)?,
+            fork_block: row.try_get(2)?,
+            position: (ms, seq),
+        });
     }
     let cut_off = |entry: &DecodedEntry, network: &str, block: i64| -> bool {
         let Some(position) = entry_position(&entry.entry_id) else {
             return false;
         };
         fences.get(&*entry.stream).is_some_and(|fences| {
-            fences.iter().any(|f| {
-                f.network == network && block >= f.fork_block && position < f.position
-            })
+            fences
+                .iter()
+                .any(|f| f.network == network && block >= f.fork_block && position < f.position)
         })
     };
     let any = entries.iter().any(|e| {
@@ -435,7 +442,7 @@ pub async fn handle(
                 .control_entries_ignored
                 .get_or_create(&EventNameLabel { event_name })
                 .inc();
-            ack(consumer, intake, &entry, stop).await;
+            ack(intake, &entry, stop).await;
         }
         Control::Malformed { reason, raw } => {
             tracing::warn!(stream = %entry.stream, entry_id = %entry.id, %reason,
@@ -470,7 +477,7 @@ pub async fn handle(
             .await;
             if written.is_some() {
                 consumer.metrics.dead_letters.inc();
-                ack(consumer, intake, &entry, stop).await;
+                ack(intake, &entry, stop).await;
             }
         }
         Control::Reorg(notices) => {
@@ -483,7 +490,7 @@ pub async fn handle(
                     return;
                 }
             }
-            ack(consumer, intake, &entry, stop).await;
+            ack(intake, &entry, stop).await;
         }
     }
 }
@@ -659,12 +666,7 @@ where
     }
 }
 
-async fn ack(
-    consumer: &Consumer,
-    intake: &mut StreamIntake,
-    entry: &RawEntry,
-    stop: &CancellationToken,
-) {
+async fn ack(intake: &mut StreamIntake, entry: &RawEntry, stop: &CancellationToken) {
     let key = [(entry.stream.clone(), entry.id.clone())];
     let mut failures = 0u32;
     loop {
@@ -855,7 +857,11 @@ mod tests {
             panic!("not a reorg notice");
         };
         assert_eq!(
-            (notices[0].network.as_str(), notices[0].fork_block, notices[0].depth),
+            (
+                notices[0].network.as_str(),
+                notices[0].fork_block,
+                notices[0].depth
+            ),
             ("base", 27, 12)
         );
     }
@@ -881,7 +887,10 @@ mod tests {
         let Some(Control::Malformed { reason, .. }) = control_of(&raw("payload", notice)) else {
             panic!("not malformed");
         };
-        assert_eq!(reason, "__rindexer_reorg: item 0: field `fork_block` is missing");
+        assert_eq!(
+            reason,
+            "__rindexer_reorg: item 0: field `fork_block` is missing"
+        );
         let notice = r#"{"event_name":"__rindexer_reorg","event_data":[{"type":"reorg","network":"base","fork_block":"x"}]}"#;
         let Some(Control::Malformed { reason, .. }) = control_of(&raw("payload", notice)) else {
             panic!("not malformed");
