@@ -371,7 +371,12 @@ async fn a_dropped_entry_delivered_again_after_its_notice_is_discarded() {
     let group = unique("group");
     consume_until_idle(
         &db,
-        vec![stream_args(&redis.url, std::slice::from_ref(&stream), &group, "c1")],
+        vec![stream_args(
+            &redis.url,
+            std::slice::from_ref(&stream),
+            &group,
+            "c1",
+        )],
         Duration::from_secs(30),
     )
     .await;
@@ -387,7 +392,12 @@ async fn a_dropped_entry_delivered_again_after_its_notice_is_discarded() {
         .unwrap();
     consume_until_idle(
         &db,
-        vec![stream_args(&redis.url, std::slice::from_ref(&stream), &group, "c2")],
+        vec![stream_args(
+            &redis.url,
+            std::slice::from_ref(&stream),
+            &group,
+            "c2",
+        )],
         Duration::from_secs(30),
     )
     .await;
