@@ -421,6 +421,68 @@ async fn a_dropped_entry_delivered_again_after_its_notice_is_discarded() {
     );
 }
 
+/// The running process shows an applied reorg in /metrics and /health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_reorg_shows_in_metrics_and_health() {
+    let db = TestDb::new().await;
+    let mut redis = TestRedis::new().await;
+    let stream = unique("deposited");
+    let kept = entry(
+        "Deposited",
+        vec![item(deposit(1, 1, 1, 100, 100), 1, 10, 0)],
+    );
+    let dropped = entry("Deposited", vec![item(deposit(2, 1, 1, 50, 150), 2, 12, 0)]);
+    let copy = notice(NETWORK, 11, 2);
+    let unknown = json!({"event_name": "__rindexer_heartbeat", "event_data": []}).to_string();
+    redis
+        .xadd_all([
+            (stream.as_str(), kept.as_str()),
+            (stream.as_str(), dropped.as_str()),
+            (stream.as_str(), copy.as_str()),
+            (stream.as_str(), copy.as_str()),
+            (stream.as_str(), unknown.as_str()),
+        ])
+        .await;
+    let group = unique("group");
+    let streams = vec![stream.clone()];
+    let mut worker =
+        system_tests::WorkerProcess::start(&db.url, &redis.url, &streams, &group, "pod-r", &[]);
+    worker.wait_http().await;
+    redis
+        .wait_until_idle(&streams, &group, Duration::from_secs(60))
+        .await;
+    let (_, metrics) = worker.get("/metrics").await.unwrap();
+    for line in [
+        "pgw_chain_reorgs_applied_total{network=\"testnet\"} 1",
+        "pgw_reorg_notices_total{outcome=\"applied\"} 1",
+        "pgw_reorg_notices_total{outcome=\"duplicate\"} 1",
+        "pgw_reorg_events_removed_total 1",
+        "pgw_control_entries_ignored_total{event_name=\"__rindexer_heartbeat\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+    // The monitor reads chain_reorg into /health.
+    let started = Instant::now();
+    let health = loop {
+        let (_, health) = worker.get("/health").await.unwrap();
+        let health: Value = serde_json::from_str(&health).unwrap();
+        if health["reorgs"]["applied"] == 1 {
+            break health;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["reorgs"]["latest"]["fork_block"], 11, "{health}");
+    assert_eq!(health["reorgs"]["latest"]["events_removed"], 1, "{health}");
+    worker.signal("TERM");
+    assert!(worker.wait_exit(Duration::from_secs(60)).await.success());
+    assert_eq!(db.count("deposited_events").await, 1);
+    assert_eq!(dead_letters(&db).await, Vec::<String>::new());
+}
+
 // ---------------------------------------------------------------------------
 // Property test: random histories and reorgs.
 // ---------------------------------------------------------------------------
