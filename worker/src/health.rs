@@ -99,6 +99,7 @@ pub struct Health {
     pub backlog: Mutex<Vec<StreamBacklog>>,
     pub analytics: Mutex<AnalyticsHealth>,
     pub fold: Mutex<FoldHealth>,
+    pub reorgs: Mutex<crate::reorg::ReorgHealth>,
     problems: Mutex<BTreeMap<Source, Problem>>,
     seq: AtomicU64,
 }
@@ -139,6 +140,8 @@ pub struct HealthReport {
     pub streams: Vec<StreamBacklog>,
     pub analytics: AnalyticsHealth,
     pub fold: FoldHealth,
+    /// Chain reorganisations applied from rindexer's notices (ADR 0018).
+    pub reorgs: crate::reorg::ReorgHealth,
     /// The latest current problem, if any.
     pub last_error: Option<String>,
     /// Every current problem, by source ("postgres batch pod-0", …).
@@ -246,6 +249,11 @@ impl Health {
                 .clone(),
             analytics,
             fold: self.fold.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            reorgs: self
+                .reorgs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             last_error: latest(&|_: &Source| true),
             errors: problems
                 .iter()

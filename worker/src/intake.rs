@@ -325,6 +325,30 @@ impl StreamIntake {
         Ok(())
     }
 
+    /// The first entry of `stream` before `entry_id` that the group has
+    /// delivered but nobody has acknowledged (a reorg notice waits for it,
+    /// ADR 0018).
+    pub async fn first_pending_before(
+        &mut self,
+        stream: &str,
+        entry_id: &str,
+    ) -> Result<Option<crate::reorg::PendingEntry>, IntakeError> {
+        let result = async {
+            let mut con = self.commands().await?;
+            let reply: Value = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(&self.group)
+                .arg("-")
+                .arg(format!("({entry_id}"))
+                .arg(1)
+                .query_async(&mut con)
+                .await?;
+            parse_first_pending(reply)
+        }
+        .await;
+        self.reset_on_error(result)
+    }
+
     /// Lag and pending count of the group on each stream.
     pub async fn backlog(&mut self) -> Result<Vec<StreamBacklog>, IntakeError> {
         let result = async {
@@ -506,6 +530,27 @@ fn parse_autoclaim_reply(
     let mut deleted = deleted;
     deleted.extend(nil.into_iter().map(|e| e.id.to_string()));
     Ok((present, deleted))
+}
+
+/// The first `[id, consumer, idle ms, deliveries]` of an extended XPENDING reply.
+fn parse_first_pending(reply: Value) -> Result<Option<crate::reorg::PendingEntry>, IntakeError> {
+    let Value::Array(items) = reply else {
+        return Err(reply_error("XPENDING", "reply is not an array"));
+    };
+    let Some(Value::Array(fields)) = items.into_iter().next() else {
+        return Ok(None);
+    };
+    match fields.as_slice() {
+        [id, consumer, idle, ..] => Ok(Some(crate::reorg::PendingEntry {
+            id: text(id).unwrap_or_default(),
+            consumer: text(consumer).unwrap_or_default(),
+            idle: Duration::from_millis(text(idle).and_then(|i| i.parse().ok()).unwrap_or(0)),
+        })),
+        _ => Err(reply_error(
+            "XPENDING",
+            "pending entry has fewer than 3 fields",
+        )),
+    }
 }
 
 /// The group's backlog and its last-delivered-id.

@@ -6,6 +6,7 @@
 //! - [`decode`]: rindexer entries to validated, normalised events;
 //! - [`network`]: one database holds one network, checked in each batch;
 //! - [`persistence`]: one transaction per batch, retries, dead letters;
+//! - [`reorg`]: rindexer's reorg notices as per-stream fences (ADR 0018);
 //! - [`aggregates`]: atoms and triples, per-key deltas and how they fold into
 //!   base tables, term aggregates and the analytics queue;
 //! - [`fold`]: partition owners folding deltas (ADR 0015);
@@ -36,6 +37,7 @@ pub mod persistence;
 pub mod pipeline;
 pub mod queries;
 pub mod ratelimit;
+pub mod reorg;
 pub mod rollback;
 pub mod tls;
 pub mod verify;

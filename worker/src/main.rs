@@ -485,6 +485,14 @@ async fn monitor(
                     {
                         tracing::warn!(%error, "reading fold statistics failed");
                     }
+                    match worker::reorg::stats(&pool).await {
+                        Ok(reorgs) => {
+                            *health.reorgs.lock().unwrap_or_else(|e| e.into_inner()) = reorgs
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "reading applied reorgs failed");
+                        }
+                    }
                     match analytics::queue_stats(&pool).await {
                         Ok((depth, parked, oldest)) => {
                             health.clear(&Source::queue_stats());

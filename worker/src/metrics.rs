@@ -72,6 +72,8 @@ pub struct Metrics {
     pub fold_parked: Counter,
     pub fold_parked_deltas: Gauge,
     pub fold_newer_format_deltas: Gauge,
+    /// rindexer reorg notices and control entries (ADR 0018).
+    pub reorg: crate::reorg::ReorgMetrics,
 }
 
 /// Fine buckets (x1.2 from 0.5 ms to ~3 min) for the stream-entry latency,
@@ -134,6 +136,7 @@ impl Metrics {
             fold_parked: Counter::default(),
             fold_parked_deltas: Gauge::default(),
             fold_newer_format_deltas: Gauge::default(),
+            reorg: crate::reorg::ReorgMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -327,6 +330,7 @@ impl Metrics {
             "Deltas of a newer format than this binary folds, left for a newer binary (a rolling upgrade)",
             m.fold_newer_format_deltas.clone(),
         );
+        m.reorg.register(&mut registry);
         Metrics { registry, ..m }
     }
 

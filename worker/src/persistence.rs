@@ -81,6 +81,8 @@ pub struct WriteOutcome {
     pub fold_deltas: u64,
     /// Transactions rolled back on conflict and run again.
     pub conflict_retries: u64,
+    /// Events of dropped branches delivered again, discarded (ADR 0018).
+    pub fenced_events: u64,
 }
 
 impl WriteOutcome {
@@ -93,6 +95,7 @@ impl WriteOutcome {
         self.refused_entries += other.refused_entries;
         self.fold_deltas += other.fold_deltas;
         self.conflict_retries += other.conflict_retries;
+        self.fenced_events += other.fenced_events;
     }
 
     pub fn stored_events(&self) -> u64 {
@@ -183,11 +186,14 @@ async fn write_with_retries(
     };
     let result = failure::retry(&policy, || async {
         let mut tx = pool.begin().await?;
+        // Reorg fences first (ADR 0018): events their stream's notice cut off go.
+        let (entries, fenced_events) = crate::reorg::discard_fenced(&mut tx, entries).await?;
         // One network per database (crate::network): checked first, refused whole.
-        if let Err(refused) = network::check(&mut tx, entries).await? {
+        if let Err(refused) = network::check(&mut tx, &entries).await? {
             return Ok(Err(refused));
         }
-        let outcome = write_in_transaction(&mut tx, entries, trace_context).await?;
+        let mut outcome = write_in_transaction(&mut tx, &entries, trace_context).await?;
+        outcome.fenced_events = fenced_events;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(Ok(outcome))
     })

@@ -198,10 +198,28 @@ impl Consumer {
             .outage(&self.stream_source(), format!("redis: {error}"));
     }
 
+    /// Processes a batch in stream order: runs of events as batches, rindexer
+    /// control entries (reorg notices) one by one between them (ADR 0018).
+    async fn process(
+        &self,
+        intake: &mut StreamIntake,
+        raw: Vec<RawEntry>,
+        stop: &CancellationToken,
+    ) {
+        for segment in crate::reorg::segments(raw) {
+            match segment {
+                crate::reorg::Segment::Data(raw) => self.process_events(intake, raw, stop).await,
+                crate::reorg::Segment::Control(entry, control) => {
+                    crate::reorg::handle(self, intake, entry, control, stop).await
+                }
+            }
+        }
+    }
+
     /// Decodes, commits and acknowledges one batch, in a `batch` span with
     /// `db.transaction` and `redis.ack` children. Keeps retrying while
     /// PostgreSQL is unavailable: nothing is acknowledged before it commits.
-    async fn process(
+    async fn process_events(
         &self,
         intake: &mut StreamIntake,
         raw: Vec<RawEntry>,
@@ -405,6 +423,7 @@ impl Consumer {
                 .inc_by(*n);
         }
         m.events_duplicate.inc_by(outcome.duplicate_events);
+        m.reorg.events_discarded.inc_by(outcome.fenced_events);
         m.dead_letters.inc_by(outcome.dead_letters);
         m.refused_entries.inc_by(outcome.refused_entries);
         m.transaction_retries.inc_by(outcome.conflict_retries);

@@ -65,3 +65,13 @@ named_queries! {
     MARK_DEAD_LETTER_REPLAYED => "mark_dead_letter_replayed.sql",
     MARK_DEAD_LETTER_FAILED => "mark_dead_letter_failed.sql",
 }
+
+named_queries! {
+    LOCK_REORG_FENCE_SHARED => "lock_reorg_fence_shared.sql",
+    LOCK_REORG_FENCE_EXCLUSIVE => "lock_reorg_fence_exclusive.sql",
+    SELECT_REORG_FENCE_COPY => "select_reorg_fence_copy.sql",
+    RECORD_CHAIN_REORG => "record_chain_reorg.sql",
+    INSERT_REORG_FENCE => "insert_reorg_fence.sql",
+    SELECT_REORG_FENCES => "select_reorg_fences.sql",
+    REORG_STATS => "reorg_stats.sql",
+}

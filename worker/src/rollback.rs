@@ -2,7 +2,9 @@
 //! removes that network's events above block B and recomputes every derived
 //! row they touched (analytics included) from the remaining events, in one
 //! transaction. Entries that arrive again afterwards apply normally (their
-//! event rows are gone, so they are new again).
+//! event rows are gone, so they are new again). rindexer's own reorg notices
+//! use the same removal, narrowed to one stream's earlier entries
+//! ([`crate::reorg`], ADR 0018).
 
 use crate::analytics;
 use crate::failure::{self, ConflictRetry, Policy};
@@ -27,6 +29,41 @@ pub struct RollbackReport {
     pub rows_recomputed: Vec<(&'static str, u64)>,
     /// Triples whose analytics were recomputed.
     pub triples_recomputed: usize,
+    /// The first removed events (at most [`REMOVED_SAMPLE`]), for the log and
+    /// the reorg span (ADR 0018).
+    pub removed_sample: Vec<RemovedEvent>,
+}
+
+/// How many removed events a report names one by one.
+pub const REMOVED_SAMPLE: usize = 200;
+
+/// One removed event and the stream entry it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedEvent {
+    pub table: &'static str,
+    pub stream: String,
+    pub entry_id: String,
+    pub item_index: i32,
+    pub transaction_hash: String,
+    pub log_index: i64,
+    pub block_number: i64,
+}
+
+/// The events a removal takes away: the network's events at or above
+/// `min_block`; with `before_entry`, only those of that stream's entries
+/// before that entry id (a reorg notice's fence, ADR 0018).
+#[derive(Debug, Clone, Copy)]
+pub struct Removal<'a> {
+    pub network: &'a str,
+    pub min_block: i64,
+    pub before_entry: Option<(&'a str, &'a str)>,
+}
+
+impl RollbackReport {
+    /// Events removed in all event tables.
+    pub fn events_removed_total(&self) -> u64 {
+        self.events_removed.iter().map(|(_, n)| n).sum()
+    }
 }
 
 impl RollbackReport {
@@ -70,7 +107,12 @@ pub async fn rollback(
     };
     let done = failure::retry(&policy, || async {
         let mut tx = pool.begin().await?;
-        let report = rollback_in(&mut tx, network, to_block).await?;
+        let removal = Removal {
+            network,
+            min_block: to_block.saturating_add(1),
+            before_entry: None,
+        };
+        let report = remove_and_recompute(&mut tx, &removal).await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(report)
     })
@@ -78,11 +120,16 @@ pub async fn rollback(
     Ok(done.value)
 }
 
-async fn rollback_in(
+/// Removes the events `removal` selects and recomputes every derived row
+/// they touched (pending fold deltas first, analytics included), inside `tx`.
+pub async fn remove_and_recompute(
     tx: &mut Transaction<'_, Postgres>,
-    network: &str,
-    to_block: i64,
+    removal: &Removal<'_>,
 ) -> Result<RollbackReport, sqlx::Error> {
+    let (stream, before) = match removal.before_entry {
+        Some((stream, entry)) => (Some(stream), Some(entry)),
+        None => (None, None),
+    };
     // Writers wait (readers do not) while the chain is rewound.
     let base: Vec<_> = DERIVED_TABLES.iter().filter(|t| !t.analytics).collect();
     // Folders first (they start with fold_partition), then in the order
@@ -102,22 +149,57 @@ async fn rollback_in(
     // recomputed below are then exact.
     crate::fold::fold_all_in(tx).await?;
     sqlx::query(queries::ROLLBACK_COLLECT_KEYS)
-        .bind(network)
-        .bind(to_block)
+        .bind(removal.network)
+        .bind(removal.min_block)
+        .bind(stream)
+        .bind(before)
         .execute(&mut **tx)
         .await?;
 
     let mut report = RollbackReport::default();
     for table in EVENT_TABLES {
+        let delete = format!(
+            "DELETE FROM {table} WHERE network = $1 AND block_number >= $2 \
+             AND ($3::text IS NULL OR (stream = $3 AND stream_entry_position(entry_id) < stream_entry_position($4)))"
+        );
+        if stream.is_none() {
+            // A manual rollback can remove millions of events: count them only.
+            let removed = sqlx::query(&delete)
+                .bind(removal.network)
+                .bind(removal.min_block)
+                .bind(stream)
+                .bind(before)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            report.events_removed.push((table, removed));
+            continue;
+        }
+        // A reorg's branch is a few blocks of one stream: name what it removes.
         let removed = sqlx::query(&format!(
-            "DELETE FROM {table} WHERE network = $1 AND block_number > $2"
+            "{delete} RETURNING stream, entry_id, item_index, transaction_hash, log_index, block_number"
         ))
-        .bind(network)
-        .bind(to_block)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        report.events_removed.push((table, removed));
+        .bind(removal.network)
+        .bind(removal.min_block)
+        .bind(stream)
+        .bind(before)
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in removed
+            .iter()
+            .take(REMOVED_SAMPLE.saturating_sub(report.removed_sample.len()))
+        {
+            report.removed_sample.push(RemovedEvent {
+                table,
+                stream: row.try_get(0)?,
+                entry_id: row.try_get(1)?,
+                item_index: row.try_get(2)?,
+                transaction_hash: row.try_get(3)?,
+                log_index: row.try_get(4)?,
+                block_number: row.try_get(5)?,
+            });
+        }
+        report.events_removed.push((table, removed.len() as u64));
     }
 
     // Base tables: delete the touched keys, re-insert them from the definitions.
