@@ -28,12 +28,24 @@ fn main() -> ExitCode {
         Command::Analytics(a) => (a.telemetry.clone(), "postgres-writer-analytics"),
         _ => (telemetry::TelemetryArgs::disabled(), "postgres-writer"),
     };
-    telemetry::run_main(
-        &telemetry_args,
-        service,
-        "info,sqlx=warn",
-        dispatch(cli.command),
-    )
+    telemetry::run_main(&telemetry_args, service, "info,sqlx=warn", async move {
+        dispatch(cli.command).await.or_else(schema_refused)
+    })
+}
+
+/// Exit code of a command refused on a schema this binary cannot work on
+/// (not 1, which `verify` gives for drift and every command for an error).
+const EXIT_SCHEMA_REFUSED: u8 = 3;
+
+/// A refusal of [`db::require_usable_schema`] exits with its own code.
+fn schema_refused(error: anyhow::Error) -> anyhow::Result<ExitCode> {
+    match error.downcast_ref::<db::SchemaRefusal>() {
+        Some(refusal @ db::SchemaRefusal::Unusable { .. }) => {
+            eprintln!("error: {refusal}");
+            Ok(ExitCode::from(EXIT_SCHEMA_REFUSED))
+        }
+        _ => Err(error),
+    }
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -97,6 +109,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-verify")?;
+            db::require_usable_schema(&pool, "verify").await?;
             let report = verify::verify(&pool, args.show)
                 .await
                 .context("verifying")?;
@@ -110,6 +123,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Rebuild(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-rebuild")?;
+            db::require_usable_schema(&pool, "rebuild").await?;
             for (table, rows) in verify::rebuild(&pool, args.analytics_only)
                 .await
                 .context("rebuilding")?
@@ -124,6 +138,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 bail!("invalid --to-block {}: must be 0 or more", args.to_block);
             }
             let pool = db::pool(&args.database, "postgres-writer-rollback")?;
+            db::require_usable_schema(&pool, "rollback").await?;
             let report = worker::rollback::rollback(&pool, &args.network, args.to_block)
                 .await
                 .context("rolling back")?;
@@ -133,6 +148,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Requeue(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-requeue")?;
+            db::require_usable_schema(&pool, "requeue").await?;
             let terms = (!args.terms.is_empty()).then_some(args.terms.as_slice());
             let n = analytics::requeue_parked(&pool, terms)
                 .await
@@ -210,6 +226,7 @@ async fn dead_letters_command(command: DeadLettersCommand) -> anyhow::Result<Exi
         DeadLettersCommand::Replay(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-dead-letters")?;
+            db::require_usable_schema(&pool, "dead-letters replay").await?;
             let report = dead_letters::replay(
                 &pool,
                 &args.filter.filter(),
