@@ -46,6 +46,18 @@ impl TestDb {
 
     /// A fresh database on the server of `admin_url` (a database URL).
     pub async fn create_in(admin_url: &str) -> TestDb {
+        TestDb::create_with(admin_url, "").await
+    }
+
+    /// A fresh database whose server encoding is `encoding` (C locale), for
+    /// text that encoding cannot hold.
+    pub async fn with_encoding(encoding: &str) -> TestDb {
+        let options =
+            format!("ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+        TestDb::create_with(&env("PGW_TEST_DATABASE_URL"), &options).await
+    }
+
+    async fn create_with(admin_url: &str, options: &str) -> TestDb {
         let admin_url = admin_url.to_string();
         let admin = PgPoolOptions::new()
             .max_connections(1)
@@ -53,7 +65,7 @@ impl TestDb {
             .await
             .expect("connect to the test PostgreSQL");
         let name = unique("pgw");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(&format!("CREATE DATABASE {name} {options}"))
             .execute(&admin)
             .await
             .expect("create test database");

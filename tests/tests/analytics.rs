@@ -830,3 +830,147 @@ async fn rebuild_analytics_only_keeps_terms_queued_during_it() {
     db.drain_analytics().await;
     db.assert_verified().await;
 }
+
+/// Issue 22: a deadlock or serialization failure (here raised on every
+/// analytics write of one term) is never the term's fault. However often it
+/// happens, no attempt is spent and nothing is parked; the claim is released
+/// so the term is claimable again at once, and once the conflicts stop the
+/// term is processed.
+#[tokio::test]
+async fn conflicts_cost_no_attempt_and_park_nothing() {
+    let db = TestDb::new().await;
+    let mut c = Chain::new();
+    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
+    events.push(c.triple(40, 1, 2, 3));
+    write(&db, &events).await;
+    let mut settings = test_analytics_settings();
+    settings.max_attempts = 1; // a failure counted would park the term at once
+    for sqlstate in ["40P01", "40001"] {
+        let trigger = inject_errors(&db, &term(40), 1_000_000, sqlstate).await;
+        for _ in 0..2 {
+            match process_batch(&db.pool, &settings).await {
+                Err(error) => assert_eq!(
+                    worker::failure::classify(&error),
+                    worker::failure::Failure::Conflict,
+                    "{error}"
+                ),
+                Ok(report) => assert_eq!(
+                    (report.retried, report.parked),
+                    (0, 0),
+                    "a {sqlstate} conflict counted as a failed attempt"
+                ),
+            }
+        }
+        let (attempts, parked): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(attempts), 0)::int8, count(*) FILTER (WHERE parked_at IS NOT NULL) FROM analytics_queue",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!((attempts, parked), (0, 0), "{sqlstate} spent attempts");
+        sqlx::query(&format!("DROP TRIGGER {trigger} ON triple_term"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    // Claimable at once: the conflict released the claim (no lease to wait out).
+    let claimed = claim(&db.pool, &settings).await.unwrap();
+    assert_eq!(claimed_terms(&claimed), vec![term(40)]);
+    assert_eq!(complete(&db.pool, &claimed).await.unwrap().1, 1);
+    db.drain_analytics().await;
+    db.assert_verified().await;
+}
+
+/// Waits until some session of this database waits for a lock of `locktype`
+/// (a row lock is a wait for the holder's `transactionid`, which pg_locks
+/// shows without a database), or `done` says the other side finished.
+async fn wait_for_wait_event(db: &TestDb, locktype: &str, done: impl Fn() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND wait_event = $1)",
+        )
+        .bind(locktype)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting {
+            return true;
+        }
+        if done() {
+            return false;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "neither a {locktype} lock wait nor completion"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Issue 22: `rollback` and an analytics transaction take their locks in one
+/// order, so they cannot deadlock. The test holds one predicate_object row
+/// (as a second analytics worker would) so that the analytics transaction
+/// stops inside its work, starts a rollback while it waits there, then lets
+/// the analytics transaction go on. With two lock orders the two form a
+/// cycle and PostgreSQL aborts one of them (40P01); with one order the
+/// rollback waits for the analytics transaction and both commit first time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollback_and_analytics_take_their_locks_in_one_order() {
+    let db = TestDb::new().await;
+    let mut c = Chain::new();
+    let t = one_queued_triple(&db, &mut c).await;
+    let settings = test_analytics_settings();
+    let claimed = claim(&db.pool, &settings).await.unwrap();
+    assert_eq!(claimed_terms(&claimed), vec![t.clone()]);
+
+    let mut holder = db.pool.begin().await.unwrap();
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM predicate_object \
+         WHERE predicate_id = $1 AND object_id = $2 FOR UPDATE) x",
+    )
+    .bind(term(2))
+    .bind(term(3))
+    .fetch_one(&mut *holder)
+    .await
+    .unwrap();
+    assert_eq!(held, 1);
+
+    let analytics = tokio::spawn({
+        let pool = db.pool.clone();
+        async move { complete(&pool, &claimed).await }
+    });
+    // The analytics transaction waits for the held row.
+    assert!(
+        wait_for_wait_event(&db, "transactionid", || analytics.is_finished()).await,
+        "the analytics transaction did not wait for the held predicate_object row"
+    );
+    // Nothing is removed (every event is below the block); the rollback
+    // still takes all of its locks.
+    let rollback = tokio::spawn({
+        let pool = db.pool.clone();
+        async move { worker::rollback::rollback(&pool, "testnet", 1_000_000).await }
+    });
+    assert!(
+        wait_for_wait_event(&db, "relation", || rollback.is_finished()).await,
+        "the rollback did not wait for the analytics transaction's tables"
+    );
+    holder.commit().await.unwrap();
+
+    let completed = analytics.await.unwrap();
+    let report = rollback.await.unwrap().unwrap();
+    assert!(
+        completed.is_ok(),
+        "the analytics transaction was aborted: {completed:?}"
+    );
+    assert_eq!(completed.unwrap().1, 1);
+    assert_eq!(
+        report.conflict_retries,
+        0,
+        "the rollback deadlocked with the analytics transaction:\n{}",
+        report.render()
+    );
+    db.drain_analytics().await;
+    db.assert_verified().await;
+}

@@ -182,3 +182,141 @@ async fn entry_the_database_refuses_is_isolated() {
         "{reason}"
     );
 }
+
+/// Issue 22: when PostgreSQL refuses one item of an entry of several items
+/// (a data error, SQLSTATE class 22 or 23), only that item is dead-lettered,
+/// as an item letter a replay can apply alone; its neighbours are stored.
+#[tokio::test]
+async fn an_item_the_database_refuses_is_dead_lettered_alone() {
+    let db = TestDb::new().await;
+    sqlx::query("ALTER TABLE deposited_events ADD CONSTRAINT small_assets CHECK (assets < 1000)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let refused = deposit(2, json!("5000"), ADDR_A);
+    let payloads = [
+        envelope(
+            "Deposited",
+            json!([
+                deposit(1, json!("1"), ADDR_A),
+                refused.clone(),
+                deposit(3, json!("3"), ADDR_B),
+                deposit(4, json!("4"), ADDR_B),
+            ]),
+        ),
+        envelope("Deposited", deposit(5, json!("5"), ADDR_A)),
+    ];
+    let entries: Vec<_> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            worker::decode::decode_entry(
+                &std::sync::Arc::from("s"),
+                &std::sync::Arc::from(format!("{i}-0").as_str()),
+                &[("payload".to_string(), payload.clone().into_bytes())],
+            )
+        })
+        .collect();
+    let outcome = worker::persistence::write_entries(&db.pool, &entries, Default::default(), None)
+        .await
+        .unwrap();
+    assert_eq!((outcome.refused_items, outcome.refused_entries), (1, 0));
+    assert_eq!(outcome.stored_events(), 4);
+    assert_eq!(
+        db.count("deposited_events").await,
+        4,
+        "the neighbours are stored"
+    );
+    let (entry_id, item_index, raw, network, reason): (
+        String,
+        Option<i32>,
+        Vec<u8>,
+        Option<String>,
+        String,
+    ) = sqlx::query_as(
+        "SELECT entry_id, item_index, raw_payload, envelope_network, reason FROM dead_letters",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((entry_id.as_str(), item_index), ("0-0", Some(1)));
+    let item: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(item, refused, "the letter holds the refused item exactly");
+    assert_eq!(network.as_deref(), Some("testnet"));
+    assert!(
+        reason.contains("database refused item 1")
+            && reason.contains("small_assets")
+            && reason.contains("23514"),
+        "{reason}"
+    );
+
+    // Once the cause is fixed, the letter replays that item alone.
+    sqlx::query("ALTER TABLE deposited_events DROP CONSTRAINT small_assets")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report = worker::dead_letters::replay(&db.pool, &Default::default(), false, None)
+        .await
+        .unwrap();
+    assert_eq!((report.replayed(), report.events_stored), (1, 1));
+    assert_eq!(db.count("deposited_events").await, 5);
+    db.assert_verified().await;
+}
+
+/// Issue 22: text the database's encoding cannot hold (SQLSTATE 22P05 here;
+/// 22021 alike) is a data error of its item: the item is dead-lettered alone,
+/// with a reason that names the database's encoding.
+#[tokio::test]
+async fn an_item_the_database_encoding_cannot_hold_names_the_encoding() {
+    let db = TestDb::with_encoding("WIN1252").await;
+    let atom = |n: u64, text: &str| {
+        let data: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+        with_info(
+            json!({"creator": ADDR_A, "termId": term(n), "atomData": data, "atomWallet": ADDR_B}),
+            n,
+            200 + n,
+            0,
+        )
+    };
+    let payload = envelope(
+        "AtomCreated",
+        json!([
+            atom(1, "café"),
+            atom(2, "rocket \u{1F680}"),
+            atom(3, "plain")
+        ]),
+    );
+    let entry = worker::decode::decode_entry(
+        &std::sync::Arc::from("s"),
+        &std::sync::Arc::from("1-0"),
+        &[("payload".to_string(), payload.into_bytes())],
+    );
+    assert!(entry.dead_letters.is_empty(), "{:?}", entry.dead_letters);
+    let outcome = worker::persistence::write_entries(
+        &db.pool,
+        std::slice::from_ref(&entry),
+        Default::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.refused_items, 1);
+    assert_eq!(db.count("atom_created_events").await, 2);
+    let (item_index, reason): (Option<i32>, String) =
+        sqlx::query_as("SELECT item_index, reason FROM dead_letters")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(item_index, Some(1));
+    assert!(
+        reason.contains("22P05") && reason.contains("encoding is WIN1252"),
+        "{reason}"
+    );
+    let text: String =
+        sqlx::query_scalar("SELECT atom_data_text FROM atom_created_events WHERE term_id = $1")
+            .bind(term(1))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(text, "café", "text the encoding holds is stored");
+}

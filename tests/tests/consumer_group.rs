@@ -367,3 +367,117 @@ async fn reaping_keeps_consumers_with_pending_entries_and_itself() {
     let left = consumers(&mut redis, &ghost_stream, &group).await;
     assert_eq!(left, vec![("self".to_string(), 0)]);
 }
+
+/// Issue 22: a pending entry trimmed from the stream before it was
+/// acknowledged has one policy whether it was this consumer's own (XREADGROUP
+/// of its pending entries answers nil fields) or another consumer's (XAUTOCLAIM
+/// lists it as deleted): a dead letter whose reason says it was trimmed (never
+/// "no payload field"), one metric, and it is acknowledged. The entries still
+/// in the stream are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_pending_entries_get_one_policy_own_or_another_consumers() {
+    use system_tests::payload::*;
+    let db = TestDb::new().await;
+    let mut redis = TestRedis::new().await;
+    let stream = unique("trim");
+    let group = unique("group");
+    let mut ids = Vec::new();
+    for n in 1..=6u64 {
+        let item = with_info(
+            serde_json::json!({"creator": ADDR_A, "termId": term(n), "atomData": "6869", "atomWallet": ADDR_B}),
+            n,
+            100 + n,
+            0,
+        );
+        let payload = envelope("AtomCreated", item);
+        ids.push(redis.xadd(&stream, "payload", payload.as_bytes()).await);
+    }
+    let intake = |consumer: &str| {
+        StreamIntake::new(
+            &redis.url,
+            std::slice::from_ref(&stream),
+            &group,
+            consumer,
+            2,
+            Duration::from_millis(10),
+        )
+        .unwrap()
+    };
+    // Entries 1-2 pending on a consumer that is gone, 3-4 on "me"; 5-6 undelivered.
+    let (mut gone, mut me) = (intake("gone"), intake("me"));
+    gone.ensure_groups().await.unwrap();
+    assert_eq!(
+        gone.read(worker::intake::ReadFrom::New)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        me.read(worker::intake::ReadFrom::New).await.unwrap().len(),
+        2
+    );
+    // Entry 1 trimmed (XTRIM MINID), entry 3 deleted (XDEL), both while pending.
+    let _: i64 = redis_cmd(
+        &mut redis,
+        redis::cmd("XTRIM").arg(&stream).arg("MINID").arg(&ids[1]),
+    )
+    .await;
+    let _: i64 = redis_cmd(&mut redis, redis::cmd("XDEL").arg(&stream).arg(&ids[2])).await;
+
+    let metrics = std::sync::Arc::new(worker::metrics::Metrics::new());
+    let mut args =
+        system_tests::stream_args(&redis.url, std::slice::from_ref(&stream), &group, "me");
+    args.claim_idle_ms = 1;
+    let consumer = worker::pipeline::Consumer {
+        args,
+        pool: db.pool.clone(),
+        metrics: metrics.clone(),
+        health: std::sync::Arc::new(worker::health::Health::new(true, false)),
+        fold_wake: None,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    wait_until_idle(
+        &mut redis,
+        std::slice::from_ref(&stream),
+        &group,
+        Duration::from_secs(30),
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(
+        db.count("atom_created_events").await,
+        4,
+        "entries 2, 4, 5, 6"
+    );
+    let letters: Vec<(String, Option<i32>, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT entry_id, item_index, reason, raw_payload FROM dead_letters ORDER BY entry_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let entry_ids: Vec<&str> = letters.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(
+        entry_ids,
+        vec![ids[0].as_str(), ids[2].as_str()],
+        "{letters:?}"
+    );
+    for (_, item_index, reason, raw) in &letters {
+        assert_eq!(*item_index, None);
+        assert!(raw.is_empty());
+        assert!(
+            reason.contains("trimmed from the stream") && !reason.contains("payload field"),
+            "{reason}"
+        );
+    }
+    let text = metrics.encode();
+    assert!(
+        text.contains(&format!(
+            "pgw_entries_trimmed_total{{stream=\"{stream}\"}} 2"
+        )),
+        "{text}"
+    );
+}

@@ -130,6 +130,9 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
         .filter(|e| e.stream.ends_with("_deposited"))
         .count() as u64;
     assert!(expected["deposited_events"] > 100 && deposit_entries > 25);
+    // Each refused deposit is a letter of its own: the database refuses each
+    // item of a deposit entry, and items are isolated (issue 22).
+    let deposit_letters = expected["deposited_events"] as u64;
 
     // Break the deposits table: every valid deposit is refused (SQLSTATE 23514).
     sqlx::query(
@@ -157,8 +160,8 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(refused as u64, deposit_entries);
-    assert_eq!(db.count("dead_letters").await as u64, deposit_entries + 2);
+    assert_eq!(refused as u64, deposit_letters);
+    assert_eq!(db.count("dead_letters").await as u64, deposit_letters + 2);
 
     // list: newest first, readable, filterable.
     let (code, listed) = cli(&db, &["dead-letters", "list", "--limit", "5"]);
@@ -215,8 +218,9 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
             .await
             .unwrap();
     let (_, shown) = cli(&db, &["dead-letters", "show", &deposit_id.to_string()]);
+    // An item's letter (issue 22): the refused item, indented.
     assert!(
-        shown.contains("\"event_name\": \"Deposited\""),
+        shown.contains("\"transaction_information\": {") && shown.contains("Deposited"),
         "indented JSON: {shown}"
     );
     let (code, _) = cli(&db, &["dead-letters", "show", "999999999"]);
@@ -235,9 +239,9 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
     let numbers = summary(&dry);
     assert_eq!(
         numbers["dry run nothing written selected"],
-        deposit_entries + 2
+        deposit_letters + 2
     );
-    assert_eq!(numbers["would replay"], deposit_entries);
+    assert_eq!(numbers["would replay"], deposit_letters);
     assert_eq!(numbers["would fail again"], 2);
     assert_eq!(
         numbers["events stored"] as i64,
@@ -259,8 +263,8 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
     );
     assert_eq!(code, 0, "{out}");
     let numbers = summary(&out);
-    assert_eq!(numbers["selected"], deposit_entries);
-    assert_eq!(numbers["replayed"], deposit_entries);
+    assert_eq!(numbers["selected"], deposit_letters);
+    assert_eq!(numbers["replayed"], deposit_letters);
     assert_eq!(numbers["failed again"], 0);
     assert_eq!(numbers["already replayed"], 0);
     assert_eq!(
@@ -288,7 +292,7 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(marked, (deposit_entries as i64, deposit_entries as i64));
+    assert_eq!(marked, (deposit_letters as i64, deposit_letters as i64));
 
     // A second replay of the same letters changes nothing and says so.
     let after = fingerprint(&db).await;
@@ -303,7 +307,7 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
     );
     assert_eq!(code, 0);
     let numbers = summary(&again);
-    assert_eq!(numbers["already replayed"], deposit_entries);
+    assert_eq!(numbers["already replayed"], deposit_letters);
     assert_eq!(numbers["replayed"] + numbers["failed again"], 0);
     assert_eq!(fingerprint(&db).await, after, "a second replay is a no-op");
 
@@ -312,7 +316,7 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
     let (code, all) = cli(&db, &["dead-letters", "replay"]);
     assert_eq!(code, 2, "{all}");
     let numbers = summary(&all);
-    assert_eq!(numbers["already replayed"], deposit_entries);
+    assert_eq!(numbers["already replayed"], deposit_letters);
     assert_eq!(numbers["failed again"], 2);
     let pending: Vec<(String, Option<String>, i32)> = sqlx::query_as(
         "SELECT reason, first_reason, replay_attempts FROM dead_letters WHERE replayed_at IS NULL

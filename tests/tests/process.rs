@@ -377,3 +377,101 @@ async fn readiness_on_a_newer_schema_follows_its_declared_compatibility() {
     .await;
     wait_readyz(&worker, 503, "on a schema older than its own").await;
 }
+
+/// Issue 22: the commands that read or rewrite the read model (`verify`,
+/// `rebuild`, `rollback`, `requeue`, `dead-letters replay`) make the check
+/// `/readyz` makes: on a newer schema that does not declare this binary
+/// compatible, or a schema older than its own, each refuses with a message
+/// naming the problem and exit code 3, touching nothing; on a newer schema
+/// declared compatible each runs.
+#[tokio::test]
+async fn commands_refuse_a_schema_not_declared_compatible() {
+    let db = TestDb::new().await;
+    // Work each command would do: drift for verify and rebuild, a dead letter
+    // for replay.
+    exec(
+        &db,
+        "INSERT INTO predicate_object (predicate_id, object_id, triple_count, total_position_count, total_market_cap) \
+         VALUES ('0x01', '0x02', 7, 0, 0)",
+        &[],
+    )
+    .await;
+    exec(
+        &db,
+        "INSERT INTO dead_letters (stream, entry_id, reason, raw_payload) VALUES ('s', '1-0', 'bad', '\\x00')",
+        &[],
+    )
+    .await;
+    let run = |args: &[&str]| {
+        let out = Command::new(worker_binary())
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), stderr)
+    };
+    let commands: [(&str, &[&str]); 5] = [
+        ("verify", &["verify"]),
+        ("rebuild", &["rebuild"]),
+        (
+            "rollback",
+            &["rollback", "--network", "testnet", "--to-block", "0"],
+        ),
+        ("requeue", &["requeue"]),
+        ("dead-letters replay", &["dead-letters", "replay"]),
+    ];
+    let own = worker::db::expected_schema_version();
+    let newer = own + 1;
+    applied(&db, newer).await;
+    let declare = "INSERT INTO schema_compatibility (version, oldest_compatible) VALUES ($1, $2) \
+                   ON CONFLICT (version) DO UPDATE SET oldest_compatible = EXCLUDED.oldest_compatible";
+    exec(&db, declare, &[newer, newer]).await;
+    for (name, args) in commands {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(5), "{name} on an incompatible schema: {stderr}");
+        assert!(
+            stderr.contains(&format!("refusing to run `{name}`"))
+                && stderr.contains(&format!(
+                    "migration {newer} needs binaries of schema {newer}"
+                )),
+            "{stderr}"
+        );
+    }
+    // A newer migration without a declaration counts as incompatible.
+    exec(
+        &db,
+        "DELETE FROM schema_compatibility WHERE version = $1",
+        &[newer],
+    )
+    .await;
+    let (code, stderr) = run(&["verify"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("declares no compatibility"), "{stderr}");
+    // Nothing was touched.
+    assert_eq!(db.count("predicate_object").await, 1);
+    let attempts: i32 = sqlx::query_scalar("SELECT replay_attempts FROM dead_letters")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 0);
+
+    // Declared compatible: the commands run (verify finds the drift, rebuild removes it).
+    exec(&db, declare, &[newer, own]).await;
+    assert_eq!(run(&["verify"]).0, Some(1));
+    assert_eq!(run(&["rebuild"]).0, Some(0));
+    assert_eq!(run(&["verify"]).0, Some(0));
+    assert_eq!(run(&["requeue"]).0, Some(0));
+
+    // A schema older than the binary's: refused, naming `migrate`.
+    exec(
+        &db,
+        "DELETE FROM _sqlx_migrations WHERE version >= $1",
+        &[own],
+    )
+    .await;
+    let (code, stderr) = run(&["rollback", "--network", "testnet", "--to-block", "0"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(stderr.contains("postgres-writer migrate"), "{stderr}");
+}

@@ -11,8 +11,10 @@
 //! ADR 0012), commit. A failing batch is retried term by term so that one bad
 //! term cannot hold back the rest; a failing term is retried with jittered
 //! exponential backoff and parked after the configured number of attempts.
-//! An outage (see [`crate::failure`]) is not the terms' fault: it costs no
-//! attempt; the loop waits it out, unready, and the claims' leases run out.
+//! Only a data error (SQLSTATE class 22 or 23) is a term's failure. An outage
+//! or a deadlock/serialization failure that outlasts its reruns (see
+//! [`crate::failure`]) is not: it costs no attempt, the claims are released,
+//! and the loop waits it out, unready.
 
 use crate::backoff;
 use crate::config::AnalyticsArgs;
@@ -132,36 +134,49 @@ async fn process_batch_in(
     telemetry::link(span, parents);
 
     let result = recompute_claimed(pool, settings, &claimed).await;
-    if matches!(&result, Err(e) if classify(e) == Failure::Outage) {
-        // Best effort: when the database takes this, the terms are claimable
-        // again at once instead of when the lease ends.
-        let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
-        let tokens: Vec<i64> = claimed.iter().map(|c| c.token).collect();
-        if let Err(error) = sqlx::query(queries::RELEASE_ANALYTICS_TERMS)
-            .bind(&terms)
-            .bind(&tokens)
-            .execute(pool)
-            .await
-        {
-            tracing::debug!(%error, "could not release claims after an outage; their lease ends them");
-        }
+    if matches!(&result, Err(e) if classify(e) != Failure::Data) {
+        // An outage or a conflict that outlasted its reruns: not the terms'
+        // fault. Best effort: the terms are claimable again at once instead
+        // of when the lease ends.
+        release(pool, &claimed).await;
     }
     result
 }
 
+/// Ends this worker's claims on `claimed` without spending an attempt (best
+/// effort: a claim that cannot be released ends with its lease).
+async fn release(pool: &PgPool, claimed: &[Claimed]) {
+    let terms: Vec<&str> = claimed.iter().map(|c| c.term_id.as_str()).collect();
+    let tokens: Vec<i64> = claimed.iter().map(|c| c.token).collect();
+    if let Err(error) = sqlx::query(queries::RELEASE_ANALYTICS_TERMS)
+        .bind(&terms)
+        .bind(&tokens)
+        .execute(pool)
+        .await
+    {
+        tracing::debug!(%error, "could not release claims; their lease ends them");
+    }
+}
+
+/// Reruns of an analytics transaction that hit a deadlock or serialization
+/// failure. Such a conflict is never a term's fault: it costs no attempt.
+const CONFLICT_RETRY: ConflictRetry = ConflictRetry {
+    max_attempts: 11,
+    base_delay: Duration::from_millis(5),
+    max_delay: Duration::from_millis(500),
+};
+
 /// Recomputes the claimed terms in one transaction, or term by term when
-/// that fails for a reason other than an outage.
+/// the database refuses the data of one of them (SQLSTATE class 22 or 23).
+/// Outages and conflicts that outlast their reruns are returned: they are
+/// not the terms' fault and cost no attempt (ADR 0009).
 async fn recompute_claimed(
     pool: &PgPool,
     settings: &AnalyticsSettings,
     claimed: &[Claimed],
 ) -> Result<BatchReport, sqlx::Error> {
     let policy = Policy {
-        conflicts: ConflictRetry {
-            max_attempts: 11,
-            base_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(500),
-        },
+        conflicts: CONFLICT_RETRY,
         outages: None,
     };
     match failure::retry(&policy, || complete(pool, claimed)).await {
@@ -174,8 +189,8 @@ async fn recompute_claimed(
                 ..Default::default()
             })
         }
-        // The lease runs out and another worker (or this one) claims the terms again.
-        Err(error) if classify(&error) == Failure::Outage => Err(error),
+        // The claims are released; another worker (or this one) claims the terms again.
+        Err(error) if classify(&error) != Failure::Data => Err(error),
         Err(error) => {
             tracing::warn!(%error, terms = claimed.len(), "analytics batch failed; retrying its terms one by one");
             process_individually(pool, settings, claimed).await
@@ -207,7 +222,8 @@ pub async fn complete(pool: &PgPool, claimed: &[Claimed]) -> Result<(usize, usiz
     Ok((triples, completed as usize))
 }
 
-/// Processes each term in its own transaction, recording failures per term.
+/// Processes each term in its own transaction, recording data failures per
+/// term; a term whose transaction keeps conflicting is released unharmed.
 async fn process_individually(
     pool: &PgPool,
     settings: &AnalyticsSettings,
@@ -217,15 +233,26 @@ async fn process_individually(
         claimed: claimed.len(),
         ..Default::default()
     };
+    let policy = Policy {
+        conflicts: CONFLICT_RETRY,
+        outages: None,
+    };
     let mut failed: Vec<(&Claimed, String, Duration)> = Vec::new();
+    let mut conflicted: Vec<Claimed> = Vec::new();
     for term in claimed {
-        match complete(pool, std::slice::from_ref(term)).await {
-            Ok((triples, completed)) => {
+        let one = std::slice::from_ref(term);
+        match failure::retry(&policy, || complete(pool, one)).await {
+            Ok(done) => {
+                let (triples, completed) = done.value;
                 report.completed += completed;
                 report.triples += triples;
             }
             // Not the term's fault: no attempt is spent on it.
             Err(error) if classify(&error) == Failure::Outage => return Err(error),
+            Err(error) if classify(&error) == Failure::Conflict => {
+                tracing::warn!(term = %term.term_id, %error, "analytics for term kept conflicting; released without spending an attempt");
+                conflicted.push(term.clone());
+            }
             Err(error) => {
                 let attempt = (term.attempts + 1) as u32;
                 let delay = backoff::jittered(settings.backoff_base, attempt, settings.backoff_max);
@@ -234,6 +261,7 @@ async fn process_individually(
             }
         }
     }
+    release(pool, &conflicted).await;
     let (retried, parked) = record_failures(pool, settings, &failed).await?;
     report.retried = retried;
     report.parked = parked;
@@ -310,6 +338,11 @@ pub async fn recompute_terms(
     tx: &mut Transaction<'_, Postgres>,
     terms: &[&str],
 ) -> Result<usize, sqlx::Error> {
+    // Table locks first, in the global order (ADR 0002): no deadlock with
+    // `rollback` or `rebuild`.
+    sqlx::query(queries::LOCK_ANALYTICS_TABLES)
+        .execute(&mut **tx)
+        .await?;
     let rows = sqlx::query(queries::ANALYTICS_AFFECTED_TRIPLES)
         .bind(terms)
         .fetch_all(&mut **tx)

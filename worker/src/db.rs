@@ -281,6 +281,41 @@ pub async fn schema_state(pool: &PgPool) -> Result<SchemaState, sqlx::Error> {
     )
 }
 
+/// Why a one-shot command did not run on this database's schema.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaRefusal {
+    #[error("refusing to run `{command}`: {state}")]
+    Unusable {
+        command: &'static str,
+        state: SchemaState,
+    },
+    #[error("reading the schema version for `{command}`")]
+    Unreadable {
+        command: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// The check `/readyz` makes ([`SchemaState::is_usable`]), for the one-shot
+/// commands that read or rewrite the read model (`verify`, `rebuild`,
+/// `rollback`, `requeue`, `dead-letters replay`): on a schema this binary
+/// does not know to be compatible they would misread or damage it, so they
+/// refuse before touching anything (issue 22).
+pub async fn require_usable_schema(
+    pool: &PgPool,
+    command: &'static str,
+) -> Result<SchemaState, SchemaRefusal> {
+    let state = schema_state(pool)
+        .await
+        .map_err(|source| SchemaRefusal::Unreadable { command, source })?;
+    if state.is_usable() {
+        Ok(state)
+    } else {
+        Err(SchemaRefusal::Unusable { command, state })
+    }
+}
+
 /// Writes the embedded migrations' declarations into `schema_compatibility`
 /// (nothing while the table does not exist yet).
 async fn record_compatibility(pool: &PgPool, declared: &[(i64, i64)]) -> Result<(), sqlx::Error> {

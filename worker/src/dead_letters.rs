@@ -314,10 +314,15 @@ pub async fn replay(
                 outcome
             }
             Err(error) if classify(&error) == Failure::Data => {
-                let reason = format!(
-                    "database refused the entry: {}",
-                    error.to_string().replace('\0', "")
-                );
+                let subject = match letter.item_index {
+                    Some(index) => format!("item {index} of the entry"),
+                    None => "the entry".to_string(),
+                };
+                let encoding: Option<String> = sqlx::query_scalar(queries::DATABASE_ENCODING)
+                    .fetch_one(pool)
+                    .await
+                    .ok();
+                let reason = failure::refusal_reason(&subject, &error, encoding.as_deref());
                 if dry_run {
                     Outcome::WouldFail { reason }
                 } else {
@@ -748,7 +753,7 @@ mod tests {
         assert!(reason.contains("not valid JSON"), "{reason}");
         let deleted = letter(None, "");
         let reason = still_failing(&deleted, &decode_letter(&deleted)).unwrap();
-        assert!(reason.contains("deleted"), "{reason}");
+        assert!(reason.contains("trimmed from the stream"), "{reason}");
     }
 
     #[test]

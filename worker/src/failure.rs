@@ -85,6 +85,44 @@ pub fn classify_sqlstate(code: Option<&str>) -> Failure {
     }
 }
 
+/// SQLSTATEs of text the database cannot hold in its encoding: 22021
+/// (character_not_in_repertoire: invalid byte sequence) and 22P05
+/// (untranslatable_character). Data errors; whether they happen depends on
+/// the database's encoding, which their dead letter therefore names.
+pub const ENCODING_SQLSTATES: [&str; 2] = ["22021", "22P05"];
+
+/// Why the database refused `subject` (an entry, an item of one), for its
+/// dead letter: the server's message and detail and the SQLSTATE, plus the
+/// database's encoding for an encoding error.
+pub fn refusal_reason(
+    subject: &str,
+    error: &sqlx::Error,
+    database_encoding: Option<&str>,
+) -> String {
+    let reason = match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let detail = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| pg.detail())
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            let encoding = match database_encoding {
+                Some(encoding) if ENCODING_SQLSTATES.contains(&code.as_ref()) => {
+                    format!("; the database's encoding is {encoding}")
+                }
+                _ => String::new(),
+            };
+            format!(
+                "database refused {subject}: {}{detail} (SQLSTATE {code}{encoding})",
+                db.message()
+            )
+        }
+        other => format!("database refused {subject}: {other}"),
+    };
+    reason.replace('\0', "")
+}
+
 /// Shorthand for [`Classify::failure`].
 pub fn classify<E: Classify + ?Sized>(error: &E) -> Failure {
     error.failure()

@@ -21,7 +21,27 @@ use std::time::Duration;
 pub struct RawEntry {
     pub stream: Arc<str>,
     pub id: Arc<str>,
+    /// Empty for a pending entry the stream no longer holds ([`Self::is_trimmed`]).
     pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl RawEntry {
+    /// A pending entry trimmed from the stream (XTRIM, MAXLEN, XDEL) before
+    /// the group acknowledged it: Redis still lists its id but no longer has
+    /// its fields. (XADD needs at least one field, so a held entry has some.)
+    /// Own and claimed ones are returned alike and get one policy, in the
+    /// pipeline (ADR 0013).
+    pub fn is_trimmed(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    fn trimmed(stream: &Arc<str>, id: &str) -> RawEntry {
+        RawEntry {
+            stream: stream.clone(),
+            id: Arc::from(id),
+            fields: Vec::new(),
+        }
+    }
 }
 
 /// Per-stream backlog as reported by XINFO GROUPS.
@@ -228,8 +248,10 @@ impl StreamIntake {
     }
 
     /// Takes over entries idle for at least `min_idle` on any consumer of the
-    /// group (dead pods), up to `batch_size` per stream. Entries deleted from
-    /// the stream while pending are acknowledged so they stop being retried.
+    /// group (dead pods), up to `batch_size` per stream. Entries trimmed from
+    /// the stream while pending are returned without fields
+    /// ([`RawEntry::is_trimmed`]), as a read of this consumer's own pending
+    /// entries returns them, so that both get the same policy.
     pub async fn claim_stale(&mut self, min_idle: Duration) -> Result<Vec<RawEntry>, IntakeError> {
         let result = async {
             let mut con = self.commands().await?;
@@ -246,12 +268,8 @@ impl StreamIntake {
                     .query_async(&mut con)
                     .await?;
                 let (entries, deleted) = parse_autoclaim_reply(&stream, reply)?;
-                if !deleted.is_empty() {
-                    tracing::warn!(stream = %stream, count = deleted.len(), "pending entries were deleted from the stream; acknowledging them");
-                    let ids: Vec<&str> = deleted.iter().map(|s| s.as_str()).collect();
-                    self.ack_with(&mut con, &stream, &ids).await?;
-                }
                 claimed.extend(entries);
+                claimed.extend(deleted.iter().map(|id| RawEntry::trimmed(&stream, id)));
             }
             Ok(claimed)
         }
@@ -439,8 +457,9 @@ fn reply_error(command: &'static str, detail: impl Into<String>) -> IntakeError 
     }
 }
 
-/// Parses `[id, [field, value, …]]` items; an item whose fields are nil
-/// (deleted entry, Redis 6.2) is returned with no fields.
+/// Parses `[id, [field, value, …]]` items; an item whose fields are nil (an
+/// entry trimmed while pending: XREADGROUP of pending entries, XAUTOCLAIM
+/// before Redis 7) is returned with no fields.
 fn parse_entries(
     stream: &Arc<str>,
     items: Value,

@@ -29,12 +29,31 @@ fn main() -> ExitCode {
         Command::Analytics(a) => (a.telemetry.clone(), "postgres-writer-analytics"),
         _ => (telemetry::TelemetryArgs::disabled(), "postgres-writer"),
     };
-    telemetry::run_main(
-        &telemetry_args,
-        service,
-        "info,sqlx=warn",
-        dispatch(cli.command),
+    telemetry::run_main(&telemetry_args, service, "info,sqlx=warn", async move {
+        dispatch(cli.command).await.or_else(schema_refused)
+    })
+}
+
+/// Exit code of a command refused on a schema this binary cannot work on:
+/// apart from every code `verify` gives (0 clean, 1 drift, 2 error,
+/// 3 pending, 4 deltas of a newer format).
+const EXIT_SCHEMA_REFUSED: u8 = 5;
+
+/// Whether `error` is a refusal of [`db::require_usable_schema`].
+fn is_schema_refusal(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<db::SchemaRefusal>(),
+        Some(db::SchemaRefusal::Unusable { .. })
     )
+}
+
+/// A refusal of [`db::require_usable_schema`] exits with its own code.
+fn schema_refused(error: anyhow::Error) -> anyhow::Result<ExitCode> {
+    if !is_schema_refusal(&error) {
+        return Err(error);
+    }
+    eprintln!("error: {error}");
+    Ok(ExitCode::from(EXIT_SCHEMA_REFUSED))
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -95,15 +114,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", body.trim());
             Ok(ExitCode::SUCCESS)
         }
-        // Exit 1 means drift only: an error that stops verify exits 2.
-        Command::Verify(args) => Ok(verify_command(args).await.unwrap_or_else(|error| {
-            eprintln!("error: {error:#}");
-            ExitCode::from(2)
-        })),
+        // Exit 1 means drift only: an error that stops verify exits 2, a
+        // schema this binary cannot read exits EXIT_SCHEMA_REFUSED.
+        Command::Verify(args) => match verify_command(args).await {
+            Ok(code) => Ok(code),
+            Err(error) if is_schema_refusal(&error) => Err(error),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                Ok(ExitCode::from(2))
+            }
+        },
         Command::FoldDeltas(command) => fold_deltas_command(command).await,
         Command::Rebuild(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-rebuild")?;
+            db::require_usable_schema(&pool, "rebuild").await?;
             for (table, rows) in verify::rebuild(&pool, args.analytics_only)
                 .await
                 .context("rebuilding")?
@@ -118,6 +143,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 bail!("invalid --to-block {}: must be 0 or more", args.to_block);
             }
             let pool = db::pool(&args.database, "postgres-writer-rollback")?;
+            db::require_usable_schema(&pool, "rollback").await?;
             let report = worker::rollback::rollback(&pool, &args.network, args.to_block)
                 .await
                 .context("rolling back")?;
@@ -127,6 +153,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Requeue(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-requeue")?;
+            db::require_usable_schema(&pool, "requeue").await?;
             let terms = (!args.terms.is_empty()).then_some(args.terms.as_slice());
             let n = analytics::requeue_parked(&pool, terms)
                 .await
@@ -178,6 +205,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn verify_command(args: worker::config::VerifyArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
     let pool = db::pool(&args.database, "postgres-writer-verify")?;
+    db::require_usable_schema(&pool, "verify").await?;
     let mut report = verify::verify(&pool, args.show)
         .await
         .context("verifying")?;
@@ -225,6 +253,7 @@ async fn fold_deltas_command(command: FoldDeltasCommand) -> anyhow::Result<ExitC
         FoldDeltasCommand::Replay(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-fold-deltas")?;
+            db::require_usable_schema(&pool, "fold-deltas replay").await?;
             let ids = (!args.ids.is_empty()).then_some(args.ids.as_slice());
             let moved = worker::fold::replay_parked(&pool, ids)
                 .await
@@ -282,6 +311,7 @@ async fn dead_letters_command(command: DeadLettersCommand) -> anyhow::Result<Exi
         DeadLettersCommand::Replay(args) => {
             args.database.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-dead-letters")?;
+            db::require_usable_schema(&pool, "dead-letters replay").await?;
             let report = dead_letters::replay(
                 &pool,
                 &args.filter.filter(),

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub entries_processed: Family<StreamLabel, Counter>,
     pub dead_letters: Counter,
     pub refused_entries: Counter,
+    pub refused_items: Counter,
     pub address_checksum_mismatches: Family<StreamLabel, Counter>,
     pub batches: Counter,
     pub batch_entries: Histogram,
@@ -50,6 +51,7 @@ pub struct Metrics {
     pub entries_claimed: Counter,
     pub consumer_groups_recreated: Family<StreamLabel, Counter>,
     pub consumers_removed: Family<StreamLabel, Counter>,
+    pub entries_trimmed: Family<StreamLabel, Counter>,
     pub stream_lag: Family<StreamLabel, Gauge>,
     pub stream_pending: Family<StreamLabel, Gauge>,
     pub entry_to_commit_seconds: Histogram,
@@ -102,6 +104,7 @@ impl Metrics {
             entries_processed: Family::default(),
             dead_letters: Counter::default(),
             refused_entries: Counter::default(),
+            refused_items: Counter::default(),
             address_checksum_mismatches: Family::default(),
             batches: Counter::default(),
             batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
@@ -114,6 +117,7 @@ impl Metrics {
             entries_claimed: Counter::default(),
             consumer_groups_recreated: Family::default(),
             consumers_removed: Family::default(),
+            entries_trimmed: Family::default(),
             stream_lag: Family::default(),
             stream_pending: Family::default(),
             entry_to_commit_seconds: fine_latency_histogram(),
@@ -163,6 +167,11 @@ impl Metrics {
             "refused_entries",
             "Entries the database refused, dead-lettered whole",
             m.refused_entries.clone(),
+        );
+        registry.register(
+            "refused_items",
+            "Items of multi-item entries the database refused, each dead-lettered alone (its neighbours stored)",
+            m.refused_items.clone(),
         );
         registry.register(
             "address_checksum_mismatches",
@@ -219,6 +228,11 @@ impl Metrics {
             "consumers_removed",
             "Idle consumers without pending entries removed from the group",
             m.consumers_removed.clone(),
+        );
+        registry.register(
+            "entries_trimmed",
+            "Pending entries trimmed from the stream before they were acknowledged (own or taken over), dead-lettered without payload, by stream",
+            m.entries_trimmed.clone(),
         );
         registry.register(
             "stream_lag",

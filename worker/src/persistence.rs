@@ -6,7 +6,8 @@
 //! Failures follow the one policy of [`crate::failure`]: a deadlock or
 //! serialization failure reruns the transaction (bounded, quick); a data error
 //! (SQLSTATE class 22 or 23) splits the batch until the entry responsible is
-//! alone, and that entry alone is dead-lettered with the database's message;
+//! alone, and an entry of several items until the item responsible is alone;
+//! that entry or item alone is dead-lettered with the database's message;
 //! every other error is an outage, returned to the caller (the pipeline
 //! retries the whole batch until it commits, acknowledging nothing meanwhile).
 
@@ -75,8 +76,11 @@ pub struct WriteOutcome {
     pub duplicate_events: u64,
     /// Dead letters written (decode failures and refused entries).
     pub dead_letters: u64,
-    /// Entries the database refused, dead-lettered whole.
+    /// Entries the database refused, dead-lettered whole (single-item entries).
     pub refused_entries: u64,
+    /// Items of multi-item entries the database refused, each dead-lettered
+    /// alone while its neighbours were stored.
+    pub refused_items: u64,
     /// Fold delta rows written (one per partition the batch touches).
     pub fold_deltas: u64,
     /// Transactions rolled back on conflict and run again.
@@ -93,6 +97,7 @@ impl WriteOutcome {
         self.duplicate_events += other.duplicate_events;
         self.dead_letters += other.dead_letters;
         self.refused_entries += other.refused_entries;
+        self.refused_items += other.refused_items;
         self.fold_deltas += other.fold_deltas;
         self.conflict_retries += other.conflict_retries;
         self.fenced_events += other.fenced_events;
@@ -107,9 +112,11 @@ impl WriteOutcome {
 ///
 /// Normally one transaction. If the database refuses the data (SQLSTATE class
 /// 22 or 23 only), the batch is split in halves until the refused entry is
-/// alone; that entry is then dead-lettered with the database's message and its
-/// neighbours are written. An outage returns at once: nothing is dead-lettered
-/// because of it, and parts already committed are idempotent when rerun.
+/// alone, and an entry of several items is split the same way until the
+/// refused item is alone. That item (or a single-item entry, whole) is then
+/// dead-lettered with the database's message, and its neighbours are
+/// written. An outage returns at once: nothing is dead-lettered because of
+/// it, and parts already committed are idempotent when rerun.
 pub async fn write_entries(
     pool: &PgPool,
     entries: &[DecodedEntry],
@@ -117,56 +124,161 @@ pub async fn write_entries(
     trace_context: Option<&str>,
 ) -> Result<WriteOutcome, PersistError> {
     let mut outcome = WriteOutcome::default();
-    // Ranges of `entries` still to write; split in halves when refused.
-    let mut pending: Vec<std::ops::Range<usize>> = Vec::new();
-    pending.push(0..entries.len());
-    while let Some(range) = pending.pop() {
-        if range.is_empty() {
-            continue;
-        }
-        let chunk = &entries[range.clone()];
-        match write_with_retries(pool, chunk, retry, trace_context).await {
-            Ok(done) => outcome.merge(done),
-            Err(WriteError::Rejected(error)) if chunk.len() == 1 => {
-                let entry = &chunk[0];
-                tracing::warn!(stream = %entry.stream, entry_id = %entry.entry_id, %error,
-                    "database refused entry; dead-lettering it");
-                let reason = format!(
-                    "database refused the entry: {}",
-                    error.to_string().replace('\0', "")
-                );
-                let letter = entry.clone().into_dead_letter(reason);
-                let dead = DecodedEntry {
-                    stream: letter.stream.clone(),
-                    entry_id: letter.entry_id.clone(),
-                    raw_payload: Vec::new(),
-                    events: Vec::new(),
-                    dead_letters: vec![letter],
-                    address_checksum_mismatches: 0,
-                    mismatched_address: None,
-                };
-                match write_with_retries(pool, std::slice::from_ref(&dead), retry, trace_context)
-                    .await
-                {
-                    Ok(done) => {
-                        outcome.merge(done);
-                        outcome.refused_entries += 1;
-                    }
-                    // Even the dead letter cannot be written: treat as an outage, retry later.
-                    Err(WriteError::Rejected(e)) => return Err(PersistError::Outage(e)),
-                    Err(WriteError::Fatal(e)) => return Err(e),
-                }
+    // Parts of the batch still to write; split in halves when refused.
+    let mut pending: Vec<Part> = vec![Part::Entries(0..entries.len())];
+    while let Some(part) = pending.pop() {
+        let piece;
+        let chunk: &[DecodedEntry] = match &part {
+            Part::Entries(range) | Part::Items { events: range, .. } if range.is_empty() => {
+                continue
             }
-            Err(WriteError::Rejected(error)) => {
-                tracing::info!(entries = chunk.len(), %error, "database refused a batch; splitting it to find the entry");
-                let middle = range.start + range.len() / 2;
-                pending.push(middle..range.end);
-                pending.push(range.start..middle);
+            Part::Entries(range) => &entries[range.clone()],
+            Part::Items { entry, events } => {
+                piece = entries[*entry].part(events.clone(), false);
+                std::slice::from_ref(&piece)
+            }
+            Part::DecodeLetters(entry) => {
+                piece = entries[*entry].part(0..0, true);
+                std::slice::from_ref(&piece)
+            }
+        };
+        let error = match write_with_retries(pool, chunk, retry, trace_context).await {
+            Ok(done) => {
+                outcome.merge(done);
+                continue;
             }
             Err(WriteError::Fatal(e)) => return Err(e),
+            Err(WriteError::Rejected(error)) => error,
+        };
+        match part {
+            Part::Entries(range) if range.len() > 1 => {
+                tracing::info!(entries = range.len(), %error, "database refused a batch; splitting it to find the entry");
+                let middle = range.start + range.len() / 2;
+                pending.push(Part::Entries(middle..range.end));
+                pending.push(Part::Entries(range.start..middle));
+            }
+            Part::Entries(range) => {
+                let index = range.start;
+                let entry = &entries[index];
+                let items = entry.events.len() + entry.dead_letters.len();
+                if entry.events.is_empty() || items == 1 {
+                    let reason = failure::refusal_reason(
+                        "the entry",
+                        &error,
+                        encoding(pool).await.as_deref(),
+                    );
+                    tracing::warn!(stream = %entry.stream, entry_id = %entry.entry_id, %error,
+                        "database refused entry; dead-lettering it");
+                    write_refusal(
+                        pool,
+                        entry.clone().into_dead_letter(reason),
+                        retry,
+                        trace_context,
+                        &mut outcome,
+                    )
+                    .await?;
+                    outcome.refused_entries += 1;
+                } else {
+                    tracing::info!(stream = %entry.stream, entry_id = %entry.entry_id, items, %error,
+                        "database refused an entry of several items; splitting it to find the item");
+                    if !entry.dead_letters.is_empty() {
+                        pending.push(Part::DecodeLetters(index));
+                    }
+                    let (n, middle) = (entry.events.len(), entry.events.len() / 2);
+                    for events in [middle..n, 0..middle] {
+                        pending.push(Part::Items {
+                            entry: index,
+                            events,
+                        });
+                    }
+                }
+            }
+            Part::Items { entry, events } if events.len() > 1 => {
+                let middle = events.start + events.len() / 2;
+                pending.push(Part::Items {
+                    entry,
+                    events: middle..events.end,
+                });
+                pending.push(Part::Items {
+                    entry,
+                    events: events.start..middle,
+                });
+            }
+            Part::Items { entry, events } => {
+                let entry = &entries[entry];
+                let item_index = entry.events[events.start].source.item_index;
+                let subject = format!("item {item_index} of the entry");
+                let reason =
+                    failure::refusal_reason(&subject, &error, encoding(pool).await.as_deref());
+                tracing::warn!(stream = %entry.stream, entry_id = %entry.entry_id, item_index, %error,
+                    "database refused an item; dead-lettering it, storing its neighbours");
+                write_refusal(
+                    pool,
+                    entry.item_dead_letter(item_index, reason),
+                    retry,
+                    trace_context,
+                    &mut outcome,
+                )
+                .await?;
+                outcome.refused_items += 1;
+            }
+            // Even the decoder's dead letters cannot be written: an outage, retried later.
+            Part::DecodeLetters(_) => return Err(PersistError::Outage(error)),
         }
     }
     Ok(outcome)
+}
+
+/// A part of a batch still to write (see [`write_entries`]).
+enum Part {
+    /// Whole entries.
+    Entries(std::ops::Range<usize>),
+    /// Some events (by position in its `events`) of the one entry `entry`,
+    /// which the database refused as a whole.
+    Items {
+        entry: usize,
+        events: std::ops::Range<usize>,
+    },
+    /// The decoder's dead letters of entry `entry`, when its events are
+    /// written apart.
+    DecodeLetters(usize),
+}
+
+/// The database's encoding, for the reason of an encoding error; `None`
+/// when it cannot be read (the reason is written without it).
+async fn encoding(pool: &PgPool) -> Option<String> {
+    sqlx::query_scalar(queries::DATABASE_ENCODING)
+        .fetch_one(pool)
+        .await
+        .ok()
+}
+
+/// Writes the dead letter of something the database refused.
+async fn write_refusal(
+    pool: &PgPool,
+    letter: DeadLetter,
+    retry: ConflictRetry,
+    trace_context: Option<&str>,
+    outcome: &mut WriteOutcome,
+) -> Result<(), PersistError> {
+    let dead = DecodedEntry {
+        stream: letter.stream.clone(),
+        entry_id: letter.entry_id.clone(),
+        raw_payload: Vec::new(),
+        events: Vec::new(),
+        dead_letters: vec![letter],
+        address_checksum_mismatches: 0,
+        mismatched_address: None,
+    };
+    match write_with_retries(pool, std::slice::from_ref(&dead), retry, trace_context).await {
+        Ok(done) => {
+            outcome.merge(done);
+            Ok(())
+        }
+        // Even the dead letter cannot be written: treat as an outage, retry later.
+        Err(WriteError::Rejected(e)) => Err(PersistError::Outage(e)),
+        Err(WriteError::Fatal(e)) => Err(e),
+    }
 }
 
 enum WriteError {

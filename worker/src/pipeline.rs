@@ -257,6 +257,7 @@ impl Consumer {
         span: &tracing::Span,
     ) {
         let started = Instant::now();
+        self.count_trimmed(&raw);
         let entries: Vec<DecodedEntry> = raw
             .iter()
             .map(|e| decode_entry(&e.stream, &e.id, &e.fields))
@@ -404,6 +405,27 @@ impl Consumer {
         );
     }
 
+    /// Pending entries trimmed from the stream before they were acknowledged
+    /// (this consumer's own or taken over from another): one policy for both.
+    /// The decoder dead-letters each with that reason (nothing to decode or
+    /// replay), the batch acknowledges it, and it is counted and logged here.
+    fn count_trimmed(&self, raw: &[RawEntry]) {
+        let mut trimmed: std::collections::BTreeMap<&str, (u64, &str)> = Default::default();
+        for entry in raw.iter().filter(|e| e.is_trimmed()) {
+            trimmed.entry(&entry.stream).or_insert((0, &entry.id)).0 += 1;
+        }
+        for (stream, (count, first)) in trimmed {
+            self.metrics
+                .entries_trimmed
+                .get_or_create(&StreamLabel {
+                    stream: stream.to_string(),
+                })
+                .inc_by(count);
+            tracing::warn!(stream, count, first_entry_id = first,
+                "pending entries were trimmed from the stream before they were acknowledged; dead-lettering them (their payload is gone)");
+        }
+    }
+
     fn record(
         &self,
         entries: &[DecodedEntry],
@@ -426,6 +448,7 @@ impl Consumer {
         m.reorg.events_discarded.inc_by(outcome.fenced_events);
         m.dead_letters.inc_by(outcome.dead_letters);
         m.refused_entries.inc_by(outcome.refused_entries);
+        m.refused_items.inc_by(outcome.refused_items);
         m.transaction_retries.inc_by(outcome.conflict_retries);
         for entry in entries {
             let label = StreamLabel {

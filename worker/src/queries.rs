@@ -16,6 +16,7 @@ named_queries! {
     INSERT_SHARE_PRICE_CHANGED_EVENTS => "insert_share_price_changed_events.sql",
     INSERT_GENERIC_EVENTS => "insert_generic_events.sql",
     INSERT_DEAD_LETTERS => "insert_dead_letters.sql",
+    DATABASE_ENCODING => "database_encoding.sql",
     SELECT_DATABASE_NETWORK => "select_database_network.sql",
     BIND_DATABASE_NETWORK => "bind_database_network.sql",
     UPSERT_ATOMS => "upsert_atoms.sql",
@@ -40,6 +41,7 @@ named_queries! {
 
 named_queries! {
     CLAIM_ANALYTICS_TERMS => "claim_analytics_terms.sql",
+    LOCK_ANALYTICS_TABLES => "lock_analytics_tables.sql",
     ANALYTICS_AFFECTED_TRIPLES => "analytics_affected_triples.sql",
     LOCK_PREDICATE_OBJECTS => "lock_predicate_objects.sql",
     LOCK_SUBJECT_PREDICATES => "lock_subject_predicates.sql",

@@ -32,6 +32,9 @@ pub struct RollbackReport {
     /// The first removed events (at most [`REMOVED_SAMPLE`]), for the log and
     /// the reorg span (ADR 0018).
     pub removed_sample: Vec<RemovedEvent>,
+    /// Times the transaction was rolled back by a deadlock or serialization
+    /// failure and run again (0 when it takes the global lock order).
+    pub conflict_retries: u32,
 }
 
 /// How many removed events a report names one by one.
@@ -79,6 +82,12 @@ impl RollbackReport {
             "recomputed analytics of {} triple(s)\n",
             self.triples_recomputed
         ));
+        if self.conflict_retries > 0 {
+            out.push_str(&format!(
+                "run again after {} deadlock(s) or serialization failure(s)\n",
+                self.conflict_retries
+            ));
+        }
         out
     }
 }
@@ -117,7 +126,10 @@ pub async fn rollback(
         Ok::<_, sqlx::Error>(report)
     })
     .await?;
-    Ok(done.value)
+    Ok(RollbackReport {
+        conflict_retries: done.conflict_retries,
+        ..done.value
+    })
 }
 
 /// Removes the events `removal` selects and recomputes every derived row
@@ -133,7 +145,9 @@ pub async fn remove_and_recompute(
     // Writers wait (readers do not) while the chain is rewound.
     let base: Vec<_> = DERIVED_TABLES.iter().filter(|t| !t.analytics).collect();
     // Folders first (they start with fold_partition), then in the order
-    // batches take them: events, atom/triple, fold_delta (ADR 0015).
+    // batches take them: events, atom/triple, fold_delta (ADR 0015). The
+    // analytics tables in the order analytics transactions lock them
+    // (lock_analytics_tables.sql, ADR 0002).
     let mut locked: Vec<&str> = vec!["fold_partition"];
     locked.extend(EVENT_TABLES);
     locked.extend(DERIVED_TABLES.iter().map(|t| t.name));

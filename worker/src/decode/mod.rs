@@ -46,8 +46,9 @@ pub enum FieldError {
 /// Why an entry or item went to the dead-letter table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("entry was deleted from the stream before it was processed")]
-    Deleted,
+    /// A pending entry the stream no longer holds (`RawEntry::is_trimmed`).
+    #[error("entry was trimmed from the stream (XTRIM, MAXLEN or XDEL) while pending, before it was acknowledged: its payload is gone, so it cannot be decoded or replayed; unless a worker stored it before it could acknowledge it, its events are missing and must be published again")]
+    Trimmed,
     #[error("entry has none of the fields {PAYLOAD_FIELDS:?} (fields present: {0:?})")]
     NoPayloadField(Vec<String>),
     #[error("payload is not UTF-8 (invalid byte at offset {0})")]
@@ -260,6 +261,62 @@ impl DecodedEntry {
             event_signature_hash: None,
         }
     }
+
+    /// The events `events` of this entry (and its dead letters when
+    /// `with_letters`) as an entry of their own, to write them apart from the
+    /// rest when the database refused the whole entry.
+    pub fn part(&self, events: std::ops::Range<usize>, with_letters: bool) -> DecodedEntry {
+        DecodedEntry {
+            stream: self.stream.clone(),
+            entry_id: self.entry_id.clone(),
+            raw_payload: Vec::new(),
+            events: self.events[events].to_vec(),
+            dead_letters: if with_letters {
+                self.dead_letters.clone()
+            } else {
+                Vec::new()
+            },
+            address_checksum_mismatches: 0,
+            mismatched_address: None,
+        }
+    }
+
+    /// The letter of one item of this entry that the database refused: the
+    /// item's exact bytes and its envelope's context, as for an item that
+    /// did not decode, so that a replay re-applies that item alone. (The
+    /// payload decoded once, so it parses again; were it not to, the letter
+    /// holds the whole entry.)
+    pub fn item_dead_letter(&self, item_index: i32, reason: String) -> DeadLetter {
+        let item = std::str::from_utf8(&self.raw_payload)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Members<'_>>(text).ok())
+            .and_then(|envelope| {
+                let event_data = envelope.get("event_data")?;
+                let item: &RawValue = if event_data.get().trim_start().starts_with('[') {
+                    let items: Vec<&RawValue> = serde_json::from_str(event_data.get()).ok()?;
+                    items.get(usize::try_from(item_index).ok()?).copied()?
+                } else {
+                    event_data
+                };
+                let event_name = envelope
+                    .get("event_name")
+                    .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
+                Some(DeadLetter {
+                    stream: self.stream.clone(),
+                    entry_id: self.entry_id.clone(),
+                    item_index: Some(item_index),
+                    event_name,
+                    reason: String::new(),
+                    raw_payload: item.get().as_bytes().to_vec(),
+                    envelope_network: optional_string(&envelope, "network"),
+                    event_signature_hash: optional_string(&envelope, "event_signature_hash"),
+                })
+            });
+        match item {
+            Some(letter) => DeadLetter { reason, ..letter },
+            None => self.clone().into_dead_letter(reason),
+        }
+    }
 }
 
 /// Decodes one stream entry given its field/value pairs.
@@ -289,7 +346,7 @@ pub fn decode_entry(
         };
 
     if fields.is_empty() {
-        return whole_entry_dead(DecodeError::Deleted, Vec::new(), None);
+        return whole_entry_dead(DecodeError::Trimmed, Vec::new(), None);
     }
     let Some(raw) = PAYLOAD_FIELDS
         .iter()
