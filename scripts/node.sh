@@ -127,6 +127,16 @@ network() {
   routes=$(ip -4 route show to match "$gateway" | grep -v '^default' || true)
   [ -z "$routes" ] || die "the pod subnet $subnet overlaps a route of this machine ($routes); set PGW_NODE_SUBNET"
   echo "$dir" >"$owner_file"
+  mkdir -p "$dir/node"
+  # What the machine had before the node, so that stop removes only what the
+  # node added: the kubelet makes iptables chains of its own.
+  nft list tables >"$dir/node/host-tables"
+  local tool
+  for tool in iptables ip6tables; do
+    command -v "$tool-save" >/dev/null 2>&1 || continue
+    "$tool-save" 2>/dev/null | awk -v tool="$tool" '/^\*/ { table = substr($0, 2) } /^:KUBE-/ { print tool, table, substr($1, 2) }'
+  done >"$dir/node/host-chains"
+  find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -name k8s.io >"$dir/node/host-cgroups"
   ip link add "$bridge" type bridge
   ip addr add "$gateway/${subnet#*/}" dev "$bridge"
   # IPv4 only: no link-local IPv6 chatter between the pods and the host.
@@ -328,6 +338,32 @@ start() {
   log "node $node_name Ready at $gateway (kubelet :$kubelet_port; logs in $n)"
 }
 
+# The kubelet's own iptables chains (KUBE-FIREWALL, canaries, the hint for
+# kube-proxy) unless the machine had them before, and the tables iptables-nft
+# made for them, once empty.
+remove_kubelet_chains() {
+  local n=$dir/node tool spec table chain family name
+  [ -f "$n/host-chains" ] || return 0
+  for tool in iptables ip6tables; do
+    command -v "$tool" >/dev/null 2>&1 || continue
+    for spec in filter:KUBE-FIREWALL filter:KUBE-KUBELET-CANARY nat:KUBE-KUBELET-CANARY \
+      mangle:KUBE-KUBELET-CANARY mangle:KUBE-IPTABLES-HINT; do
+      table=${spec%%:*} chain=${spec#*:}
+      grep -qx "$tool $table $chain" "$n/host-chains" && continue
+      "$tool" -t "$table" -S "$chain" >/dev/null 2>&1 || continue
+      while "$tool" -t "$table" -D INPUT -j "$chain" 2>/dev/null; do :; done
+      while "$tool" -t "$table" -D OUTPUT -j "$chain" 2>/dev/null; do :; done
+      "$tool" -t "$table" -F "$chain" && "$tool" -t "$table" -X "$chain"
+    done
+  done
+  nft list tables | while read -r _ family name; do
+    grep -qx "table $family $name" "$n/host-tables" && continue
+    # Rules show a handle; chains and the table itself are the other lines.
+    nft -a list table "$family" "$name" | grep -vE '^[[:space:]]*(table|chain) ' | grep -q '# handle' && continue
+    nft delete table "$family" "$name"
+  done
+}
+
 # Everything start and the pods made, in reverse: no process, mount, veth,
 # network namespace, bridge or rule outlives it.
 stop() {
@@ -357,6 +393,14 @@ stop() {
   nft delete table ip6 kube-proxy 2>/dev/null || true
   if [ "$(cat "$owner_file" 2>/dev/null)" = "$dir" ]; then
     nft delete table inet pgw-node 2>/dev/null || true
+    remove_kubelet_chains
+    # containerd's parent cgroups of the pods (empty once they are gone).
+    local cgroup
+    if [ -f "$dir/node/host-cgroups" ]; then
+      for cgroup in /sys/fs/cgroup/*/k8s.io; do
+        grep -qx "$cgroup" "$dir/node/host-cgroups" || rmdir "$cgroup" 2>/dev/null || true
+      done
+    fi
     # Veths of pods whose network namespace is already gone go with it.
     ip link delete "$bridge" 2>/dev/null || true
     rm -f "$owner_file"
