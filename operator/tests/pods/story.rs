@@ -47,6 +47,15 @@ pub struct Story {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// Whether `consumer` is one of `pod`'s consumers (the worker names them POD-N, one per stream loop).
+fn consumer_of(consumer: &str, pod: &str) -> bool {
+    consumer == pod
+        || consumer
+            .strip_prefix(pod)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn selector(component: &str) -> String {
     format!("app.kubernetes.io/instance={CR},app.kubernetes.io/component={component}")
 }
@@ -289,7 +298,7 @@ impl Story {
             let mut stuck = Vec::new();
             for s in &streams {
                 for (consumer, pending) in consumers(&mut self.redis, s, GROUP) {
-                    if pending > 0 && !live.contains(&consumer) {
+                    if pending > 0 && !live.iter().any(|pod| consumer_of(&consumer, pod)) {
                         stuck.push(format!("{s}: {consumer} holds {pending}"));
                     }
                 }
@@ -618,7 +627,7 @@ impl Story {
         }
         for (pod, name) in pods.iter().zip(&names) {
             assert!(
-                known.contains(name),
+                known.iter().any(|c| consumer_of(c, name)),
                 "{name} is no consumer of the group: {known:?}"
             );
             let ip = pod["status"]["podIP"].as_str().unwrap();
@@ -687,8 +696,11 @@ impl Story {
         let victim = until("a worker with entries in flight", ROLL, || {
             for s in &streams {
                 for (consumer, pending) in consumers(&mut self.redis, s, GROUP) {
-                    if pending > 0 && pods.contains(&consumer) {
-                        return Ok(consumer);
+                    if let Some(pod) = pods
+                        .iter()
+                        .find(|p| pending > 0 && consumer_of(&consumer, p))
+                    {
+                        return Ok(pod.clone());
                     }
                 }
             }

@@ -109,29 +109,59 @@ impl Postgres {
     }
 }
 
+/// The entries of an XINFO reply: one field map per group or consumer
+/// (flat key-value arrays in RESP2, maps in RESP3).
+fn xinfo(redis: &mut redis::Connection, args: &[&str]) -> Vec<HashMap<String, redis::Value>> {
+    let reply: redis::Value = match redis::cmd("XINFO").arg(args).query(redis) {
+        Ok(reply) => reply,
+        // The stream or the group does not exist yet.
+        Err(e) if e.to_string().contains("no such key") || e.to_string().contains("NOGROUP") => {
+            return Vec::new()
+        }
+        Err(e) => panic!("XINFO {args:?}: {e}"),
+    };
+    let redis::Value::Array(items) = reply else {
+        panic!("XINFO {args:?}: {reply:?}")
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            redis::Value::Array(flat) => flat
+                .chunks(2)
+                .map(|kv| (text(&kv[0]), kv[1].clone()))
+                .collect(),
+            redis::Value::Map(pairs) => pairs.into_iter().map(|(k, v)| (text(&k), v)).collect(),
+            other => panic!("XINFO {args:?}: {other:?}"),
+        })
+        .collect()
+}
+
+fn text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn int(v: Option<&redis::Value>) -> Option<i64> {
+    match v? {
+        redis::Value::Int(i) => Some(*i),
+        other => text(other).parse().ok(),
+    }
+}
+
 /// (lag, pending) of `group` on `stream`: entries not yet delivered to the
 /// group (None while Redis cannot tell) and delivered but unacknowledged.
 pub fn backlog(redis: &mut redis::Connection, stream: &str, group: &str) -> (Option<i64>, i64) {
-    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query(redis)
-        .unwrap_or_default();
+    let groups = xinfo(redis, &["GROUPS", stream]);
     let Some(info) = groups
         .iter()
-        .find(|g| matches!(g.get("name"), Some(v) if string(v) == group))
+        .find(|g| g.get("name").map(text).as_deref() == Some(group))
     else {
         return (None, 0);
     };
-    let int = |key: &str| {
-        info.get(key)
-            .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
-    };
-    (int("lag"), int("pending").unwrap_or(0))
-}
-
-fn string(v: &redis::Value) -> String {
-    redis::from_redis_value::<String>(v.clone()).unwrap_or_default()
+    (int(info.get("lag")), int(info.get("pending")).unwrap_or(0))
 }
 
 /// The consumers of `group` on `stream` and the entries pending on each.
@@ -140,20 +170,13 @@ pub fn consumers(
     stream: &str,
     group: &str,
 ) -> BTreeMap<String, i64> {
-    let list: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(stream)
-        .arg(group)
-        .query(redis)
-        .unwrap_or_default();
-    list.iter()
+    xinfo(redis, &["CONSUMERS", stream, group])
+        .iter()
         .map(|c| {
-            let name = c.get("name").map(string).unwrap_or_default();
-            let pending = c
-                .get("pending")
-                .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
-                .unwrap_or(0);
-            (name, pending)
+            (
+                c.get("name").map(text).unwrap_or_default(),
+                int(c.get("pending")).unwrap_or(0),
+            )
         })
         .collect()
 }
