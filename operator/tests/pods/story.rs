@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 const CR: &str = "indexer";
 const GROUP: &str = "postgres-writer";
-const RELEASE: &str = "pgw";
 /// Events of the first load (step 3) and of each later step's load.
 const FIRST_LOAD: u64 = 100_000;
 const STEP_LOAD: u64 = 20_000;
@@ -24,6 +23,8 @@ pub struct Story {
     kubectl: PathBuf,
     pub ns: String,
     pub release_ns: String,
+    /// The chart's release (per run: its ClusterRole is cluster-wide).
+    release: String,
     gateway: String,
     tag: String,
     pg: Postgres,
@@ -89,6 +90,7 @@ impl Story {
             kube: Kube { kubeconfig },
             ns: format!("pods-{id}"),
             release_ns: format!("pgw-system-{id}"),
+            release: format!("pgw{id}"),
             pod_redis_url: format!("redis://{gateway}:{redis_port}"),
             redis: redis::Client::open(redis_url.as_str())
                 .unwrap()
@@ -406,14 +408,14 @@ impl Story {
     pub fn install(&mut self) -> String {
         install_chart(
             &self.kube,
-            RELEASE,
+            &self.release,
             &self.release_ns,
             &[
                 "image.repository=localhost/postgres-writer-operator",
                 &format!("image.tag={}", self.tag),
             ],
         );
-        let fullname = format!("{RELEASE}-postgres-writer-operator");
+        let fullname = format!("{}-postgres-writer-operator", self.release);
         self.kube.kubectl(&[
             "-n",
             &self.release_ns,
@@ -741,7 +743,7 @@ impl Story {
 
     /// 9. The leading operator pod is killed; the standby leads and reconciles a change made meanwhile.
     pub fn failover(&mut self) -> String {
-        let fullname = format!("{RELEASE}-postgres-writer-operator");
+        let fullname = format!("{}-postgres-writer-operator", self.release);
         let lease = |kube: &Kube, ns: &str| kube.get(ns, &format!("lease/{fullname}")).unwrap();
         let before = lease(&self.kube, &self.release_ns);
         let leader = before["spec"]["holderIdentity"]
