@@ -620,6 +620,9 @@ impl Story {
         let pods = self.ready_pods("worker", 3);
         self.note_workers(&pods);
         let names = Self::pod_names(&pods);
+        // More load once all three consume (the first pod may have caught
+        // up with the step's load while the others started).
+        self.publish(STEP_LOAD, 40);
         let settled = self.settled();
         // Three distinct consumers, each of which acknowledged entries.
         let streams = self.streams.clone();
