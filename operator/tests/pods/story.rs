@@ -657,7 +657,7 @@ impl Story {
             .cloned()
             .collect();
         assert_eq!(gone.len(), 2);
-        let logs = logs.finish();
+        let logs = logs.finish(&gone);
         let drained = Self::drained(&watch, &logs, &gone);
         let pending = self.nothing_pending_on_gone(&after);
         let settled = self.settled();
@@ -685,7 +685,7 @@ impl Story {
             }
         });
         self.note_workers(&pods);
-        let logs = logs.finish();
+        let logs = logs.finish(&before);
         let drained = Self::drained(&watch, &logs, &before);
         let settled = self.settled();
         format!("backlog {backlog} at the edit; migration Job {job} (schema version {version}); {drained}; {settled}")
@@ -846,7 +846,7 @@ impl Story {
                 Err(format!("{left} pods"))
             }
         });
-        let logs = logs.finish();
+        let logs = logs.finish(&before);
         let drained = Self::drained(&watch, &logs, &before);
         let left = self.backlog();
         self.patch(json!({"spec": {"suspend": false}}));

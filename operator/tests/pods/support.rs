@@ -388,7 +388,7 @@ pub fn termination(pod: &Value) -> Option<(i64, String, String)> {
 
 /// `kubectl logs -f` of each pod in the background, until its container ends.
 pub struct LogFollowers {
-    logs: Vec<(String, std::thread::JoinHandle<String>)>,
+    logs: Vec<(String, Child, std::thread::JoinHandle<String>)>,
 }
 
 impl LogFollowers {
@@ -405,26 +405,34 @@ impl LogFollowers {
                     .args(["-n", ns, "logs", "-f", pod])
                     .env("KUBECONFIG", kubeconfig)
                     .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
+                    .stderr(Stdio::null())
                     .spawn()
                     .expect("kubectl logs -f");
+                let mut stdout = child.stdout.take().unwrap();
                 let handle = std::thread::spawn(move || {
                     let mut text = String::new();
-                    let _ = child.stdout.take().unwrap().read_to_string(&mut text);
-                    let _ = child.wait();
+                    let _ = stdout.read_to_string(&mut text);
                     text
                 });
-                (pod.clone(), handle)
+                (pod.clone(), child, handle)
             })
             .collect();
         LogFollowers { logs }
     }
 
-    /// Each pod's log, once its stream ended (the container exited).
-    pub fn finish(self) -> BTreeMap<String, String> {
+    /// The logs of the pods in `ended`, whose streams end with their
+    /// containers; the others' followers are stopped.
+    pub fn finish(self, ended: &[String]) -> BTreeMap<String, String> {
         self.logs
             .into_iter()
-            .map(|(pod, handle)| (pod, handle.join().unwrap_or_default()))
+            .filter_map(|(pod, mut child, handle)| {
+                if !ended.contains(&pod) {
+                    let _ = child.kill();
+                }
+                let _ = child.wait();
+                let text = handle.join().unwrap_or_default();
+                ended.contains(&pod).then_some((pod, text))
+            })
             .collect()
     }
 }
