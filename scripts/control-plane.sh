@@ -4,15 +4,30 @@
 # modules (tests/control-plane). No kubelet: pods never run.
 #
 #   scripts/control-plane.sh start DIR   # prints `export KUBECONFIG=…`
+#   scripts/control-plane.sh start DIR --with-node
 #   scripts/control-plane.sh stop DIR
+#
+# --with-node adds one real node (scripts/node.sh, root only): the control
+# plane then listens on the pod bridge's gateway address instead of
+# loopback, and kube-scheduler, the kubelet, kube-proxy and containerd run
+# pods. `start` also prints `export PGW_NODE_ADDRESS=… PGW_NODE_CONTAINERD=…`
+# (the gateway, and containerd's socket for `ctr images import`); `stop`
+# removes the node with everything it made.
 #
 # The binary is built with the normal Go build cache into
 # tests/control-plane/bin (override with PGW_CONTROL_PLANE_BIN); a build with
 # nothing changed is a no-op. Logs go to DIR/control-plane.log.
 set -euo pipefail
 
-cmd=${1:?usage: control-plane.sh start|stop DIR}
-dir=${2:?usage: control-plane.sh start|stop DIR}
+cmd=${1:?usage: control-plane.sh start|stop DIR [--with-node]}
+dir=${2:?usage: control-plane.sh start|stop DIR [--with-node]}
+with_node=0
+case "${3:-}" in
+  "") ;;
+  --with-node) with_node=1 ;;
+  *) echo "usage: control-plane.sh start|stop DIR [--with-node]" >&2; exit 2 ;;
+esac
+node_sh=$(cd "$(dirname "$0")" && pwd)/node.sh
 src=$(cd "$(dirname "$0")/../tests/control-plane" && pwd)
 bin=${PGW_CONTROL_PLANE_BIN:-$src/bin/control-plane}
 
@@ -30,7 +45,9 @@ build() {
   version=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$src/go.mod")
   minor=${version#v1.}
   minor=${minor%%.*}
-  (cd "$src" && go build -buildvcs=false -o "$bin" -ldflags "\
+  mkdir -p "$(dirname "$bin")"
+  # Two starts at once (scripts/test.sh starts two control planes) build once.
+  (cd "$src" && flock "$(dirname "$bin")/.build.lock" go build -buildvcs=false -o "$bin" -ldflags "\
 -X k8s.io/component-base/version.gitVersion=$version \
 -X k8s.io/component-base/version.gitMajor=1 \
 -X k8s.io/component-base/version.gitMinor=$minor \
@@ -38,17 +55,21 @@ build() {
 }
 
 start() {
-  local pid
+  local pid node_args=()
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   if [ -f "$dir/control-plane.pid" ] && kill -0 "$(cat "$dir/control-plane.pid")" 2>/dev/null; then
     log "already running in $dir (pid $(cat "$dir/control-plane.pid")); stop it first"
     exit 1
   fi
+  if [ "$with_node" = 1 ]; then
+    "$node_sh" check || exit 1
+    node_args=(--node-address "$("$node_sh" network "$dir")")
+  fi
   log "building $bin"
   build
   rm -f "$dir/ready"
-  "$bin" --dir "$dir" \
+  "$bin" --dir "$dir" "${node_args[@]}" \
     --etcd-port "$(free_port)" --etcd-peer-port "$(free_port)" \
     --apiserver-port "$(free_port)" --controller-manager-port "$(free_port)" \
     </dev/null >"$dir/control-plane.log" 2>&1 &
@@ -61,6 +82,7 @@ start() {
     if ! kill -0 "$pid" 2>/dev/null; then
       log "exited before it was ready; last lines of $dir/control-plane.log:"
       tail -n 20 "$dir/control-plane.log" >&2
+      stop
       exit 1
     fi
     sleep 0.2
@@ -71,11 +93,23 @@ start() {
     exit 1
   fi
   log "apiserver $(cat "$dir/ready") (pid $pid, data in $dir)"
+  if [ "$with_node" = 1 ]; then
+    if ! "$node_sh" start "$dir"; then
+      log "the node did not start; see $dir/node/*.log"
+      stop
+      exit 1
+    fi
+    echo "export PGW_NODE_ADDRESS=${node_args[1]} PGW_NODE_CONTAINERD=$dir/node/containerd/containerd.sock"
+  fi
   echo "export KUBECONFIG=$dir/kubeconfig"
 }
 
 stop() {
   local pid exe
+  # The node first (its kubelet talks to the apiserver while it stops pods).
+  if [ -d "$dir/node" ] || [ "$(cat /run/pgw-node.owner 2>/dev/null)" = "$(cd "$dir" 2>/dev/null && pwd)" ]; then
+    "$node_sh" stop "$dir"
+  fi
   [ -f "$dir/control-plane.pid" ] || return 0
   pid=$(cat "$dir/control-plane.pid")
   # Only our own binary: the pid file may be stale and the number reused
@@ -93,11 +127,12 @@ stop() {
   fi
   # Keep the log for post-mortems; the rest is throw-away state.
   rm -rf "$dir/etcd" "$dir/pki" "$dir/kubeconfig" "$dir/controller-manager.kubeconfig" \
+    "$dir/kubelet.kubeconfig" "$dir/kube-proxy.kubeconfig" "$dir/scheduler.kubeconfig" \
     "$dir/ready" "$dir/control-plane.pid"
 }
 
 case "$cmd" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: control-plane.sh start|stop DIR" >&2; exit 2 ;;
+  *) echo "usage: control-plane.sh start|stop DIR [--with-node]" >&2; exit 2 ;;
 esac

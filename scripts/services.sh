@@ -7,6 +7,11 @@
 # Uses the machine's binaries; installs postgresql and redis-server with
 # apt-get when they are missing and we are root (set PGW_NO_INSTALL=1 to
 # forbid that). PostgreSQL runs as an unprivileged user when started by root.
+#
+# PGW_POD_NETWORK=GATEWAY/PREFIX (scripts/test.sh sets it to the test node's
+# pod bridge, scripts/node.sh): both also listen on GATEWAY, the only address
+# the pods reach, and PostgreSQL admits clients from that network by
+# password (scram-sha-256), never by trust.
 set -euo pipefail
 
 cmd=${1:?usage: services.sh start|stop DIR}
@@ -66,6 +71,12 @@ start() {
   local bin pg_port redis_port
   pg_port=${PGW_PG_PORT:-$(free_port)}
   redis_port=${PGW_REDIS_PORT:-$(free_port)}
+  local listen=127.0.0.1 pod_gateway="" pod_subnet=""
+  if [ -n "${PGW_POD_NETWORK:-}" ]; then
+    pod_gateway=${PGW_POD_NETWORK%/*}
+    pod_subnet=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_interface(sys.argv[1]).network)' "$PGW_POD_NETWORK")
+    listen="127.0.0.1,$pod_gateway"
+  fi
   mkdir -p "$dir"
   echo "$redis_port" >"$dir/redis.port"
   bin=$(pg_bin)
@@ -74,19 +85,27 @@ start() {
   if [ ! -f "$dir/pg/data/PG_VERSION" ]; then
     as_pg_user "$bin/initdb" -D "$dir/pg/data" -U postgres --auth=trust --no-sync >/dev/null
   fi
+  if [ -n "$pod_subnet" ] && ! grep -q "^host all all $pod_subnet " "$dir/pg/data/pg_hba.conf"; then
+    echo "host all all $pod_subnet scram-sha-256" >>"$dir/pg/data/pg_hba.conf"
+  fi
   # Tests and the demo run without durability for speed (never do this in
   # production); PGW_DURABLE=1 (the benchmark) keeps PostgreSQL's defaults.
   local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
   [ "${PGW_DURABLE:-0}" = 1 ] && durability=""
   as_pg_user "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 start \
-    -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 $durability -c max_connections=400 -c shared_buffers=256MB" >/dev/null
-  redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --dir "$dir" \
+    -o "-p $pg_port -k $dir/pg -c listen_addresses=$listen $durability -c max_connections=400 -c shared_buffers=256MB" >/dev/null
+  # Protected mode refuses every client but loopback ones while Redis has no
+  # password; the pod gateway is reachable from this machine and its pods only.
+  local protected=yes
+  [ -n "$pod_gateway" ] && protected=no
+  # shellcheck disable=SC2086 # the addresses are separate words
+  redis-server --port "$redis_port" --bind ${listen//,/ } --protected-mode "$protected" --daemonize yes --dir "$dir" \
     --save "" --appendonly no --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
   for _ in $(seq 1 50); do
     redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
     sleep 0.1
   done
-  log "PostgreSQL on 127.0.0.1:$pg_port, Redis on 127.0.0.1:$redis_port (data in $dir)"
+  log "PostgreSQL on $listen port $pg_port, Redis on $listen port $redis_port (data in $dir)"
   echo "export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/postgres"
   echo "export REDIS_URL=redis://127.0.0.1:$redis_port"
   echo "export PGW_PG_BIN=$bin"

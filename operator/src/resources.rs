@@ -440,6 +440,26 @@ fn env(cr: &PostgresWriter, component: Component) -> (Vec<EnvFromSource>, Vec<En
         ..Default::default()
     });
     env.push(EnvVar {
+        name: "POD_NAMESPACE".to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.namespace".to_string(),
+                api_version: Some("v1".to_string()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    // Spans name the pod they come from (OpenTelemetry's Kubernetes resource
+    // conventions); the kubelet expands the two variables above.
+    env.push(EnvVar {
+        name: "OTEL_RESOURCE_ATTRIBUTES".to_string(),
+        value: Some(
+            "k8s.pod.name=$(CONSUMER_NAME),k8s.namespace.name=$(POD_NAMESPACE)".to_string(),
+        ),
+        ..Default::default()
+    });
+    env.push(EnvVar {
         name: "OTEL_SERVICE_NAME".to_string(),
         value: Some(format!("postgres-writer-{}", component.as_str())),
         ..Default::default()

@@ -5,6 +5,11 @@
 //
 // Pods are never run (there is no kubelet and no scheduler): a test moves a
 // pod through its life by writing the pod's status subresource itself.
+// With --node-address the control plane serves a real node instead
+// (tests/node, started by scripts/node.sh): the apiserver listens on and
+// advertises that address (the bridge gateway the pods reach it through, as
+// the `kubernetes` Service), authorizes kubelets with the Node authorizer,
+// and the PKI gets the node's certificates and kubeconfigs.
 //
 // Everything lives under --dir: etcd data, the generated PKI (a CA, the
 // apiserver's serving certificate, client certificates, the service-account
@@ -43,6 +48,11 @@ const defaultControllers = "deployment-controller,replicaset-controller,job-cont
 	"serviceaccount-controller,serviceaccount-token-controller," +
 	"root-ca-certificate-publisher-controller,clusterrole-aggregation-controller"
 
+// nodeControllers are added to the defaults when a real node runs: Service
+// endpoints for kube-proxy, the clean-up of pods whose node is gone, and the
+// node lifecycle (it lifts the not-ready taint the kubelet registers with).
+const nodeControllers = ",endpointslice-controller,endpoints-controller,pod-garbage-collector-controller,node-lifecycle-controller"
+
 type options struct {
 	dir            string
 	etcdPort       int
@@ -51,6 +61,16 @@ type options struct {
 	controllerPort int
 	controllers    string
 	verbosity      int
+	nodeAddress    string
+	nodeName       string
+}
+
+// host is the address the apiserver listens on and clients dial.
+func (o options) host() string {
+	if o.nodeAddress != "" {
+		return o.nodeAddress
+	}
+	return "127.0.0.1"
 }
 
 func main() {
@@ -62,10 +82,19 @@ func main() {
 	flag.IntVar(&o.controllerPort, "controller-manager-port", 10257, "kube-controller-manager secure port on 127.0.0.1")
 	flag.StringVar(&o.controllers, "controllers", defaultControllers, "kube-controller-manager --controllers")
 	flag.IntVar(&o.verbosity, "v", 0, "klog verbosity of both components")
+	flag.StringVar(&o.nodeAddress, "node-address", "", "serve a real node: the IPv4 address (the pod bridge's gateway) the apiserver listens on and advertises")
+	flag.StringVar(&o.nodeName, "node-name", "pgw-node", "the node's name (its kubelet's client certificate is system:node:NAME)")
 	flag.Parse()
 	if o.dir == "" {
 		fmt.Fprintln(os.Stderr, "control-plane: --dir is required")
 		os.Exit(2)
+	}
+	if o.nodeAddress != "" && net.ParseIP(o.nodeAddress).To4() == nil {
+		fmt.Fprintf(os.Stderr, "control-plane: --node-address %q is not an IPv4 address\n", o.nodeAddress)
+		os.Exit(2)
+	}
+	if o.nodeAddress != "" && o.controllers == defaultControllers {
+		o.controllers += nodeControllers
 	}
 	if err := run(o); err != nil {
 		fmt.Fprintf(os.Stderr, "control-plane: %v\n", err)
@@ -85,11 +114,15 @@ func run(o options) error {
 	if err := os.Remove(filepath.Join(dir, "ready")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	pki, err := ensurePKI(filepath.Join(dir, "pki"))
+	var node *nodeIdentity
+	if o.nodeAddress != "" {
+		node = &nodeIdentity{name: o.nodeName, address: net.ParseIP(o.nodeAddress)}
+	}
+	pki, err := ensurePKI(filepath.Join(dir, "pki"), node)
 	if err != nil {
 		return fmt.Errorf("pki: %w", err)
 	}
-	server := "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(o.apiserverPort))
+	server := "https://" + net.JoinHostPort(o.host(), strconv.Itoa(o.apiserverPort))
 	adminKubeconfig := filepath.Join(dir, "kubeconfig")
 	cmKubeconfig := filepath.Join(dir, "controller-manager.kubeconfig")
 	if err := writeKubeconfig(adminKubeconfig, server, pki.ca, pki.admin); err != nil {
@@ -97,6 +130,18 @@ func run(o options) error {
 	}
 	if err := writeKubeconfig(cmKubeconfig, server, pki.ca, pki.controllerManager); err != nil {
 		return err
+	}
+	if node != nil {
+		// The node's components, one identity each (scripts/node.sh uses them).
+		for name, client := range map[string]certFiles{
+			"kubelet.kubeconfig":    pki.node.kubelet,
+			"kube-proxy.kubeconfig": pki.node.proxy,
+			"scheduler.kubeconfig":  pki.node.scheduler,
+		} {
+			if err := writeKubeconfig(filepath.Join(dir, name), server, pki.ca, client); err != nil {
+				return err
+			}
+		}
 	}
 
 	etcd, err := startEtcd(filepath.Join(dir, "etcd"), o.etcdPort, o.etcdPeerPort)
@@ -189,15 +234,10 @@ func startEtcd(dataDir string, clientPort, peerPort int) (*embed.Etcd, error) {
 }
 
 func apiserverArgs(o options, p *pkiFiles) []string {
-	return []string{
+	args := []string{
 		"--etcd-servers=http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(o.etcdPort)),
-		"--bind-address=127.0.0.1",
+		"--bind-address=" + o.host(),
 		"--secure-port=" + strconv.Itoa(o.apiserverPort),
-		// No node ever reaches this address: it only fills in the default
-		// `kubernetes` Service, whose endpoints are not reconciled (loopback
-		// addresses are invalid in Endpoints).
-		"--advertise-address=127.0.0.1",
-		"--endpoint-reconciler-type=none",
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--cert-dir=" + filepath.Dir(p.ca.cert),
 		"--tls-cert-file=" + p.serving.cert,
@@ -216,7 +256,6 @@ func apiserverArgs(o options, p *pkiFiles) []string {
 		"--proxy-client-key-file=" + p.frontProxy.key,
 		// RBAC only: system:masters (the admin kubeconfig and the apiserver's own
 		// loopback client) is always allowed, everyone else needs a binding.
-		"--authorization-mode=RBAC",
 		"--anonymous-auth=false",
 		// Bound service-account tokens (TokenRequest API).
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -225,6 +264,32 @@ func apiserverArgs(o options, p *pkiFiles) []string {
 		"--profiling=false",
 		"--v=" + strconv.Itoa(o.verbosity),
 	}
+	if p.node == nil {
+		return append(args,
+			// No node ever reaches this address: it only fills in the default
+			// `kubernetes` Service, whose endpoints are not reconciled (loopback
+			// addresses are invalid in Endpoints).
+			"--advertise-address=127.0.0.1",
+			"--endpoint-reconciler-type=none",
+			"--authorization-mode=RBAC",
+		)
+	}
+	return append(args,
+		// The `kubernetes` Service's endpoint: pods reach the apiserver
+		// through it (kube-proxy), at the bridge gateway.
+		"--advertise-address="+o.nodeAddress,
+		"--endpoint-reconciler-type=lease",
+		// Kubelets act as system:node:NAME and may touch only their own
+		// node and the pods bound to it, as in production clusters.
+		"--authorization-mode=Node,RBAC",
+		"--enable-admission-plugins=NodeRestriction",
+		// logs, exec and port-forward: the apiserver calls the kubelet with
+		// its own client certificate and checks the kubelet's serving one.
+		"--kubelet-client-certificate="+p.node.apiserverClient.cert,
+		"--kubelet-client-key="+p.node.apiserverClient.key,
+		"--kubelet-certificate-authority="+p.ca.cert,
+		"--kubelet-preferred-address-types=InternalIP",
+	)
 }
 
 func controllerManagerArgs(o options, p *pkiFiles, kubeconfig string) []string {

@@ -25,18 +25,34 @@ type certFiles struct{ cert, key string }
 
 // pkiFiles is what ensurePKI leaves in its directory.
 type pkiFiles struct {
-	ca                certFiles // self-signed; signs everything below and verifies client certs
-	serving           certFiles // kube-apiserver's serving certificate for 127.0.0.1/localhost
-	admin             certFiles // client: CN=admin, O=system:masters
-	controllerManager certFiles // client: CN=system:kube-controller-manager
-	frontProxy        certFiles // client: CN=front-proxy-client, the aggregator's request-header identity
-	serviceAccountKey string    // RSA private key that signs service-account tokens
-	serviceAccountPub string    // its public key, which verifies them
+	ca                certFiles  // self-signed; signs everything below and verifies client certs
+	serving           certFiles  // kube-apiserver's serving certificate for 127.0.0.1/localhost
+	admin             certFiles  // client: CN=admin, O=system:masters
+	controllerManager certFiles  // client: CN=system:kube-controller-manager
+	frontProxy        certFiles  // client: CN=front-proxy-client, the aggregator's request-header identity
+	serviceAccountKey string     // RSA private key that signs service-account tokens
+	serviceAccountPub string     // its public key, which verifies them
+	node              *nodeFiles // with --node-address only
+}
+
+// nodeIdentity is the real node the control plane serves (--node-address).
+type nodeIdentity struct {
+	name    string
+	address net.IP
+}
+
+// nodeFiles are the certificates of the node's components.
+type nodeFiles struct {
+	kubelet         certFiles // client: CN=system:node:NAME, O=system:nodes (the Node authorizer)
+	kubeletServing  certFiles // the kubelet's serving certificate for the node address
+	proxy           certFiles // client: CN=system:kube-proxy (bound to system:node-proxier)
+	scheduler       certFiles // client: CN=system:kube-scheduler
+	apiserverClient certFiles // the apiserver's client certificate towards the kubelet (logs, exec)
 }
 
 // ensurePKI creates the PKI in dir unless a previous start already did, so a
 // restart on the same directory keeps issued tokens and kubeconfigs valid.
-func ensurePKI(dir string) (*pkiFiles, error) {
+func ensurePKI(dir string, node *nodeIdentity) (*pkiFiles, error) {
 	p := &pkiFiles{
 		ca:                certFiles{filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")},
 		serving:           certFiles{filepath.Join(dir, "apiserver.crt"), filepath.Join(dir, "apiserver.key")},
@@ -46,7 +62,24 @@ func ensurePKI(dir string) (*pkiFiles, error) {
 		serviceAccountKey: filepath.Join(dir, "sa.key"),
 		serviceAccountPub: filepath.Join(dir, "sa.pub"),
 	}
+	if node != nil {
+		pair := func(name string) certFiles {
+			return certFiles{filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")}
+		}
+		p.node = &nodeFiles{
+			kubelet:         pair("kubelet-client"),
+			kubeletServing:  pair("kubelet-serving"),
+			proxy:           pair("kube-proxy"),
+			scheduler:       pair("scheduler"),
+			apiserverClient: pair("apiserver-kubelet-client"),
+		}
+	}
 	if _, err := os.Stat(p.serviceAccountPub); err == nil {
+		if node != nil {
+			if _, err := os.Stat(p.node.kubelet.cert); err != nil {
+				return nil, fmt.Errorf("%s was made without --node-address; start on a fresh directory", dir)
+			}
+		}
 		return p, nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -77,6 +110,26 @@ func ensurePKI(dir string) (*pkiFiles, error) {
 		p.admin:             {CommonName: "admin", Organization: []string{"system:masters"}},
 		p.controllerManager: {CommonName: "system:kube-controller-manager"},
 		p.frontProxy:        {CommonName: "front-proxy-client"},
+	}
+	if node != nil {
+		// The apiserver listens on the node address too (pods reach it there
+		// through the `kubernetes` Service).
+		serving.IPAddresses = append(serving.IPAddresses, node.address)
+		clients[p.node.kubelet] = pkix.Name{CommonName: "system:node:" + node.name, Organization: []string{"system:nodes"}}
+		clients[p.node.proxy] = pkix.Name{CommonName: "system:kube-proxy"}
+		clients[p.node.scheduler] = pkix.Name{CommonName: "system:kube-scheduler"}
+		// Full access to the kubelet API; production clusters bind a narrower
+		// group to system:kubelet-api-admin, which needs a binding created after start.
+		clients[p.node.apiserverClient] = pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}}
+		kubeletServing := &x509.Certificate{
+			Subject:     pkix.Name{CommonName: node.name},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			DNSNames:    []string{node.name},
+			IPAddresses: []net.IP{node.address},
+		}
+		if _, err := issue(kubeletServing, &signer{caCert, caKey}, nil, p.node.kubeletServing); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := issue(serving, &signer{caCert, caKey}, nil, p.serving); err != nil {
 		return nil, err

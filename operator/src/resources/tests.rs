@@ -149,6 +149,31 @@ fn worker_deployment_env_probes_prestop_and_grace() {
         .as_ref()
         .unwrap();
     assert_eq!(consumer.field_path, "metadata.name");
+    // Spans carry the pod's name and namespace.
+    let namespace = env_value(c, "POD_NAMESPACE")
+        .unwrap()
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(namespace.field_path, "metadata.namespace");
+    let names = |e: &EnvVar| e.name.clone();
+    let order: Vec<String> = c.env.as_ref().unwrap().iter().map(names).collect();
+    let position = |name: &str| order.iter().position(|n| n == name).unwrap();
+    assert!(
+        position("CONSUMER_NAME") < position("OTEL_RESOURCE_ATTRIBUTES")
+            && position("POD_NAMESPACE") < position("OTEL_RESOURCE_ATTRIBUTES"),
+        "the kubelet expands only variables defined earlier: {order:?}"
+    );
+    assert_eq!(
+        env_value(c, "OTEL_RESOURCE_ATTRIBUTES")
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("k8s.pod.name=$(CONSUMER_NAME),k8s.namespace.name=$(POD_NAMESPACE)")
+    );
     assert_eq!(
         env_value(c, "ANALYTICS_ENABLED").unwrap().value.as_deref(),
         Some("false")
