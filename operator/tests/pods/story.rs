@@ -511,7 +511,8 @@ impl Story {
                 "drain": {"timeoutSeconds": 30},
                 "telemetry": {
                     "otlpEndpoint": format!("http://{}:{}", self.gateway, self.otlp_port),
-                    "samplingRatio": 0.05,
+                    // Every trace: step 10 looks for the worker pods' batch spans.
+                    "samplingRatio": 1.0,
                 },
                 // Sized for the 2-core test machine.
                 "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
@@ -695,6 +696,7 @@ impl Story {
     pub fn force_delete(&mut self) -> String {
         self.patch(json!({"spec": {"replicas": 2}}));
         let pods = Self::pod_names(&self.ready_pods("worker", 2));
+        self.worker_pods.extend(pods.iter().cloned());
         let backlog = self.under_load(7);
         // The pod holding pending entries right now.
         let streams = self.streams.clone();
