@@ -1,4 +1,4 @@
-//! The `PostgresWriter` custom resource (`pgwriter.io/v1alpha1`, SPEC §6).
+//! The `PostgresWriter` custom resource (`pgwriter.io/v1alpha1`, contract §6).
 //!
 //! Defaults and validation live in the generated OpenAPI schema (serde
 //! defaults become schema defaults, schemars ranges become minimum/maximum),

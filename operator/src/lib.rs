@@ -1,6 +1,6 @@
 //! postgres-writer-operator: reconciles `PostgresWriter` resources into the
 //! migration Job, the worker and analytics Deployments, a ConfigMap, a
-//! metrics Service and a PodDisruptionBudget (SPEC §6).
+//! metrics Service and a PodDisruptionBudget (contract §6).
 //!
 //! - [`crd`]: the custom resource and its schema;
 //! - [`resources`]: desired objects as pure functions of the spec;

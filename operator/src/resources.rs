@@ -165,7 +165,7 @@ fn metadata(cr: &PostgresWriter, name: String, component: Component) -> ObjectMe
     }
 }
 
-/// Non-secret settings shared by worker and analytics pods (SPEC §5 names).
+/// Non-secret settings shared by worker and analytics pods (contract §5 names).
 pub fn config_data(spec: &PostgresWriterSpec) -> BTreeMap<String, String> {
     let mut data = BTreeMap::from([
         ("REDIS_STREAMS".to_string(), spec.streams.join(",")),

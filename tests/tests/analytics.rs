@@ -1,4 +1,4 @@
-//! Analytics (SPEC §3 level 3, §4): once the queue drains, every analytics
+//! Analytics (contract §3 level 3, §4): once the queue drains, every analytics
 //! row equals its from-scratch definition (`verify`), in the scenarios of
 //! issue 3, including racing analytics workers and failures that are retried
 //! or parked.
@@ -724,8 +724,10 @@ async fn a_late_failure_leaves_the_new_owners_lease() {
     db.assert_verified().await;
 }
 
-/// Waits until some backend of this database waits for a lock of `locktype`
-/// (on `relation` when given), or `done` says the other side finished.
+/// Waits until some session of this database waits for a lock of `locktype`
+/// (on `relation` when given), or `done` says the other side finished. The
+/// session's database comes from pg_stat_activity: a row lock is a wait for
+/// the holder's `transactionid`, which pg_locks shows without a database.
 async fn wait_for_lock_wait(
     db: &TestDb,
     locktype: &str,
@@ -735,9 +737,9 @@ async fn wait_for_lock_wait(
     let started = std::time::Instant::now();
     loop {
         let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND locktype = $1 \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-             AND ($2::text IS NULL OR relation = to_regclass($2)))",
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE NOT l.granted AND l.locktype = $1 AND a.datname = current_database() \
+             AND ($2::text IS NULL OR l.relation = to_regclass($2)))",
         )
         .bind(locktype)
         .bind(relation)
@@ -881,34 +883,6 @@ async fn conflicts_cost_no_attempt_and_park_nothing() {
     db.assert_verified().await;
 }
 
-/// Waits until some session of this database waits for a lock of `locktype`
-/// (a row lock is a wait for the holder's `transactionid`, which pg_locks
-/// shows without a database), or `done` says the other side finished.
-async fn wait_for_wait_event(db: &TestDb, locktype: &str, done: impl Fn() -> bool) -> bool {
-    let started = std::time::Instant::now();
-    loop {
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND wait_event = $1)",
-        )
-        .bind(locktype)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        if waiting {
-            return true;
-        }
-        if done() {
-            return false;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "neither a {locktype} lock wait nor completion"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 /// Issue 22: `rollback` and an analytics transaction take their locks in one
 /// order, so they cannot deadlock. The test holds one predicate_object row
 /// (as a second analytics worker would) so that the analytics transaction
@@ -943,7 +917,7 @@ async fn rollback_and_analytics_take_their_locks_in_one_order() {
     });
     // The analytics transaction waits for the held row.
     assert!(
-        wait_for_wait_event(&db, "transactionid", || analytics.is_finished()).await,
+        wait_for_lock_wait(&db, "transactionid", None, || analytics.is_finished()).await,
         "the analytics transaction did not wait for the held predicate_object row"
     );
     // Nothing is removed (every event is below the block); the rollback
@@ -953,7 +927,7 @@ async fn rollback_and_analytics_take_their_locks_in_one_order() {
         async move { worker::rollback::rollback(&pool, "testnet", 1_000_000).await }
     });
     assert!(
-        wait_for_wait_event(&db, "relation", || rollback.is_finished()).await,
+        wait_for_lock_wait(&db, "relation", None, || rollback.is_finished()).await,
         "the rollback did not wait for the analytics transaction's tables"
     );
     holder.commit().await.unwrap();

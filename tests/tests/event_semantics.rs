@@ -1,4 +1,4 @@
-//! Per event type: stored rows and every derived column match SPEC §3,
+//! Per event type: stored rows and every derived column match contract §3,
 //! including uint256 values above 2^64, hex/decimal spellings and non-UTF-8
 //! atom data. Entries go through Redis and the real consumer.
 

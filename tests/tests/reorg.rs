@@ -13,34 +13,9 @@ use system_tests::payload::{tx, ADDR_A, ADDR_B};
 use system_tests::{
     assert_same_tables, consume_until_idle, stream_args, unique, TestDb, TestRedis,
 };
+use worker::generate::Rng;
 
 const NETWORK: &str = "testnet";
-
-/// splitmix64: the property test's only source of randomness (seeded).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn range(&mut self, low: u64, high_inclusive: u64) -> u64 {
-        low + self.below(high_inclusive - low + 1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 fn term(n: u64) -> String {
     format!("0x{n:064x}")
@@ -840,7 +815,7 @@ async fn random_histories_equal_the_canonical_chain() {
     let mut copies_total = 0i64;
     let started = Instant::now();
     for case in 0..cases {
-        let case_seed = rng.next();
+        let case_seed = rng.next_u64();
         let mut rng = Rng(case_seed);
         let h = history(&mut rng);
         let workers = rng.range(1, 3) as usize;

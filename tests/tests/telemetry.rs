@@ -239,7 +239,7 @@ async fn worker_exports_linked_spans_over_otlp_http() {
         .sum();
     assert!(terms > 0);
 
-    // /metrics after the run: the SPEC §7 families with sane values.
+    // /metrics after the run: the contract §7 families with sane values.
     let value = |name: &str| -> f64 {
         metrics
             .lines()

@@ -43,7 +43,7 @@ pub async fn apply(
     fold::insert_deltas(tx, plan.deltas, trace_context).await
 }
 
-/// Where an event sits in the chain; SPEC §3 "newest" is the greatest
+/// Where an event sits in the chain; contract §3 "newest" is the greatest
 /// (block_number, log_index), then transaction hash (0x + lowercase hex, so
 /// byte order equals PostgreSQL's text order).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

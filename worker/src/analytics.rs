@@ -1,6 +1,6 @@
 //! Analytics: keeps the triple-level tables (`triple_vault`, `triple_term`,
 //! `predicate_object`, `subject_predicate`) current from the analytics queue
-//! (transactional outbox, SPEC §3 level 3 and §4).
+//! (transactional outbox, contract §3 level 3 and §4).
 //!
 //! Per batch: claim due terms for a lease (FOR UPDATE SKIP LOCKED, a short
 //! transaction of its own, so writers never wait for analytics work), then in

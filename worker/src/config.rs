@@ -1,4 +1,4 @@
-//! Settings: every setting is a CLI flag and an environment variable (SPEC §5),
+//! Settings: every setting is a CLI flag and an environment variable (contract §5),
 //! validated at start-up with a message naming the variable, the bad value and
 //! the allowed range. The README's settings table is generated from these
 //! definitions (`postgres-writer settings`) and checked by a test.

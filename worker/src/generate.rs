@@ -47,25 +47,32 @@ pub fn stream_names(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// splitmix64: small, fast, deterministic.
-struct Rng(u64);
+/// splitmix64: small, fast, deterministic (the generator's and the property
+/// tests' only source of randomness, so a seed reproduces a run).
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
-    fn chance(&mut self, percent: u64) -> bool {
+    /// Uniform in `low..=high`.
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.below(high - low + 1)
+    }
+    /// True `percent` times in 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 }
@@ -267,7 +274,7 @@ impl<'a> Sim<'a> {
             ]))
         );
         let data: Vec<u8> = if self.rng.chance(85) {
-            format!("ipfs://bafkrei{:020x}{n}", self.rng.next()).into_bytes()
+            format!("ipfs://bafkrei{:020x}{n}", self.rng.next_u64()).into_bytes()
         } else {
             // Binary atom data (not UTF-8).
             vec![0xff, 0xfe, 0x00, (n % 256) as u8]

@@ -1,4 +1,4 @@
-//! HTTP endpoints on one port (SPEC §5): `/livez`, `/readyz`, `/health`,
+//! HTTP endpoints on one port (contract §5): `/livez`, `/readyz`, `/health`,
 //! `/metrics`, and `POST /drain` (loopback only) used by the preStop hook.
 //! Also the tiny HTTP/1.1 client that `postgres-writer drain` uses.
 

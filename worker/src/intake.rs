@@ -1,4 +1,4 @@
-//! Stream intake: consumer groups on the configured Redis streams (SPEC §4).
+//! Stream intake: consumer groups on the configured Redis streams (contract §4).
 //!
 //! Groups are created at the start of each stream (`0`) so entries written
 //! before the first start are processed. A restarted consumer first re-reads

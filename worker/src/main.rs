@@ -1,4 +1,4 @@
-//! The `postgres-writer` binary: subcommands of SPEC §5.
+//! The `postgres-writer` binary: subcommands of contract §5.
 
 use anyhow::{bail, Context};
 use clap::Parser;

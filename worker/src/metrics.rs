@@ -1,4 +1,4 @@
-//! Prometheus metrics of the worker (SPEC §7), served on `/metrics`.
+//! Prometheus metrics of the worker (contract §7), served on `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -1,4 +1,4 @@
-//! Identifier normalisation (SPEC §2): term ids as lower-case `0x` + 64 hex,
+//! Identifier normalisation (contract §2): term ids as lower-case `0x` + 64 hex,
 //! addresses EIP-55 checksummed, atom data as bytes, counter terms by keccak.
 
 use super::FieldError;
@@ -119,7 +119,7 @@ pub fn hex_bytes(value: &str) -> Result<Vec<u8>, FieldError> {
     })
 }
 
-/// Atom data as text when it is UTF-8 without NUL bytes (SPEC §2).
+/// Atom data as text when it is UTF-8 without NUL bytes (contract §2).
 pub fn atom_text(bytes: &[u8]) -> Option<String> {
     if bytes.contains(&0) {
         return None;

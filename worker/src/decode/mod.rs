@@ -1,4 +1,4 @@
-//! Event decoding: one Redis stream entry (rindexer format, SPEC §2) becomes
+//! Event decoding: one Redis stream entry (rindexer format, contract §2) becomes
 //! validated, normalised events plus dead letters for whatever could not be read.
 //!
 //! Decoding never fails as a whole: a bad entry or a bad array item becomes a
@@ -99,7 +99,7 @@ impl ChainPosition {
     pub fn key(&self) -> (&str, i64) {
         (&self.transaction_hash, self.log_index)
     }
-    /// "Newest" ordering of SPEC §3.
+    /// "Newest" ordering of contract §3.
     pub fn order(&self) -> (i64, i64) {
         (self.block_number, self.log_index)
     }

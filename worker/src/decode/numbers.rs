@@ -1,4 +1,4 @@
-//! Number spellings of rindexer payloads (SPEC §2): JSON numbers, decimal
+//! Number spellings of rindexer payloads (contract §2): JSON numbers, decimal
 //! strings and `0x` hex strings. Values are kept exact: uint256 quantities are
 //! normalised to canonical decimal text, never routed through floats.
 

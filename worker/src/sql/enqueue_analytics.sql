@@ -6,7 +6,7 @@
 -- attempts because new data may cure it. Rows are locked in term order.
 --
 -- Only triples and counter triples are queued: atom vaults feed no analytics
--- table (SPEC §3). A term still Unknown here needs no entry either: its
+-- table (contract §3). A term still Unknown here needs no entry either: its
 -- TripleCreated queues the triple when it arrives, and that recomputation
 -- reads both vaults. upsert_terms.sql ran first in this transaction, and the
 -- folder owns these terms' partition, so the types read here are current.
