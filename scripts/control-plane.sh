@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throw-away Kubernetes control plane on loopback for the tests: etcd,
 # kube-apiserver and kube-controller-manager in one process, built from Go
-# modules (tests/control-plane). No kubelet: pods never run.
+# modules (tests/control-plane). Without --with-node there is no kubelet:
+# pods never run.
 #
 #   scripts/control-plane.sh start DIR   # prints `export KUBECONFIG=…`
 #   scripts/control-plane.sh start DIR --with-node
