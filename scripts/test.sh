@@ -11,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir=$(mktemp -d /tmp/pgw-test.XXXXXX)
-trap 'scripts/control-plane.sh stop "$dir/k8s-node" >/dev/null 2>&1 || true; scripts/control-plane.sh stop "$dir/k8s" >/dev/null 2>&1 || true; scripts/services.sh stop "$dir"' EXIT
+# On exit: everything stopped, and the bulky parts removed (the database's
+# data and the images); the logs stay in $dir.
+trap 'scripts/control-plane.sh stop "$dir/k8s-node" >/dev/null 2>&1 || true; scripts/control-plane.sh stop "$dir/k8s" >/dev/null 2>&1 || true; scripts/services.sh stop "$dir"; rm -rf "$dir/pg/data" "$dir/images"' EXIT
 # The Kubernetes control plane (tests/control-plane) starts in the background
 # while the services start and the binaries build; the operator's end-to-end
 # suite (operator/tests/e2e/) uses it through PGW_TEST_KUBECONFIG.
