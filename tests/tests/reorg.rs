@@ -533,7 +533,7 @@ fn history(rng: &mut Rng) -> History {
     let mut dropped_pool: Vec<SimEvent> = Vec::new();
     for _ in 0..steps {
         let head = chain.last().map(|(b, _)| *b).unwrap_or(1);
-        if chain.len() > 2 && rng.chance(25) {
+        let number = if chain.len() > 2 && rng.chance(25) {
             // A reorg: drop blocks >= fork, announce it on every stream.
             let fork = rng.range(2, head);
             let depth = head - fork + 1;
@@ -574,23 +574,10 @@ fn history(rng: &mut Rng) -> History {
                 }
             }
             // The new branch starts at the fork block again (or one later).
-            let restart = fork + rng.below(2);
-            let mut events = Vec::new();
-            build_block(
-                rng,
-                &mut events,
-                &mut next_tx,
-                &mut log_index,
-                restart,
-                &mut atoms,
-                &mut next_term,
-                &mut dropped_pool,
-            );
-            publish_block(&mut per_stream, &mut deferred, rng, streams, &events);
-            chain.push((restart, events));
-            continue;
-        }
-        let number = head + 1;
+            fork + rng.below(2)
+        } else {
+            head + 1
+        };
         let mut events = Vec::new();
         build_block(
             rng,
