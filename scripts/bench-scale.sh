@@ -40,6 +40,10 @@
 #                   mean and p99 bucket over all workers once settled.
 #   SCALE_SETTLE_SQL  query giving the work still to do after the drain
 #                   (default: unparked analytics_queue rows + fold_delta rows)
+#   SCALE_STATEMENTS  top statements printed per run (default 8; 0 = do not
+#                   load pg_stat_statements): by total execution time and by
+#                   WAL bytes, counted from the workers' start until settled,
+#                   to the log and $SCALE_OUT/statements_<run>.md
 #   SCALE_TIMEOUT   seconds a run may take to drain, and then to settle (default 600)
 #   SCALE_OUT       folder of the table (scale.md) and the logs (default: a new /tmp/pgw-scale.*)
 #   POSTGRES_WRITER_BIN  binary to use; default: cargo build --release --bin postgres-writer
@@ -69,6 +73,7 @@ VERIFY=${SCALE_VERIFY:-last}
 METRICS=${SCALE_METRICS:-"pgw_fold_lag_seconds pgw_fold_delay_seconds"}
 SETTLE_SQL=${SCALE_SETTLE_SQL:-"SELECT (SELECT count(*) FROM analytics_queue WHERE parked_at IS NULL) + CASE WHEN to_regclass('fold_delta') IS NULL THEN 0 ELSE (xpath('/row/c/text()', query_to_xml('SELECT count(*) AS c FROM fold_delta', false, true, '')))[1]::text::int8 END"}
 TIMEOUT=${SCALE_TIMEOUT:-600}
+STATEMENTS=${SCALE_STATEMENTS:-8}
 OUT=${SCALE_OUT:-$(mktemp -d /tmp/pgw-scale.XXXXXX)}
 mkdir -p "$OUT"
 case $VERIFY in last | all | none) ;; *) echo "SCALE_VERIFY must be last, all or none" >&2; exit 2 ;; esac
@@ -108,7 +113,10 @@ cleanup() {
   rm -rf "$svc"
 }
 trap cleanup EXIT
-eval "$(PGW_DURABLE=1 scripts/services.sh start "$svc")"
+pg_options=""
+# pg_stat_statements costs PostgreSQL a little CPU; it is loaded only here.
+[ "$STATEMENTS" = 0 ] || pg_options="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on -c pg_stat_statements.max=2000"
+eval "$(PGW_DURABLE=1 PGW_PG_OPTIONS=$pg_options scripts/services.sh start "$svc")"
 admin_url=$DATABASE_URL
 base_url=${admin_url%/*}
 redis_port=${REDIS_URL##*:}
@@ -169,6 +177,20 @@ settle_left() {
   psql "$1" -Atq -c "$SETTLE_SQL" 2>/dev/null || echo -1
 }
 
+[ "$STATEMENTS" = 0 ] || psql_admin -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
+
+# Top $STATEMENTS statements of database $1 since the last reset, ordered by
+# $2 (total_exec_time or wal_bytes), as a markdown table; $3 = events stored.
+top_statements() {
+  psql_admin -F '|' -c "
+    SELECT '', calls, round(total_exec_time::numeric / 1000, 3), round(total_plan_time::numeric / 1000, 3), round((100 * total_exec_time / nullif(sum(total_exec_time) OVER (), 0))::numeric, 1),
+           round(1000 * total_exec_time::numeric / $3, 1), round(wal_bytes::numeric / $3, 1), rows,
+           '\`' || left(regexp_replace(regexp_replace(query, '^(\s*--[^\n]*\n)*', ''), '\s+', ' ', 'g'), 100) || '\`', ''
+    FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+    WHERE d.datname = '$1' AND toplevel
+    ORDER BY $2 DESC LIMIT $STATEMENTS"
+}
+
 log "PostgreSQL $(psql_admin -c 'show server_version'), fsync $(psql_admin -c 'show fsync'), synchronous_commit $(psql_admin -c 'show synchronous_commit'); $(nproc) cores"
 log "generating $EVENTS events, $ACCOUNTS accounts (seed $SEED)"
 t=$(now)
@@ -207,6 +229,8 @@ for spec in "${all_runs[@]}"; do
 
 
   pg_settle "$pgdata"
+  [ "$STATEMENTS" = 0 ] || psql_admin -c "SELECT pg_stat_statements_reset()" >/dev/null
+  wal0=$(psql_admin -c "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
   pg0=$(pg_ticks "$pgdata")
   # Wait-event sampler: one psql session, one query every 0.2 s.
   flag=$OUT/.sampling_$label
@@ -282,6 +306,7 @@ for spec in "${all_runs[@]}"; do
   fi
   wk2=$(proc_ticks "${pids[@]}")
   pg2=$(pg_ticks "$pgdata")
+  wal2=$(psql_admin -c "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
   final=$OUT/metric_final_$label
   : >"$final"
   scrape_metrics "$final" "${ports[@]}"
@@ -301,6 +326,20 @@ for spec in "${all_runs[@]}"; do
   fi
   [ "$drained" = 1 ] || v="did not drain; $v"
   stored=$(psql "$url" -Atq -c "SELECT (SELECT count(*) FROM deposited_events) + (SELECT count(*) FROM redeemed_events) + (SELECT count(*) FROM share_price_changed_events) + (SELECT count(*) FROM atom_created_events) + (SELECT count(*) FROM triple_created_events) + (SELECT count(*) FROM generic_events)")
+  if [ "$STATEMENTS" != 0 ] && [ "${stored:-0}" -gt 0 ]; then
+    {
+      echo "Top $STATEMENTS statements of run $label ($n worker processes, ${settings:-defaults}), from the workers' start until settled, $stored events:"
+      for order in total_exec_time wal_bytes; do
+        echo
+        echo "by $order:"
+        echo
+        echo "| calls | execution s | planning s | % of execution | execution ms / 1,000 events | WAL bytes / event | rows | statement |"
+        echo "|---|---|---|---|---|---|---|---|"
+        top_statements "$db" "$order" "$stored"
+      done
+    } >"$OUT/statements_$label.md"
+    cat "$OUT/statements_$label.md" >&2
+  fi
   # Wait events until drained (the table, as run.sh) and while settling (the log).
   top_waits() { sort | uniq -c | sort -rn | head -4 | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}'; }
   waits=$(awk -v t="$t1" '$1 <= t {print $2}' "$OUT/waits_$label" | top_waits)
@@ -313,12 +352,12 @@ for spec in "${all_runs[@]}"; do
     mcells+="${ms:--}|"
   done
   row=$(awk -v n="$n" -v s="${settings:-defaults}" -v e="$stored" -v a="$t0" -v b="$t1" -v st="$settled" \
-    -v wk="$wk2" -v wks=$((wk2 - wk1)) -v pg=$((pg2 - pg0)) -v pgs=$((pg2 - pg1)) -v tck="$tck" -v v="$v" -v w="${waits:-none}" '
+    -v wk="$wk2" -v wks=$((wk2 - wk1)) -v pg=$((pg2 - pg0)) -v pgs=$((pg2 - pg1)) -v tck="$tck" -v wal=$((wal2 - wal0)) -v v="$v" -v w="${waits:-none}" '
     function c(x,  s, r) {s = sprintf("%d", x); while (length(s) > 3) {r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3)}; return s r}
     function cpu(t, after) {return sprintf("%.3f (%.3f settling)", t / tck / k, after / tck / k)}
     BEGIN {
       d = b - a; k = e / 1000
-      printf "| %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s |\n", n, s, c(e), d, c(e / d), st, cpu(wk, wks), cpu(pg, pgs), w, v
+      printf "| %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n", n, s, c(e), d, c(e / d), st, cpu(wk, wks), cpu(pg, pgs), c(wal / e), w, v
     }')
   rows+=("$row")
   cells+=("$mcells")
@@ -331,8 +370,8 @@ done
 {
   echo "$(nproc) cores, PostgreSQL $(psql_admin -c 'show server_version') durable (fsync and synchronous_commit on), $EVENTS events, $ACCOUNTS accounts, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  h="| worker processes | settings | events stored | seconds | events/s | settled after (s) | worker CPU s / 1,000 events (settling) | PostgreSQL CPU s / 1,000 events (settling) | wait events of active backends until drained (samples every 0.2 s) | verify |"
-  sep="|---|---|---|---|---|---|---|---|---|---|"
+  h="| worker processes | settings | events stored | seconds | events/s | settled after (s) | worker CPU s / 1,000 events (settling) | PostgreSQL CPU s / 1,000 events (settling) | WAL bytes / event | wait events of active backends until drained (samples every 0.2 s) | verify |"
+  sep="|---|---|---|---|---|---|---|---|---|---|---|"
   for m in $METRICS; do
     [ -z "${metric_seen[$m]:-}" ] || { h+=" $m |"; sep+="---|"; }
   done

@@ -11,7 +11,8 @@
 # PGW_POD_NETWORK=GATEWAY/PREFIX (scripts/test.sh sets it to the test node's
 # pod bridge, scripts/node.sh): both also listen on GATEWAY, the only address
 # the pods reach, and PostgreSQL admits clients from that network by
-# password (scram-sha-256), never by trust.
+# password (scram-sha-256), never by trust. PGW_PG_OPTIONS adds server
+# options (`-c name=value …`; scripts/bench-scale.sh loads pg_stat_statements).
 set -euo pipefail
 
 cmd=${1:?usage: services.sh start|stop DIR}
@@ -93,7 +94,7 @@ start() {
   local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
   [ "${PGW_DURABLE:-0}" = 1 ] && durability=""
   as_pg_user "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 start \
-    -o "-p $pg_port -k $dir/pg -c listen_addresses=$listen $durability -c max_connections=400 -c shared_buffers=256MB" >/dev/null
+    -o "-p $pg_port -k $dir/pg -c listen_addresses=$listen $durability -c max_connections=400 -c shared_buffers=256MB ${PGW_PG_OPTIONS:-}" >/dev/null
   # Protected mode refuses every client but loopback ones while Redis has no
   # password; the pod gateway is reachable from this machine and its pods only.
   local protected=yes

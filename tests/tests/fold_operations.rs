@@ -599,7 +599,8 @@ async fn a_transient_fold_error_parks_nothing() {
     assert_eq!((report.deltas as i64, report.parked), (pending, 0));
 }
 
-/// Every worker session carries the hold bounds (ADR 0019).
+/// Every worker session carries the hold bounds (ADR 0019) and plans its
+/// keyed statements once, by key (ADR 0021).
 #[tokio::test]
 async fn worker_sessions_carry_the_hold_bounds() {
     let db = TestDb::new().await;
@@ -616,7 +617,8 @@ async fn worker_sessions_carry_the_hold_bounds() {
     let settings: Vec<(String, String)> = sqlx::query_as(
         "SELECT name, setting FROM pg_settings WHERE name IN ('statement_timeout', 'lock_timeout', \
          'idle_in_transaction_session_timeout', 'tcp_keepalives_idle', 'tcp_keepalives_interval', \
-         'tcp_keepalives_count', 'tcp_user_timeout') ORDER BY name",
+         'tcp_keepalives_count', 'tcp_user_timeout', 'plan_cache_mode', 'enable_seqscan', 'jit') \
+         ORDER BY name",
     )
     .fetch_all(&pool)
     .await
@@ -624,8 +626,11 @@ async fn worker_sessions_carry_the_hold_bounds() {
     assert_eq!(
         settings,
         [
+            ("enable_seqscan", "off"),
             ("idle_in_transaction_session_timeout", "10000"),
+            ("jit", "off"),
             ("lock_timeout", "20000"),
+            ("plan_cache_mode", "force_generic_plan"),
             ("statement_timeout", "20000"),
             ("tcp_keepalives_count", "3"),
             ("tcp_keepalives_idle", "10"),

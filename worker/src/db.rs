@@ -85,7 +85,8 @@ pub const TCP_USER_TIMEOUT_MS: u32 = 25_000;
 /// - server-side TCP keepalives and `tcp_user_timeout`: a client whose node
 ///   or network is gone is noticed;
 /// - with `statement_bound`, `statement_timeout` and `lock_timeout`: no
-///   statement, nor a wait for a lock, outlasts the bound.
+///   statement, nor a wait for a lock, outlasts the bound; and the plans of
+///   keyed statements ([`KEYED_STATEMENT_PLANS`]).
 pub fn hold_bounds(args: &DatabaseArgs, statement_bound: bool) -> Vec<(&'static str, String)> {
     let mut options = vec![
         (
@@ -103,9 +104,35 @@ pub fn hold_bounds(args: &DatabaseArgs, statement_bound: bool) -> Vec<(&'static 
             args.db_statement_timeout_ms.to_string(),
         ));
         options.push(("lock_timeout", args.db_statement_timeout_ms.to_string()));
+        options.extend(
+            KEYED_STATEMENT_PLANS
+                .iter()
+                .map(|(name, value)| (*name, value.to_string())),
+        );
     }
     options
 }
+
+/// How the sessions of `run` and `analytics` plan (ADR 0021). Every one of
+/// their statements takes parameter arrays and reads rows by key through an
+/// index (`LATERAL … OFFSET 0`, `ON CONFLICT`, ADR 0008), so the right plan
+/// never depends on the values or on the tables' sizes:
+/// - `plan_cache_mode`: each prepared statement is planned once per
+///   connection, instead of on every execution (about 5 % of PostgreSQL's
+///   CPU under load went to planning the same plans again);
+/// - `enable_seqscan`: a plan made while a table is small (a fresh database,
+///   or statistics not yet updated) still reads it by key, instead of
+///   keeping a sequential scan of a table that has grown since;
+/// - `jit`: off, as for any short keyed statement; and because a plan that
+///   can only scan (a one-row table) carries the cost of a disabled scan,
+///   which would otherwise JIT-compile it on every execution (~100 ms).
+///
+/// Commands (`verify`, `rebuild`, …) read whole tables and keep the defaults.
+pub const KEYED_STATEMENT_PLANS: [(&str, &str); 3] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+    ("jit", "off"),
+];
 
 /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it
 /// migrates, so two pods running this at once apply each migration once. The

@@ -1,10 +1,12 @@
 -- Inserts one batch of share_price_changed_events; returns the keys that were new (a redelivered
 -- event conflicts and changes nothing). Parameters $1..$11 are the common
--- chain-position columns, the rest are the event's own fields.
+-- chain-position columns, the rest are the event's own fields. The worker
+-- sends the rows sorted by key (persistence.rs), the order in which
+-- concurrent batches take the key's index locks; unnest keeps it, so the
+-- statement sorts nothing (ADR 0021).
 INSERT INTO share_price_changed_events (transaction_hash, log_index, network, block_number, block_hash, block_timestamp, transaction_index, contract_address, stream, entry_id, item_index, term_id, curve_id, share_price, total_assets, total_shares, vault_type)
 SELECT t.transaction_hash, t.log_index, t.network, t.block_number, t.block_hash, to_timestamp(t.block_timestamp), t.transaction_index, t.contract_address, t.stream, t.entry_id, t.item_index, t.term_id, t.curve_id, t.share_price, t.total_assets, t.total_shares, t.vault_type
 FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::text[], $13::text[], $14::numeric[], $15::numeric[], $16::numeric[], $17::int2[])
      AS t(transaction_hash, log_index, network, block_number, block_hash, block_timestamp, transaction_index, contract_address, stream, entry_id, item_index, term_id, curve_id, share_price, total_assets, total_shares, vault_type)
-ORDER BY t.transaction_hash, t.log_index
 ON CONFLICT (transaction_hash, log_index) DO NOTHING
 RETURNING transaction_hash, log_index
