@@ -1,6 +1,6 @@
 //! The catalog of the read model's tables: one entry per event kind, and
-//! the derived tables `verify`, `rebuild` and `rollback` rewrite from their
-//! definitions.
+//! the derived tables that `verify` compares with their definitions and
+//! `rebuild` and `rollback` rewrite from them.
 //!
 //! An event kind's entry gives everything the worker knows about it apart
 //! from how it is decoded: its name (metrics, logs and the batch span's
@@ -9,8 +9,8 @@
 //! [`crate::queries`]), and its own fields, which are both the decoded
 //! body's fields and, in order, the statement's parameters after the eleven
 //! common ones (chain position and source). Adding a kind is an entry here,
-//! its insert statement, a migration creating its table, and its arm in
-//! [`crate::decode`] (README, Layout).
+//! its insert statement, a migration creating its table, and its arms in
+//! [`crate::decode`] and [`crate::aggregates`] (README, Layout).
 
 use crate::columns::{AsValue, Value};
 
@@ -36,6 +36,7 @@ macro_rules! event_catalog {
         }
 
         impl EventBody {
+            /// Its kind: which table it is stored in.
             pub fn kind(&self) -> EventKind {
                 match self {
                     $(EventBody::$kind(_) => EventKind::$kind,)*
