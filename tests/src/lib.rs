@@ -93,7 +93,7 @@ impl TestDb {
     /// Every derived table as sorted text, for comparing two databases.
     pub async fn snapshot(&self) -> String {
         let mut out = String::new();
-        for table in worker::verify::DERIVED_TABLES {
+        for table in worker::catalog::DERIVED_TABLES {
             let cols = table.columns.join(", ");
             let rows = sqlx::query(&format!(
                 "SELECT row_to_json(x)::text FROM (SELECT {cols} FROM {} ORDER BY {cols}) x",

@@ -22,7 +22,7 @@ fn spec(prefix: &str, events: u64, seed: u64) -> GeneratorSpec {
 
 async fn event_count(db: &TestDb) -> i64 {
     let mut total = 0;
-    for table in worker::verify::EVENT_TABLES {
+    for table in worker::catalog::EVENT_TABLES {
         total += db.count(table).await;
     }
     total

@@ -53,10 +53,10 @@ fn summary(stdout: &str) -> BTreeMap<String, u64> {
 
 /// A fingerprint of every event table, derived table and the dead letters.
 async fn fingerprint(db: &TestDb) -> BTreeMap<String, (i64, String)> {
-    let tables = worker::verify::EVENT_TABLES
+    let tables = worker::catalog::EVENT_TABLES
         .iter()
         .copied()
-        .chain(worker::verify::DERIVED_TABLES.iter().map(|t| t.name))
+        .chain(worker::catalog::DERIVED_TABLES.iter().map(|t| t.name))
         .chain(["dead_letters", "analytics_queue"]);
     let mut out = BTreeMap::new();
     for table in tables {
@@ -69,17 +69,6 @@ async fn fingerprint(db: &TestDb) -> BTreeMap<String, (i64, String)> {
         out.insert(table.to_string(), row);
     }
     out
-}
-
-fn table_of(kind: &str) -> &'static str {
-    match kind {
-        "AtomCreated" => "atom_created_events",
-        "TripleCreated" => "triple_created_events",
-        "Deposited" => "deposited_events",
-        "Redeemed" => "redeemed_events",
-        "SharePriceChanged" => "share_price_changed_events",
-        _ => "generic_events",
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +111,7 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
             &[("payload".to_string(), payload.as_bytes().to_vec())],
         );
         for event in &decoded.events {
-            *expected.entry(table_of(event.body.kind())).or_default() += 1;
+            *expected.entry(event.body.kind().table()).or_default() += 1;
         }
     }
     let deposit_entries = entries
@@ -273,7 +262,7 @@ async fn letters_of_a_broken_table_are_replayed_after_the_fix_exactly_once() {
     );
 
     // Every event of the history is stored exactly once.
-    for table in worker::verify::EVENT_TABLES {
+    for table in worker::catalog::EVENT_TABLES {
         assert_eq!(
             db.count(table).await,
             expected.get(table).copied().unwrap_or(0),

@@ -49,7 +49,7 @@ fn decoded(payloads: &[String]) -> Vec<DecodedEntry> {
 /// Events stored per network, over every event table.
 async fn events_of(db: &TestDb, network: &str) -> i64 {
     let mut total = 0;
-    for table in worker::verify::EVENT_TABLES {
+    for table in worker::catalog::EVENT_TABLES {
         let n: i64 =
             sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE network = $1"))
                 .bind(network)

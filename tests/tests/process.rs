@@ -107,12 +107,7 @@ async fn sigkill_mid_run_loses_nothing_and_double_counts_nothing() {
         &reference.snapshot().await,
         "after two SIGKILLs",
     );
-    for table in [
-        "deposited_events",
-        "redeemed_events",
-        "share_price_changed_events",
-        "generic_events",
-    ] {
+    for table in worker::catalog::EVENT_TABLES {
         assert_eq!(
             db.count(table).await,
             reference.count(table).await,

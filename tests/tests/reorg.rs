@@ -96,7 +96,7 @@ fn notice(network: &str, fork_block: u64, depth: u64) -> String {
 /// Every event table's rows as `tx:log_index@block`, sorted (compares level 0).
 async fn event_rows(db: &TestDb) -> String {
     let mut out = String::new();
-    for table in worker::verify::EVENT_TABLES {
+    for table in worker::catalog::EVENT_TABLES {
         let rows: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT transaction_hash || ':' || log_index || '@' || block_number FROM {table} ORDER BY 1"
         ))

@@ -224,7 +224,7 @@ async fn verify_full_connects_migrates_and_a_worker_writes_over_tls() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut stored = 0i64;
-    for table in worker::verify::EVENT_TABLES {
+    for table in worker::catalog::EVENT_TABLES {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&check)
             .await

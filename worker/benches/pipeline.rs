@@ -340,7 +340,7 @@ async fn pipeline_run(
         .await
         .unwrap();
     let mut stored = 0i64;
-    for table in worker::verify::EVENT_TABLES {
+    for table in worker::catalog::EVENT_TABLES {
         stored += sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&pool)
             .await

@@ -16,8 +16,10 @@
 //! folder; "newest" columns are guarded by chain order and sums are exact
 //! decimals, so the result is the same whatever the grouping of deltas.
 
+use crate::catalog::EventBody;
+use crate::columns::Columns;
 use crate::decode::numbers::add_decimal;
-use crate::decode::{DecodedEvent, EventBody};
+use crate::decode::DecodedEvent;
 use crate::fold;
 use crate::queries;
 use serde::{Deserialize, Serialize};
@@ -233,20 +235,17 @@ impl Folded {
         if self.positions.is_empty() {
             return Ok(HashMap::new());
         }
-        let p = || self.positions.values();
-        sqlx::query(queries::UPSERT_POSITIONS)
-            .bind(p().map(|c| c.account_id.as_str()).collect::<Vec<_>>())
-            .bind(p().map(|c| c.term_id.as_str()).collect::<Vec<_>>())
-            .bind(p().map(|c| c.curve_id.as_str()).collect::<Vec<_>>())
-            .bind(p().map(|c| c.newest.block_number).collect::<Vec<_>>())
-            .bind(p().map(|c| c.newest.log_index).collect::<Vec<_>>())
-            .bind(
-                p().map(|c| c.newest.transaction_hash.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(p().map(|c| c.shares.as_str()).collect::<Vec<_>>())
-            .bind(p().map(|c| c.deposited.as_str()).collect::<Vec<_>>())
-            .bind(p().map(|c| c.redeemed.as_str()).collect::<Vec<_>>())
+        Columns::new(queries::UPSERT_POSITIONS, self.positions.values())
+            .column(|p| p.account_id.as_str())
+            .column(|p| p.term_id.as_str())
+            .column(|p| p.curve_id.as_str())
+            .column(|p| p.newest.block_number)
+            .column(|p| p.newest.log_index)
+            .column(|p| p.newest.transaction_hash.as_str())
+            .column(|p| p.shares.as_str())
+            .column(|p| p.deposited.as_str())
+            .column(|p| p.redeemed.as_str())
+            .query()
             .fetch_all(&mut **tx)
             .await?
             .iter()
@@ -268,38 +267,18 @@ impl Folded {
         if self.vaults.is_empty() {
             return Ok(());
         }
-        let keys = || self.vaults.keys();
-        let prices = || self.vaults.values().map(Option::as_ref);
-        let price = |f: fn(&PriceDelta) -> &str| -> Vec<Option<&str>> {
-            prices().map(|p| p.map(f)).collect()
-        };
-        sqlx::query(queries::UPSERT_VAULTS)
-            .bind(keys().map(|k| k.0.as_str()).collect::<Vec<_>>())
-            .bind(keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
-            .bind(
-                prices()
-                    .map(|p| p.map(|p| p.newest.block_number))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                prices()
-                    .map(|p| p.map(|p| p.newest.log_index))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(price(|p| &p.newest.transaction_hash))
-            .bind(price(|p| &p.total_shares))
-            .bind(price(|p| &p.total_assets))
-            .bind(price(|p| &p.share_price))
-            .bind(
-                prices()
-                    .map(|p| p.map(|p| p.vault_type))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                keys()
-                    .map(|k| position_counts.get(k).copied().unwrap_or(0))
-                    .collect::<Vec<i64>>(),
-            )
+        Columns::new(queries::UPSERT_VAULTS, self.vaults.iter())
+            .column(|(key, _)| key.0.as_str())
+            .column(|(key, _)| key.1.as_str())
+            .column(|(_, price)| price.as_ref().map(|p| p.newest.block_number))
+            .column(|(_, price)| price.as_ref().map(|p| p.newest.log_index))
+            .column(|(_, price)| price.as_ref().map(|p| p.newest.transaction_hash.as_str()))
+            .column(|(_, price)| price.as_ref().map(|p| p.total_shares.as_str()))
+            .column(|(_, price)| price.as_ref().map(|p| p.total_assets.as_str()))
+            .column(|(_, price)| price.as_ref().map(|p| p.share_price.as_str()))
+            .column(|(_, price)| price.as_ref().map(|p| p.vault_type))
+            .column(|(key, _)| position_counts.get(key).copied().unwrap_or(0))
+            .query()
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -492,69 +471,21 @@ impl<'a> Plan<'a> {
         if self.atoms.is_empty() {
             return Ok(());
         }
-        let atoms: Vec<(&DecodedEvent, &crate::decode::AtomCreated)> = self
-            .atoms
-            .iter()
-            .filter_map(|e| match &e.body {
-                EventBody::AtomCreated(a) => Some((*e, a)),
-                _ => None,
-            })
-            .collect();
-        sqlx::query(queries::UPSERT_ATOMS)
-            .bind(
-                atoms
-                    .iter()
-                    .map(|(_, a)| a.term_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                atoms
-                    .iter()
-                    .map(|(_, a)| a.creator.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                atoms
-                    .iter()
-                    .map(|(_, a)| a.atom_wallet.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                atoms
-                    .iter()
-                    .map(|(_, a)| a.atom_data_text.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                atoms
-                    .iter()
-                    .map(|(_, a)| a.atom_data_text.is_none().then_some(a.atom_data.as_slice()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                atoms
-                    .iter()
-                    .map(|(e, _)| e.position.block_number)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                atoms
-                    .iter()
-                    .map(|(e, _)| e.position.log_index)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                atoms
-                    .iter()
-                    .map(|(e, _)| e.position.transaction_hash.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                atoms
-                    .iter()
-                    .map(|(e, _)| e.position.block_timestamp)
-                    .collect::<Vec<_>>(),
-            )
+        let atoms = self.atoms.iter().filter_map(|e| match &e.body {
+            EventBody::AtomCreated(a) => Some((*e, a)),
+            _ => None,
+        });
+        Columns::new(queries::UPSERT_ATOMS, atoms)
+            .column(|(_, a)| a.term_id.as_str())
+            .column(|(_, a)| a.creator.as_str())
+            .column(|(_, a)| a.atom_wallet.as_str())
+            .column(|(_, a)| a.atom_data_text.as_deref())
+            .column(|(_, a)| a.atom_data_text.is_none().then_some(a.atom_data.as_slice()))
+            .column(|(e, _)| e.position.block_number)
+            .column(|(e, _)| e.position.log_index)
+            .column(|(e, _)| e.position.transaction_hash.as_str())
+            .column(|(e, _)| e.position.block_timestamp)
+            .query()
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -564,75 +495,22 @@ impl<'a> Plan<'a> {
         if self.triples.is_empty() {
             return Ok(());
         }
-        let triples: Vec<(&DecodedEvent, &crate::decode::TripleCreated)> = self
-            .triples
-            .iter()
-            .filter_map(|e| match &e.body {
-                EventBody::TripleCreated(t) => Some((*e, t)),
-                _ => None,
-            })
-            .collect();
-        sqlx::query(queries::UPSERT_TRIPLES)
-            .bind(
-                triples
-                    .iter()
-                    .map(|(_, t)| t.term_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                triples
-                    .iter()
-                    .map(|(_, t)| t.subject_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                triples
-                    .iter()
-                    .map(|(_, t)| t.predicate_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                triples
-                    .iter()
-                    .map(|(_, t)| t.object_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                triples
-                    .iter()
-                    .map(|(_, t)| t.creator.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                triples
-                    .iter()
-                    .map(|(_, t)| t.counter_term_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                triples
-                    .iter()
-                    .map(|(e, _)| e.position.block_number)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                triples
-                    .iter()
-                    .map(|(e, _)| e.position.log_index)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                triples
-                    .iter()
-                    .map(|(e, _)| e.position.transaction_hash.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                triples
-                    .iter()
-                    .map(|(e, _)| e.position.block_timestamp)
-                    .collect::<Vec<_>>(),
-            )
+        let triples = self.triples.iter().filter_map(|e| match &e.body {
+            EventBody::TripleCreated(t) => Some((*e, t)),
+            _ => None,
+        });
+        Columns::new(queries::UPSERT_TRIPLES, triples)
+            .column(|(_, t)| t.term_id.as_str())
+            .column(|(_, t)| t.subject_id.as_str())
+            .column(|(_, t)| t.predicate_id.as_str())
+            .column(|(_, t)| t.object_id.as_str())
+            .column(|(_, t)| t.creator.as_str())
+            .column(|(_, t)| t.counter_term_id.as_str())
+            .column(|(e, _)| e.position.block_number)
+            .column(|(e, _)| e.position.log_index)
+            .column(|(e, _)| e.position.transaction_hash.as_str())
+            .column(|(e, _)| e.position.block_timestamp)
+            .query()
             .execute(&mut **tx)
             .await?;
         Ok(())

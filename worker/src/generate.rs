@@ -530,7 +530,7 @@ mod tests {
             );
             for e in decoded.events {
                 total += 1;
-                *kinds.entry(e.body.kind()).or_default() += 1;
+                *kinds.entry(e.body.kind().name()).or_default() += 1;
                 if let EventBody::AtomCreated(atom) = &e.body {
                     assert!(atom.atom_data_text.is_some() || !atom.atom_data.is_empty());
                 }

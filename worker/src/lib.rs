@@ -15,11 +15,16 @@
 //! - [`dead_letters`]: inspecting and replaying dead letters;
 //! - [`failure`]: the one failure policy (conflict, data, outage) and retry loop;
 //! - [`pipeline`], [`http`], [`health`], [`lifecycle`], [`metrics`]: the running process;
-//! - [`tls`]: CA files and the one constructor of Redis clients.
+//! - [`tls`]: CA files and the one constructor of Redis clients;
+//! - [`catalog`]: the event kinds and the tables of the read model, one
+//!   entry each;
+//! - [`columns`]: rows bound as the column arrays batch statements take.
 
 pub mod aggregates;
 pub mod analytics;
 pub mod backoff;
+pub mod catalog;
+pub mod columns;
 pub mod config;
 pub mod db;
 pub mod dead_letters;

@@ -12,12 +12,12 @@
 //! retries the whole batch until it commits, acknowledging nothing meanwhile).
 
 use crate::aggregates;
-use crate::decode::{DeadLetter, DecodedEntry, DecodedEvent, EventBody};
+use crate::catalog::EventKind;
+use crate::columns::Columns;
+use crate::decode::{DeadLetter, DecodedEntry, DecodedEvent};
 use crate::failure::{self, Classify, Failure, Policy};
 use crate::network::{self, NetworkRefused};
 use crate::queries;
-use sqlx::postgres::PgArguments;
-use sqlx::query::Query;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -352,19 +352,19 @@ pub async fn write_in_transaction(
     events.sort_by(|a, b| a.position.key().cmp(&b.position.key()));
 
     let mut new_keys: HashSet<(String, i64)> = HashSet::with_capacity(events.len());
-    for table in EventTable::ALL {
+    for kind in EventKind::ALL {
         let rows: Vec<&DecodedEvent> = events
             .iter()
             .copied()
-            .filter(|e| table.holds(&e.body))
+            .filter(|e| e.body.kind() == kind)
             .collect();
         if rows.is_empty() {
             continue;
         }
-        let inserted = insert_events(tx, table, &rows).await?;
+        let inserted = insert_events(tx, kind, &rows).await?;
         outcome.duplicate_events += (rows.len() - inserted.len()) as u64;
         if !inserted.is_empty() {
-            *outcome.new_events.entry(table.kind()).or_default() += inserted.len() as u64;
+            *outcome.new_events.entry(kind.name()).or_default() += inserted.len() as u64;
         }
         new_keys.extend(inserted);
     }
@@ -390,216 +390,29 @@ pub async fn write_in_transaction(
     Ok(outcome)
 }
 
-/// The six event tables, in the order a batch writes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EventTable {
-    AtomCreated,
-    TripleCreated,
-    Deposited,
-    Redeemed,
-    SharePriceChanged,
-    Generic,
-}
-
-impl EventTable {
-    const ALL: [EventTable; 6] = [
-        EventTable::AtomCreated,
-        EventTable::TripleCreated,
-        EventTable::Deposited,
-        EventTable::Redeemed,
-        EventTable::SharePriceChanged,
-        EventTable::Generic,
-    ];
-
-    fn kind(self) -> &'static str {
-        match self {
-            EventTable::AtomCreated => "AtomCreated",
-            EventTable::TripleCreated => "TripleCreated",
-            EventTable::Deposited => "Deposited",
-            EventTable::Redeemed => "Redeemed",
-            EventTable::SharePriceChanged => "SharePriceChanged",
-            EventTable::Generic => "Generic",
-        }
-    }
-
-    fn insert_sql(self) -> &'static str {
-        match self {
-            EventTable::AtomCreated => queries::INSERT_ATOM_CREATED_EVENTS,
-            EventTable::TripleCreated => queries::INSERT_TRIPLE_CREATED_EVENTS,
-            EventTable::Deposited => queries::INSERT_DEPOSITED_EVENTS,
-            EventTable::Redeemed => queries::INSERT_REDEEMED_EVENTS,
-            EventTable::SharePriceChanged => queries::INSERT_SHARE_PRICE_CHANGED_EVENTS,
-            EventTable::Generic => queries::INSERT_GENERIC_EVENTS,
-        }
-    }
-
-    fn holds(self, body: &EventBody) -> bool {
-        body.kind() == self.kind()
-    }
-}
-
-/// One value of an event's own fields, in the column order of its insert statement.
-enum FieldValue<'a> {
-    Text(&'a str),
-    OptText(Option<&'a str>),
-    Bytes(&'a [u8]),
-    SmallInt(i16),
-}
-
-/// The event's own fields as (typed) column values; uint256 values are text
-/// cast to NUMERIC by the statement.
-fn field_values(body: &EventBody) -> Vec<FieldValue<'_>> {
-    use FieldValue::*;
-    match body {
-        EventBody::AtomCreated(a) => vec![
-            Text(&a.creator),
-            Text(&a.term_id),
-            Bytes(&a.atom_data),
-            OptText(a.atom_data_text.as_deref()),
-            Text(&a.atom_wallet),
-        ],
-        EventBody::TripleCreated(t) => vec![
-            Text(&t.creator),
-            Text(&t.term_id),
-            Text(&t.subject_id),
-            Text(&t.predicate_id),
-            Text(&t.object_id),
-            Text(&t.counter_term_id),
-        ],
-        EventBody::Deposited(d) => vec![
-            Text(&d.sender),
-            Text(&d.receiver),
-            Text(&d.term_id),
-            Text(&d.curve_id),
-            Text(&d.assets),
-            Text(&d.assets_after_fees),
-            Text(&d.shares),
-            Text(&d.total_shares),
-            SmallInt(d.vault_type),
-        ],
-        EventBody::Redeemed(r) => vec![
-            Text(&r.sender),
-            Text(&r.receiver),
-            Text(&r.term_id),
-            Text(&r.curve_id),
-            Text(&r.shares),
-            Text(&r.total_shares),
-            Text(&r.assets),
-            Text(&r.fees),
-            SmallInt(r.vault_type),
-        ],
-        EventBody::SharePriceChanged(s) => vec![
-            Text(&s.term_id),
-            Text(&s.curve_id),
-            Text(&s.share_price),
-            Text(&s.total_assets),
-            Text(&s.total_shares),
-            SmallInt(s.vault_type),
-        ],
-        EventBody::Generic(g) => vec![
-            Text(&g.event_name),
-            OptText(g.event_signature_hash.as_deref()),
-            Text(&g.event_data),
-        ],
-    }
-}
-
-/// A column of values bound as one PostgreSQL array parameter.
-enum Column<'a> {
-    Text(Vec<&'a str>),
-    OptText(Vec<Option<&'a str>>),
-    Bytes(Vec<&'a [u8]>),
-    SmallInt(Vec<i16>),
-}
-
-impl<'a> Column<'a> {
-    fn for_value(value: &FieldValue<'a>, capacity: usize) -> Self {
-        match value {
-            FieldValue::Text(_) => Column::Text(Vec::with_capacity(capacity)),
-            FieldValue::OptText(_) => Column::OptText(Vec::with_capacity(capacity)),
-            FieldValue::Bytes(_) => Column::Bytes(Vec::with_capacity(capacity)),
-            FieldValue::SmallInt(_) => Column::SmallInt(Vec::with_capacity(capacity)),
-        }
-    }
-
-    fn push(&mut self, value: FieldValue<'a>) {
-        match (self, value) {
-            (Column::Text(c), FieldValue::Text(v)) => c.push(v),
-            (Column::OptText(c), FieldValue::OptText(v)) => c.push(v),
-            (Column::Bytes(c), FieldValue::Bytes(v)) => c.push(v),
-            (Column::SmallInt(c), FieldValue::SmallInt(v)) => c.push(v),
-            _ => unreachable!("field_values returns the same shape for every event of a kind"),
-        }
-    }
-
-    fn bind<'q>(self, query: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments>
-    where
-        'a: 'q,
-    {
-        match self {
-            Column::Text(c) => query.bind(c),
-            Column::OptText(c) => query.bind(c),
-            Column::Bytes(c) => query.bind(c),
-            Column::SmallInt(c) => query.bind(c),
-        }
-    }
-}
-
+/// Inserts events of one kind: the common columns (chain position and
+/// source), then the kind's own fields ([`crate::catalog`]).
 async fn insert_events(
     tx: &mut Transaction<'_, Postgres>,
-    table: EventTable,
+    kind: EventKind,
     rows: &[&DecodedEvent],
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let n = rows.len();
-    let mut tx_hash = Vec::with_capacity(n);
-    let mut log_index = Vec::with_capacity(n);
-    let mut network = Vec::with_capacity(n);
-    let mut block_number = Vec::with_capacity(n);
-    let mut block_hash = Vec::with_capacity(n);
-    let mut block_timestamp = Vec::with_capacity(n);
-    let mut transaction_index = Vec::with_capacity(n);
-    let mut contract_address = Vec::with_capacity(n);
-    let mut stream = Vec::with_capacity(n);
-    let mut entry_id = Vec::with_capacity(n);
-    let mut item_index = Vec::with_capacity(n);
-    let mut columns: Vec<Column<'_>> = Vec::new();
-    for event in rows {
-        let p = &event.position;
-        tx_hash.push(p.transaction_hash.as_str());
-        log_index.push(p.log_index);
-        network.push(p.network.as_str());
-        block_number.push(p.block_number);
-        block_hash.push(p.block_hash.as_deref());
-        block_timestamp.push(p.block_timestamp);
-        transaction_index.push(p.transaction_index);
-        contract_address.push(p.contract_address.as_deref());
-        stream.push(&*event.source.stream);
-        entry_id.push(&*event.source.entry_id);
-        item_index.push(event.source.item_index);
-        let values = field_values(&event.body);
-        if columns.is_empty() {
-            columns = values.iter().map(|v| Column::for_value(v, n)).collect();
-        }
-        for (column, value) in columns.iter_mut().zip(values) {
-            column.push(value);
-        }
-    }
-    let mut query = sqlx::query(table.insert_sql())
-        .bind(tx_hash)
-        .bind(log_index)
-        .bind(network)
-        .bind(block_number)
-        .bind(block_hash)
-        .bind(block_timestamp)
-        .bind(transaction_index)
-        .bind(contract_address)
-        .bind(stream)
-        .bind(entry_id)
-        .bind(item_index);
-    for column in columns {
-        query = column.bind(query);
-    }
-    let inserted = query.fetch_all(&mut **tx).await?;
+    let inserted = Columns::new(kind.insert_statement(), rows.iter().copied())
+        .column(|e| e.position.transaction_hash.as_str())
+        .column(|e| e.position.log_index)
+        .column(|e| e.position.network.as_str())
+        .column(|e| e.position.block_number)
+        .column(|e| e.position.block_hash.as_deref())
+        .column(|e| e.position.block_timestamp)
+        .column(|e| e.position.transaction_index)
+        .column(|e| e.position.contract_address.as_deref())
+        .column(|e| &*e.source.stream)
+        .column(|e| &*e.source.entry_id)
+        .column(|e| e.source.item_index)
+        .values(|e| e.body.values())
+        .query()
+        .fetch_all(&mut **tx)
+        .await?;
     inserted
         .iter()
         .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?)))
@@ -610,29 +423,16 @@ async fn insert_dead_letters(
     tx: &mut Transaction<'_, Postgres>,
     letters: &[&DeadLetter],
 ) -> Result<u64, sqlx::Error> {
-    let stream: Vec<&str> = letters.iter().map(|d| &*d.stream).collect();
-    let entry_id: Vec<&str> = letters.iter().map(|d| &*d.entry_id).collect();
-    let item_index: Vec<Option<i32>> = letters.iter().map(|d| d.item_index).collect();
-    let event_name: Vec<Option<&str>> = letters.iter().map(|d| d.event_name.as_deref()).collect();
-    let reason: Vec<&str> = letters.iter().map(|d| d.reason.as_str()).collect();
-    let raw: Vec<&[u8]> = letters.iter().map(|d| d.raw_payload.as_slice()).collect();
-    let network: Vec<Option<&str>> = letters
-        .iter()
-        .map(|d| d.envelope_network.as_deref())
-        .collect();
-    let signature: Vec<Option<&str>> = letters
-        .iter()
-        .map(|d| d.event_signature_hash.as_deref())
-        .collect();
-    let result = sqlx::query(queries::INSERT_DEAD_LETTERS)
-        .bind(stream)
-        .bind(entry_id)
-        .bind(item_index)
-        .bind(event_name)
-        .bind(reason)
-        .bind(raw)
-        .bind(network)
-        .bind(signature)
+    let result = Columns::new(queries::INSERT_DEAD_LETTERS, letters.iter().copied())
+        .column(|d| &*d.stream)
+        .column(|d| &*d.entry_id)
+        .column(|d| d.item_index)
+        .column(|d| d.event_name.as_deref())
+        .column(|d| d.reason.as_str())
+        .column(|d| d.raw_payload.as_slice())
+        .column(|d| d.envelope_network.as_deref())
+        .column(|d| d.event_signature_hash.as_deref())
+        .query()
         .execute(&mut **tx)
         .await?;
     Ok(result.rows_affected())

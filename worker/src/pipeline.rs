@@ -228,19 +228,14 @@ impl Consumer {
         let mut streams: Vec<&str> = raw.iter().map(|e| &*e.stream).collect();
         streams.sort_unstable();
         streams.dedup();
-        let span = tracing::info_span!(
+        // With an `events.<Kind>` field per event kind (crate::catalog).
+        let span = crate::catalog::info_span_with_kinds!(
             "batch",
             streams = %streams.join(","),
             entries = raw.len(),
             events = tracing::field::Empty,
             events.stored = tracing::field::Empty,
             events.duplicate = tracing::field::Empty,
-            events.AtomCreated = tracing::field::Empty,
-            events.TripleCreated = tracing::field::Empty,
-            events.Deposited = tracing::field::Empty,
-            events.Redeemed = tracing::field::Empty,
-            events.SharePriceChanged = tracing::field::Empty,
-            events.Generic = tracing::field::Empty,
             dead_letters = tracing::field::Empty,
             fold_deltas = tracing::field::Empty,
         );
@@ -267,7 +262,7 @@ impl Consumer {
         span.record("events", event_count);
         let mut by_kind: std::collections::BTreeMap<&'static str, u64> = Default::default();
         for event in entries.iter().flat_map(|e| &e.events) {
-            *by_kind.entry(event.body.kind()).or_default() += 1;
+            *by_kind.entry(event.body.kind().name()).or_default() += 1;
         }
         for (kind, n) in &by_kind {
             span.record(format!("events.{kind}").as_str(), *n);

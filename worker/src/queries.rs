@@ -1,6 +1,7 @@
 //! Named SQL statements of the write path. Each lives in `src/sql/` with a
 //! comment saying what it maintains and why it is safe under concurrency.
-//! Schema and from-scratch definitions live in `migrations/`.
+//! Schema and from-scratch definitions live in `migrations/`. The event
+//! tables' insert statements are named by their kinds in [`crate::catalog`].
 
 macro_rules! named_queries {
     ($($name:ident => $file:literal),* $(,)?) => {
@@ -9,12 +10,6 @@ macro_rules! named_queries {
 }
 
 named_queries! {
-    INSERT_ATOM_CREATED_EVENTS => "insert_atom_created_events.sql",
-    INSERT_TRIPLE_CREATED_EVENTS => "insert_triple_created_events.sql",
-    INSERT_DEPOSITED_EVENTS => "insert_deposited_events.sql",
-    INSERT_REDEEMED_EVENTS => "insert_redeemed_events.sql",
-    INSERT_SHARE_PRICE_CHANGED_EVENTS => "insert_share_price_changed_events.sql",
-    INSERT_GENERIC_EVENTS => "insert_generic_events.sql",
     INSERT_DEAD_LETTERS => "insert_dead_letters.sql",
     DATABASE_ENCODING => "database_encoding.sql",
     SELECT_DATABASE_NETWORK => "select_database_network.sql",

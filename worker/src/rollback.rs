@@ -7,9 +7,9 @@
 //! ([`crate::reorg`], ADR 0018).
 
 use crate::analytics;
+use crate::catalog::{DERIVED_TABLES, EVENT_TABLES};
 use crate::failure::{self, ConflictRetry, Policy};
 use crate::queries;
-use crate::verify::{DERIVED_TABLES, EVENT_TABLES};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use std::time::Duration;
 

@@ -270,7 +270,7 @@ impl Story {
                 (false, report) => Err(report),
             },
         );
-        let counts = worker::verify::EVENT_TABLES
+        let counts = worker::catalog::EVENT_TABLES
             .iter()
             .map(|t| format!("(SELECT count(*) FROM {t})"))
             .collect::<Vec<_>>()

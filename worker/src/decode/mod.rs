@@ -9,6 +9,10 @@ pub mod ids;
 mod members;
 pub mod numbers;
 
+pub use crate::catalog::EventBody;
+use crate::catalog::{
+    AtomCreated, Deposited, EventKind, GenericEvent, Redeemed, SharePriceChanged, TripleCreated,
+};
 use members::Members;
 use numbers::Spelling;
 use serde_json::value::RawValue;
@@ -102,103 +106,6 @@ impl ChainPosition {
     /// "Newest" ordering of contract §3.
     pub fn order(&self) -> (i64, i64) {
         (self.block_number, self.log_index)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AtomCreated {
-    pub creator: String,
-    pub term_id: String,
-    pub atom_data: Vec<u8>,
-    pub atom_data_text: Option<String>,
-    pub atom_wallet: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TripleCreated {
-    pub creator: String,
-    pub term_id: String,
-    pub subject_id: String,
-    pub predicate_id: String,
-    pub object_id: String,
-    pub counter_term_id: String,
-}
-
-/// uint256 quantities are canonical decimal text (bound as NUMERIC).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deposited {
-    pub sender: String,
-    pub receiver: String,
-    pub term_id: String,
-    pub curve_id: String,
-    pub assets: String,
-    pub assets_after_fees: String,
-    pub shares: String,
-    pub total_shares: String,
-    pub vault_type: i16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Redeemed {
-    pub sender: String,
-    pub receiver: String,
-    pub term_id: String,
-    pub curve_id: String,
-    pub shares: String,
-    pub total_shares: String,
-    pub assets: String,
-    pub fees: String,
-    pub vault_type: i16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharePriceChanged {
-    pub term_id: String,
-    pub curve_id: String,
-    pub share_price: String,
-    pub total_assets: String,
-    pub total_shares: String,
-    pub vault_type: i16,
-}
-
-/// Any event without defined effects, stored verbatim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GenericEvent {
-    pub event_name: String,
-    pub event_signature_hash: Option<String>,
-    /// The item's JSON exactly as received.
-    pub event_data: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventBody {
-    AtomCreated(AtomCreated),
-    TripleCreated(TripleCreated),
-    Deposited(Deposited),
-    Redeemed(Redeemed),
-    SharePriceChanged(SharePriceChanged),
-    Generic(GenericEvent),
-}
-
-impl EventBody {
-    /// The event's name as the contract spells it.
-    pub fn name(&self) -> &str {
-        match self {
-            EventBody::Generic(g) => &g.event_name,
-            other => other.kind(),
-        }
-    }
-
-    /// Stable name used in metrics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            EventBody::AtomCreated(_) => "AtomCreated",
-            EventBody::TripleCreated(_) => "TripleCreated",
-            EventBody::Deposited(_) => "Deposited",
-            EventBody::Redeemed(_) => "Redeemed",
-            EventBody::SharePriceChanged(_) => "SharePriceChanged",
-            EventBody::Generic(_) => "Generic",
-        }
     }
 }
 
@@ -683,8 +590,8 @@ fn decode_item<'a>(
         ));
     }
 
-    let body = match event {
-        "AtomCreated" => {
+    let body = match EventKind::named(event) {
+        Some(EventKind::AtomCreated) => {
             let atom_data = fields.with("atomData", ids::hex_bytes)?;
             EventBody::AtomCreated(AtomCreated {
                 creator: fields.address("creator")?,
@@ -694,7 +601,7 @@ fn decode_item<'a>(
                 atom_wallet: fields.address("atomWallet")?,
             })
         }
-        "TripleCreated" => {
+        Some(EventKind::TripleCreated) => {
             let term_id = fields.term_id("termId")?;
             EventBody::TripleCreated(TripleCreated {
                 creator: fields.address("creator")?,
@@ -705,7 +612,7 @@ fn decode_item<'a>(
                 object_id: fields.term_id("objectId")?,
             })
         }
-        "Deposited" => EventBody::Deposited(Deposited {
+        Some(EventKind::Deposited) => EventBody::Deposited(Deposited {
             sender: fields.address("sender")?,
             receiver: fields.address("receiver")?,
             term_id: fields.term_id("termId")?,
@@ -716,7 +623,7 @@ fn decode_item<'a>(
             total_shares: fields.u256("totalShares")?,
             vault_type: fields.vault_type()?,
         }),
-        "Redeemed" => EventBody::Redeemed(Redeemed {
+        Some(EventKind::Redeemed) => EventBody::Redeemed(Redeemed {
             sender: fields.address("sender")?,
             receiver: fields.address("receiver")?,
             term_id: fields.term_id("termId")?,
@@ -727,7 +634,7 @@ fn decode_item<'a>(
             fees: fields.u256("fees")?,
             vault_type: fields.vault_type()?,
         }),
-        "SharePriceChanged" => EventBody::SharePriceChanged(SharePriceChanged {
+        Some(EventKind::SharePriceChanged) => EventBody::SharePriceChanged(SharePriceChanged {
             term_id: fields.term_id("termId")?,
             curve_id: fields.u256("curveId")?,
             share_price: fields.u256("sharePrice")?,
@@ -735,15 +642,16 @@ fn decode_item<'a>(
             total_shares: fields.u256("totalShares")?,
             vault_type: fields.vault_type()?,
         }),
-        other => {
+        // A producer's event literally named "Generic" is one of these too.
+        Some(EventKind::Generic) | None => {
             // jsonb cannot hold U+0000; refuse it here rather than fail the batch.
             if item.get().contains("\\u0000") {
                 return Err(DecodeError::NulCharacter {
-                    event: other.to_string(),
+                    event: event.to_string(),
                 });
             }
             EventBody::Generic(GenericEvent {
-                event_name: other.to_string(),
+                event_name: event.to_string(),
                 event_signature_hash: envelope.event_signature_hash.clone(),
                 event_data: item.get().to_string(),
             })
