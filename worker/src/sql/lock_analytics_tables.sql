@@ -1,6 +1,6 @@
 -- First statement of every analytics transaction: the table locks it needs,
 -- in the global lock order (ADR 0002: the derived tables in the order of
--- verify::DERIVED_TABLES, then analytics_queue), before it reads or locks any
+-- catalog::DERIVED_TABLES, then analytics_queue), before it reads or locks any
 -- row. `rollback` and `rebuild` take their table locks in the same order, so
 -- an analytics transaction either holds all of its tables before they start
 -- or waits for them, holding nothing they want: no deadlock (issue 22).
