@@ -1,7 +1,11 @@
-//! Settings: every setting is a CLI flag and an environment variable (contract §5),
-//! validated at start-up with a message naming the variable, the bad value and
-//! the allowed range. The README's settings table is generated from these
-//! definitions (`postgres-writer settings`) and checked by a test.
+//! The command line, at the edge of the worker: every setting is a CLI flag
+//! and an environment variable (contract §5), validated at start-up with a
+//! message naming the variable, the bad value and the allowed range. Each
+//! setting's name, default, range and meaning come from the `settings`
+//! catalog; the `From` impls below turn the parsed arguments into the plain
+//! settings structs the modules take (they never see clap nor this module).
+//! The README's settings table is generated from the catalog
+//! (`postgres-writer settings`) and checked by a test.
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::fmt::Display;
