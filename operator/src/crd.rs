@@ -112,7 +112,7 @@ pub struct PostgresWriterSpec {
     /// Consumer group name (shared by every worker pod): 1 to 200 printable characters, not blank.
     #[serde(default = "default_consumer_group")]
     #[schemars(
-        length(min = 1, max = 200),
+        length(min = 1, max = settings::CONSUMER_NAME_MAX_CHARS),
         regex(pattern = r"^\P{Cc}*[^\s\p{Z}\p{Cc}]\P{Cc}*$")
     )]
     pub consumer_group: String,
@@ -131,13 +131,13 @@ pub struct PostgresWriterSpec {
     pub rate_limits: RateLimitSpec,
     /// Idle time after which entries pending on a dead worker are taken over, in milliseconds.
     #[serde(default = "default_claim_idle_ms")]
-    #[schemars(range(min = 1000, max = 86_400_000))]
+    #[schemars(range(min = settings::CLAIM_IDLE_MS.min, max = settings::CLAIM_IDLE_MS.max))]
     pub claim_idle_ms: i64,
     /// Idle time after which a consumer of the group that holds no pending entries (a pod that is gone) is removed from it, in milliseconds (0 = never).
     #[serde(default = "default_consumer_reap_idle_ms")]
     #[schemars(
-        range(min = 0, max = 604_800_000),
-        extend("x-kubernetes-validations" = [{"rule": "self == 0 || self >= 1000", "message": "0 (never) or at least 1000"}])
+        range(min = reap_off().value, max = settings::CONSUMER_REAP_IDLE_MS.max),
+        extend("x-kubernetes-validations" = [off_or_in_range_rule(&settings::CONSUMER_REAP_IDLE_MS)])
     )]
     pub consumer_reap_idle_ms: i64,
     /// Analytics (triple-level aggregates) pods.
@@ -338,15 +338,15 @@ pub struct DatabaseSpec {
 pub struct PoolSpec {
     /// Connections kept open.
     #[serde(default = "default_pool_min")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = settings::DB_POOL_MIN_CONNECTIONS.min, max = settings::DB_POOL_MIN_CONNECTIONS.max))]
     pub min_connections: i32,
     /// Largest number of connections.
     #[serde(default = "default_pool_max")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = settings::DB_POOL_MAX_CONNECTIONS.min, max = settings::DB_POOL_MAX_CONNECTIONS.max))]
     pub max_connections: i32,
     /// Longest wait for a connection, in milliseconds.
     #[serde(default = "default_acquire_timeout_ms")]
-    #[schemars(range(min = 100, max = 600_000))]
+    #[schemars(range(min = settings::DB_ACQUIRE_TIMEOUT_MS.min, max = settings::DB_ACQUIRE_TIMEOUT_MS.max))]
     pub acquire_timeout_ms: i64,
 }
 
@@ -365,11 +365,11 @@ impl Default for PoolSpec {
 pub struct BatchSpec {
     /// Entries read per stream and call; one batch is one transaction.
     #[serde(default = "default_batch_size")]
-    #[schemars(range(min = 1, max = 10_000))]
+    #[schemars(range(min = settings::BATCH_SIZE.min, max = settings::BATCH_SIZE.max))]
     pub size: i32,
     /// Longest wait for a batch to fill, in milliseconds.
     #[serde(default = "default_batch_timeout_ms")]
-    #[schemars(range(min = 1, max = 60_000))]
+    #[schemars(range(min = settings::BATCH_TIMEOUT_MS.min, max = settings::BATCH_TIMEOUT_MS.max))]
     pub timeout_ms: i64,
 }
 
@@ -389,19 +389,19 @@ impl Default for BatchSpec {
 pub struct FoldSpec {
     /// Least time between the starts of two folds while deltas keep coming, in milliseconds.
     #[serde(default = "default_fold_interval_ms")]
-    #[schemars(range(min = 0, max = 10_000))]
+    #[schemars(range(min = settings::FOLD_INTERVAL_MS.min, max = settings::FOLD_INTERVAL_MS.max))]
     pub interval_ms: i64,
     /// How often a worker looks for deltas other workers wrote, in milliseconds.
     #[serde(default = "default_fold_poll_interval_ms")]
-    #[schemars(range(min = 10, max = 60_000))]
+    #[schemars(range(min = settings::FOLD_POLL_INTERVAL_MS.min, max = settings::FOLD_POLL_INTERVAL_MS.max))]
     pub poll_interval_ms: i64,
     /// Fold partitions (of 32) one fold transaction takes.
     #[serde(default = "default_fold_max_partitions")]
-    #[schemars(range(min = 1, max = 32))]
+    #[schemars(range(min = settings::FOLD_MAX_PARTITIONS.min, max = settings::FOLD_MAX_PARTITIONS.max))]
     pub max_partitions: i32,
     /// Delta rows one fold transaction takes at most.
     #[serde(default = "default_fold_max_deltas")]
-    #[schemars(range(min = 1, max = 100_000))]
+    #[schemars(range(min = settings::FOLD_MAX_DELTAS.min, max = settings::FOLD_MAX_DELTAS.max))]
     pub max_deltas: i32,
 }
 
@@ -416,17 +416,26 @@ impl Default for FoldSpec {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
     /// Stream entries written per second per worker pod (0 = unlimited).
-    #[serde(default)]
-    #[schemars(range(min = 0, max = 10_000_000))]
+    #[serde(default = "default_max_entries_per_second")]
+    #[schemars(range(min = settings::MAX_ENTRIES_PER_SECOND.min, max = settings::MAX_ENTRIES_PER_SECOND.max))]
     pub max_entries_per_second: i64,
     /// Analytics terms processed per second per analytics pod (0 = unlimited).
-    #[serde(default)]
-    #[schemars(range(min = 0, max = 10_000_000))]
+    #[serde(default = "default_analytics_max_terms_per_second")]
+    #[schemars(range(min = settings::ANALYTICS_MAX_TERMS_PER_SECOND.min, max = settings::ANALYTICS_MAX_TERMS_PER_SECOND.max))]
     pub analytics_max_terms_per_second: i64,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        Self {
+            max_entries_per_second: default_max_entries_per_second(),
+            analytics_max_terms_per_second: default_analytics_max_terms_per_second(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
@@ -441,15 +450,15 @@ pub struct AnalyticsSpec {
     pub replicas: i32,
     /// Analytics loops per pod.
     #[serde(default = "default_analytics_concurrency")]
-    #[schemars(range(min = 1, max = 64))]
+    #[schemars(range(min = settings::ANALYTICS_CONCURRENCY.min, max = settings::ANALYTICS_CONCURRENCY.max))]
     pub concurrency: i32,
     /// Terms per analytics transaction.
     #[serde(default = "default_analytics_batch_size")]
-    #[schemars(range(min = 1, max = 100_000))]
+    #[schemars(range(min = settings::ANALYTICS_BATCH_SIZE.min, max = settings::ANALYTICS_BATCH_SIZE.max))]
     pub batch_size: i32,
     /// Attempts before a failing term is parked.
     #[serde(default = "default_analytics_max_attempts")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = settings::ANALYTICS_MAX_ATTEMPTS.min, max = settings::ANALYTICS_MAX_ATTEMPTS.max))]
     pub max_attempts: i32,
     /// Resources of each analytics pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -479,7 +488,7 @@ pub struct DrainSpec {
     /// Longest time a pod may take to commit its in-flight batch and exit, in
     /// seconds. The pod's terminationGracePeriodSeconds is this plus 15.
     #[serde(default = "default_drain_timeout")]
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = settings::DRAIN_TIMEOUT_MS.min / 1000, max = settings::DRAIN_TIMEOUT_MS.max / 1000))]
     pub timeout_seconds: i64,
 }
 
@@ -503,7 +512,7 @@ pub struct TelemetrySpec {
     pub otlp_protocol: OtlpProtocol,
     /// Fraction of traces sampled (`OTEL_TRACES_SAMPLER_ARG`).
     #[serde(default = "default_sampling_ratio")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = settings::OTEL_TRACES_SAMPLER_ARG.min, max = settings::OTEL_TRACES_SAMPLER_ARG.max))]
     pub sampling_ratio: f64,
     /// Log filter (`RUST_LOG`).
     #[serde(default = "default_log_level")]
@@ -603,23 +612,74 @@ pub struct MigrationRecord {
     pub schema_version: Option<i64>,
 }
 
+// Defaults of the fields that become worker settings: the catalog's, in the
+// CRD's integer types (the drift test in tests/crd_schema.rs compares them).
 fn default_fold_interval_ms() -> i64 {
-    50
+    settings::FOLD_INTERVAL_MS.default as i64
 }
 fn default_fold_poll_interval_ms() -> i64 {
-    200
+    settings::FOLD_POLL_INTERVAL_MS.default as i64
 }
 fn default_fold_max_partitions() -> i32 {
-    8
+    settings::FOLD_MAX_PARTITIONS.default as i32
 }
 fn default_fold_max_deltas() -> i32 {
-    2_000
-}
-fn default_replicas() -> i32 {
-    1
+    settings::FOLD_MAX_DELTAS.default as i32
 }
 fn default_consumer_group() -> String {
-    "postgres-writer".into()
+    settings::CONSUMER_GROUP
+        .default
+        .value()
+        .unwrap_or_default()
+        .into()
+}
+fn default_pool_min() -> i32 {
+    settings::DB_POOL_MIN_CONNECTIONS.default as i32
+}
+fn default_pool_max() -> i32 {
+    settings::DB_POOL_MAX_CONNECTIONS.default as i32
+}
+fn default_acquire_timeout_ms() -> i64 {
+    settings::DB_ACQUIRE_TIMEOUT_MS.default as i64
+}
+fn default_batch_size() -> i32 {
+    settings::BATCH_SIZE.default as i32
+}
+fn default_batch_timeout_ms() -> i64 {
+    settings::BATCH_TIMEOUT_MS.default as i64
+}
+fn default_claim_idle_ms() -> i64 {
+    settings::CLAIM_IDLE_MS.default as i64
+}
+fn default_consumer_reap_idle_ms() -> i64 {
+    settings::CONSUMER_REAP_IDLE_MS.default as i64
+}
+fn default_max_entries_per_second() -> i64 {
+    i64::from(settings::MAX_ENTRIES_PER_SECOND.default)
+}
+fn default_analytics_max_terms_per_second() -> i64 {
+    i64::from(settings::ANALYTICS_MAX_TERMS_PER_SECOND.default)
+}
+fn default_analytics_concurrency() -> i32 {
+    settings::ANALYTICS_CONCURRENCY.default as i32
+}
+fn default_analytics_batch_size() -> i32 {
+    settings::ANALYTICS_BATCH_SIZE.default as i32
+}
+fn default_analytics_max_attempts() -> i32 {
+    settings::ANALYTICS_MAX_ATTEMPTS.default as i32
+}
+/// In seconds (the worker's DRAIN_TIMEOUT_MS is in milliseconds).
+fn default_drain_timeout() -> i64 {
+    (settings::DRAIN_TIMEOUT_MS.default / 1000) as i64
+}
+fn default_sampling_ratio() -> f64 {
+    settings::OTEL_TRACES_SAMPLER_ARG.default
+}
+
+// Defaults of operator-only fields.
+fn default_replicas() -> i32 {
+    1
 }
 fn default_url_key() -> String {
     "url".into()
@@ -627,50 +687,31 @@ fn default_url_key() -> String {
 fn default_ca_key() -> String {
     "ca.crt".into()
 }
-fn default_pool_min() -> i32 {
-    1
-}
-fn default_pool_max() -> i32 {
-    10
-}
-fn default_acquire_timeout_ms() -> i64 {
-    30_000
-}
-fn default_batch_size() -> i32 {
-    300
-}
-fn default_batch_timeout_ms() -> i64 {
-    1_000
-}
-fn default_claim_idle_ms() -> i64 {
-    60_000
-}
-fn default_consumer_reap_idle_ms() -> i64 {
-    3_600_000
-}
 fn default_true() -> bool {
     true
 }
 fn default_analytics_replicas() -> i32 {
     1
 }
-fn default_analytics_concurrency() -> i32 {
-    1
-}
-fn default_analytics_batch_size() -> i32 {
-    200
-}
-fn default_analytics_max_attempts() -> i32 {
-    8
-}
-fn default_drain_timeout() -> i64 {
-    60
-}
-fn default_sampling_ratio() -> f64 {
-    1.0
-}
 fn default_log_level() -> String {
     "info".into()
+}
+
+/// CONSUMER_REAP_IDLE_MS's "never".
+fn reap_off() -> settings::Off<u64> {
+    settings::CONSUMER_REAP_IDLE_MS
+        .off
+        .expect("CONSUMER_REAP_IDLE_MS has an off value")
+}
+
+/// CEL rule of a setting with an off value: the schema's range runs from
+/// the off value to the maximum, and this refuses what lies between.
+fn off_or_in_range_rule(setting: &settings::Number<u64>) -> serde_json::Value {
+    let off = setting.off.expect("a setting with an off value");
+    serde_json::json!({
+        "rule": format!("self == {} || self >= {}", off.value, setting.min),
+        "message": format!("{} ({}) or at least {}", off.value, off.meaning, setting.min),
+    })
 }
 
 /// CEL rule at the schema's root (where `self.metadata.name` is visible):

@@ -168,86 +168,104 @@ fn metadata(cr: &PostgresWriter, name: String, component: Component) -> ObjectMe
 /// Non-secret settings shared by worker and analytics pods (contract §5 names).
 pub fn config_data(spec: &PostgresWriterSpec) -> BTreeMap<String, String> {
     let mut data = BTreeMap::from([
-        ("REDIS_STREAMS".to_string(), spec.streams.join(",")),
-        ("CONSUMER_GROUP".to_string(), spec.consumer_group.clone()),
-        ("BATCH_SIZE".to_string(), spec.batch.size.to_string()),
         (
-            "BATCH_TIMEOUT_MS".to_string(),
+            settings::REDIS_STREAMS.env.to_string(),
+            spec.streams.join(","),
+        ),
+        (
+            settings::CONSUMER_GROUP.env.to_string(),
+            spec.consumer_group.clone(),
+        ),
+        (
+            settings::BATCH_SIZE.env.to_string(),
+            spec.batch.size.to_string(),
+        ),
+        (
+            settings::BATCH_TIMEOUT_MS.env.to_string(),
             spec.batch.timeout_ms.to_string(),
         ),
-        ("CLAIM_IDLE_MS".to_string(), spec.claim_idle_ms.to_string()),
         (
-            "FOLD_INTERVAL_MS".to_string(),
+            settings::CLAIM_IDLE_MS.env.to_string(),
+            spec.claim_idle_ms.to_string(),
+        ),
+        (
+            settings::FOLD_INTERVAL_MS.env.to_string(),
             spec.fold.interval_ms.to_string(),
         ),
         (
-            "FOLD_POLL_INTERVAL_MS".to_string(),
+            settings::FOLD_POLL_INTERVAL_MS.env.to_string(),
             spec.fold.poll_interval_ms.to_string(),
         ),
         (
-            "FOLD_MAX_PARTITIONS".to_string(),
+            settings::FOLD_MAX_PARTITIONS.env.to_string(),
             spec.fold.max_partitions.to_string(),
         ),
         (
-            "FOLD_MAX_DELTAS".to_string(),
+            settings::FOLD_MAX_DELTAS.env.to_string(),
             spec.fold.max_deltas.to_string(),
         ),
         (
-            "CONSUMER_REAP_IDLE_MS".to_string(),
+            settings::CONSUMER_REAP_IDLE_MS.env.to_string(),
             spec.consumer_reap_idle_ms.to_string(),
         ),
         (
-            "DB_POOL_MIN_CONNECTIONS".to_string(),
+            settings::DB_POOL_MIN_CONNECTIONS.env.to_string(),
             spec.database.pool.min_connections.to_string(),
         ),
         (
-            "DB_POOL_MAX_CONNECTIONS".to_string(),
+            settings::DB_POOL_MAX_CONNECTIONS.env.to_string(),
             spec.database.pool.max_connections.to_string(),
         ),
         (
-            "DB_ACQUIRE_TIMEOUT_MS".to_string(),
+            settings::DB_ACQUIRE_TIMEOUT_MS.env.to_string(),
             spec.database.pool.acquire_timeout_ms.to_string(),
         ),
         (
-            "MAX_ENTRIES_PER_SECOND".to_string(),
+            settings::MAX_ENTRIES_PER_SECOND.env.to_string(),
             spec.rate_limits.max_entries_per_second.to_string(),
         ),
         (
-            "ANALYTICS_MAX_TERMS_PER_SECOND".to_string(),
+            settings::ANALYTICS_MAX_TERMS_PER_SECOND.env.to_string(),
             spec.rate_limits.analytics_max_terms_per_second.to_string(),
         ),
         (
-            "ANALYTICS_CONCURRENCY".to_string(),
+            settings::ANALYTICS_CONCURRENCY.env.to_string(),
             spec.analytics.concurrency.to_string(),
         ),
         (
-            "ANALYTICS_BATCH_SIZE".to_string(),
+            settings::ANALYTICS_BATCH_SIZE.env.to_string(),
             spec.analytics.batch_size.to_string(),
         ),
         (
-            "ANALYTICS_MAX_ATTEMPTS".to_string(),
+            settings::ANALYTICS_MAX_ATTEMPTS.env.to_string(),
             spec.analytics.max_attempts.to_string(),
         ),
-        ("HTTP_PORT".to_string(), HTTP_PORT.to_string()),
+        (settings::HTTP_PORT.env.to_string(), HTTP_PORT.to_string()),
         (
-            "DRAIN_TIMEOUT_MS".to_string(),
+            settings::DRAIN_TIMEOUT_MS.env.to_string(),
             (spec.drain.timeout_seconds * 1000).to_string(),
         ),
         (
-            "OTEL_TRACES_SAMPLER_ARG".to_string(),
+            settings::OTEL_TRACES_SAMPLER_ARG.env.to_string(),
             spec.telemetry.sampling_ratio.to_string(),
         ),
-        ("RUST_LOG".to_string(), spec.telemetry.log_level.clone()),
         (
-            "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+            settings::RUST_LOG.env.to_string(),
+            spec.telemetry.log_level.clone(),
+        ),
+        (
+            settings::OTEL_EXPORTER_OTLP_PROTOCOL.env.to_string(),
             spec.telemetry.otlp_protocol.as_str().to_string(),
         ),
     ]);
     if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
-        data.insert("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), endpoint.clone());
+        data.insert(
+            settings::OTEL_EXPORTER_OTLP_ENDPOINT.env.to_string(),
+            endpoint.clone(),
+        );
     }
     if let Some(url) = &spec.redis.url {
-        data.insert("REDIS_URL".to_string(), url.clone());
+        data.insert(settings::REDIS_URL.env.to_string(), url.clone());
     }
     data
 }
@@ -424,12 +442,15 @@ fn env(cr: &PostgresWriter, component: Component) -> (Vec<EnvFromSource>, Vec<En
         }),
         ..Default::default()
     }];
-    let mut env = vec![secret_env("DATABASE_URL", &cr.spec.database.url_secret_ref)];
+    let mut env = vec![secret_env(
+        settings::DATABASE_URL.env,
+        &cr.spec.database.url_secret_ref,
+    )];
     if let Some(secret) = &cr.spec.redis.url_secret_ref {
-        env.push(secret_env("REDIS_URL", secret));
+        env.push(secret_env(settings::REDIS_URL.env, secret));
     }
     env.push(EnvVar {
-        name: "CONSUMER_NAME".to_string(),
+        name: settings::CONSUMER_NAME.env.to_string(),
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
                 field_path: "metadata.name".to_string(),
@@ -460,14 +481,14 @@ fn env(cr: &PostgresWriter, component: Component) -> (Vec<EnvFromSource>, Vec<En
         ..Default::default()
     });
     env.push(EnvVar {
-        name: "OTEL_SERVICE_NAME".to_string(),
+        name: settings::OTEL_SERVICE_NAME.env.to_string(),
         value: Some(format!("postgres-writer-{}", component.as_str())),
         ..Default::default()
     });
     if component == Component::Worker {
         // Analytics runs in its own Deployment.
         env.push(EnvVar {
-            name: "ANALYTICS_ENABLED".to_string(),
+            name: settings::ANALYTICS_ENABLED.env.to_string(),
             value: Some("false".to_string()),
             ..Default::default()
         });
@@ -484,10 +505,10 @@ pub fn ca_files(
 ) -> (Vec<Volume>, Vec<VolumeMount>, Vec<EnvVar>) {
     let mut cas = Vec::new();
     if let Some(secret) = &cr.spec.database.ca_secret_ref {
-        cas.push(("database-ca", "DATABASE_CA_FILE", secret));
+        cas.push(("database-ca", settings::DATABASE_CA_FILE.env, secret));
     }
     if let (Some(secret), Component::Worker) = (&cr.spec.redis.ca_secret_ref, component) {
-        cas.push(("redis-ca", "REDIS_CA_FILE", secret));
+        cas.push(("redis-ca", settings::REDIS_CA_FILE.env, secret));
     }
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
@@ -729,7 +750,7 @@ pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 fn migration_pod_template(cr: &PostgresWriter) -> PodTemplateSpec {
     let (env_from, mut env) = env(cr, Component::Migration);
     env.push(EnvVar {
-        name: "TERMINATION_MESSAGE_PATH".to_string(),
+        name: settings::TERMINATION_MESSAGE_PATH.env.to_string(),
         value: Some(TERMINATION_MESSAGE_PATH.to_string()),
         ..Default::default()
     });

@@ -4,6 +4,7 @@
 
 use operator::crd::PostgresWriter;
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
 
 fn repo_file(path: &str) -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -263,134 +264,318 @@ fn crd_names_subresources_and_columns() {
     );
 }
 
-/// The CRD's ranges are the worker's: the worker accepts each field's
-/// minimum and maximum and refuses one step beyond each (a CRD stricter than
-/// the worker would refuse what works; looser, it would accept pods that
-/// crash at start-up).
-#[test]
-fn crd_ranges_are_the_workers_ranges() {
+/// The spec's numeric fields that have a range, by dotted path.
+fn ranged_fields(node: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    let Some(properties) = node["properties"].as_object() else {
+        return;
+    };
+    for (name, child) in properties {
+        let path = match prefix {
+            "" => name.clone(),
+            _ => format!("{prefix}.{name}"),
+        };
+        if child.get("minimum").is_some() || child.get("maximum").is_some() {
+            out.push((path, child.clone()));
+        } else {
+            ranged_fields(child, &path, out);
+        }
+    }
+}
+
+/// `resource` with the spec field at `path` set to `value`.
+fn with_field(resource: &Value, path: &str, value: &Value) -> Value {
+    let mut resource = resource.clone();
+    let mut node = &mut resource["spec"];
+    for part in path.split('.') {
+        node = &mut node[part];
+    }
+    *node = value.clone();
+    resource
+}
+
+/// What the operator puts in the pods' ConfigMap for `resource`.
+fn config_of(resource: &Value) -> BTreeMap<String, String> {
+    let cr: PostgresWriter = serde_json::from_value(resource.clone()).expect("a PostgresWriter");
+    operator::resources::config_data(&cr.spec)
+}
+
+/// The environment variables a worker subcommand reads.
+fn read_by(subcommand: &str) -> BTreeSet<String> {
+    use clap::CommandFactory;
+    let command = worker::config::Cli::command();
+    let sub = command
+        .find_subcommand(subcommand)
+        .unwrap_or_else(|| panic!("no subcommand {subcommand}"));
+    sub.get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Starts `postgres-writer run` (parse and validate, as at start-up) with a
+/// ConfigMap's values, passed as the flags the catalog names.
+fn worker_run_with(config: &BTreeMap<String, String>) -> Result<(), String> {
     use clap::Parser;
+    let run_reads = read_by("run");
+    let mut args = vec![
+        "postgres-writer".to_string(),
+        "run".to_string(),
+        "--database-url".to_string(),
+        "postgres://u@h/db".to_string(),
+    ];
+    for (key, value) in config {
+        let setting = settings::by_env(key).unwrap_or_else(|| panic!("{key}: not a setting"));
+        if let (Some(flag), true) = (setting.flag(), run_reads.contains(key)) {
+            args.push(format!("--{flag}={value}"));
+        }
+    }
+    let cli = worker::config::Cli::try_parse_from(&args).map_err(|e| e.to_string())?;
+    let worker::config::Command::Run(run) = cli.command else {
+        unreachable!()
+    };
+    run.validate().map_err(|e| e.to_string())?;
+    run.telemetry.validate().map_err(|e| e.to_string())
+}
+
+/// The CRD and the worker agree, checked through what the operator does
+/// rather than a hand-kept table: each ranged field of the spec is traced to
+/// the worker setting the operator passes it as (by moving it to its
+/// minimum and maximum and watching the ConfigMap), then
+/// - the field's schema default is the catalog's default of that setting;
+/// - the worker starts with what the operator passes for the field's minimum
+///   and maximum (a CRD stricter than the worker would refuse what works),
+///   and refuses what it would pass one step beyond each (looser, it would
+///   accept pods that crash at start-up).
+#[test]
+fn crd_ranges_and_defaults_are_the_workers() {
     let crd = serde_json::to_value(operator::crd::crd()).unwrap();
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-    let field = |path: &str| -> (f64, f64) {
-        let mut node = spec;
-        for part in path.split('.') {
-            node = &node["properties"][part];
-        }
-        let (min, max) = (node["minimum"].as_f64(), node["maximum"].as_f64());
-        (
-            min.unwrap_or_else(|| panic!("{path}: no minimum")),
-            max.unwrap_or_else(|| panic!("{path}: no maximum")),
-        )
-    };
-    // (CRD field, worker flag, factor from the CRD's unit to the worker's, extra flags)
-    let cases: [(&str, &str, f64, &[&str]); 18] = [
-        ("batch.size", "--batch-size", 1.0, &[]),
-        ("fold.intervalMs", "--fold-interval-ms", 1.0, &[]),
-        ("fold.pollIntervalMs", "--fold-poll-interval-ms", 1.0, &[]),
-        ("fold.maxPartitions", "--fold-max-partitions", 1.0, &[]),
-        ("fold.maxDeltas", "--fold-max-deltas", 1.0, &[]),
-        ("batch.timeoutMs", "--batch-timeout-ms", 1.0, &[]),
-        ("claimIdleMs", "--claim-idle-ms", 1.0, &[]),
-        (
-            "database.pool.maxConnections",
-            "--db-pool-max-connections",
-            1.0,
-            &["--db-pool-min-connections", "0"],
-        ),
-        (
-            "database.pool.minConnections",
-            "--db-pool-min-connections",
-            1.0,
-            &["--db-pool-max-connections", "1000"],
-        ),
-        (
-            "database.pool.acquireTimeoutMs",
-            "--db-acquire-timeout-ms",
-            1.0,
-            &[],
-        ),
-        (
-            "rateLimits.maxEntriesPerSecond",
-            "--max-entries-per-second",
-            1.0,
-            &[],
-        ),
-        (
-            "rateLimits.analyticsMaxTermsPerSecond",
-            "--analytics-max-terms-per-second",
-            1.0,
-            &[],
-        ),
-        ("analytics.concurrency", "--analytics-concurrency", 1.0, &[]),
-        ("analytics.batchSize", "--analytics-batch-size", 1.0, &[]),
-        (
-            "analytics.maxAttempts",
-            "--analytics-max-attempts",
-            1.0,
-            &[],
-        ),
-        ("drain.timeoutSeconds", "--drain-timeout-ms", 1000.0, &[]),
-        (
-            "telemetry.samplingRatio",
-            "--otel-traces-sampler-arg",
-            1.0,
-            &[],
-        ),
-        ("analytics.replicas", "", 0.0, &[]),
-    ];
-    let accepts = |flag: &str, value: f64, extra: &[&str]| -> bool {
-        let value = if value.fract() == 0.0 {
-            format!("{}", value as i64)
-        } else {
-            value.to_string()
+    let (_, base) = examples()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("minimal.yaml"))
+        .unwrap();
+    let base_config = config_of(&base);
+    worker_run_with(&base_config).expect("the worker starts with the defaults");
+    let mut fields = Vec::new();
+    ranged_fields(spec, "", &mut fields);
+    let mut traced = BTreeMap::new();
+    let mut operator_only = Vec::new();
+    for (path, schema) in &fields {
+        // The CRD's bounds are JSON Schema numbers (1.0); an integer field takes 1.
+        let typed = |value: f64| match schema["type"].as_str() {
+            Some("integer") => json!(value as i64),
+            _ => json!(value),
         };
-        let mut args = vec![
-            "postgres-writer",
-            "run",
-            "--database-url",
-            "postgres://u@h/db",
-            "--redis-streams",
-            "s",
-            flag,
-            &value,
-        ];
-        args.extend_from_slice(extra);
-        match worker::config::Cli::try_parse_from(&args) {
-            Ok(cli) => match cli.command {
-                worker::config::Command::Run(run) => {
-                    run.validate().is_ok() && run.telemetry.validate().is_ok()
-                }
-                _ => unreachable!(),
-            },
-            Err(_) => false,
+        let bound = |key: &str| typed(schema[key].as_f64().expect("a numeric bound"));
+        let (min, max) = (bound("minimum"), bound("maximum"));
+        let mut keys = BTreeSet::new();
+        for bound in [&min, &max] {
+            let config = config_of(&with_field(&base, path, bound));
+            keys.extend(
+                config
+                    .iter()
+                    .filter(|(k, v)| base_config.get(*k) != Some(*v))
+                    .map(|(k, _)| k.clone()),
+            );
         }
-    };
-    for (path, flag, factor, extra) in cases {
-        if flag.is_empty() {
-            continue; // operator-only field (pod counts)
-        }
-        let (min, max) = field(path);
-        let step = if factor == 1.0 && path.contains("Ratio") {
-            0.01
-        } else {
+        let env = match keys.len() {
+            0 => {
+                operator_only.push(path.as_str());
+                continue;
+            }
+            1 => keys.pop_first().unwrap(),
+            _ => panic!("{path} changes several settings: {keys:?}"),
+        };
+        let setting = settings::by_env(&env).unwrap_or_else(|| panic!("{env}: not in the catalog"));
+        traced.insert(env.clone(), path.clone());
+
+        // Defaults: the schema's, the serde default's and the catalog's are one.
+        let default = &typed(
+            schema["default"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{path}: no default in the schema")),
+        );
+        let passed = config_of(&with_field(&base, path, default))[&env].clone();
+        assert_eq!(
+            Some(passed.clone()),
+            setting.default_value(),
+            "{path}: the schema's default becomes {env}={passed}, not the catalog's default"
+        );
+        assert_eq!(
+            base_config[&env], passed,
+            "{path}: serde and schema defaults differ"
+        );
+
+        // Ranges: both ends start, one step beyond each is refused. A
+        // resource the API server admits has minConnections <= maxConnections.
+        let admitted = |value: &Value| {
+            let resource = with_field(&base, path, value);
+            match path.as_str() {
+                "database.pool.minConnections" => with_field(
+                    &resource,
+                    "database.pool.maxConnections",
+                    &json!(settings::DB_POOL_MAX_CONNECTIONS.max),
+                ),
+                _ => resource,
+            }
+        };
+        let step = if schema["type"] == "integer" {
             1.0
+        } else {
+            0.01
         };
+        for (bound, beyond) in [(&min, -step), (&max, step)] {
+            let config = config_of(&admitted(bound));
+            worker_run_with(&config).unwrap_or_else(|e| {
+                panic!(
+                    "{path}: the worker refuses the CRD's bound {bound} ({env}={}): {e}",
+                    config[&env]
+                )
+            });
+            let outside = typed(bound.as_f64().unwrap() + beyond);
+            let config = config_of(&admitted(&outside));
+            let error = worker_run_with(&config).err().unwrap_or_else(|| {
+                panic!(
+                    "{path}: the worker accepts {outside}, outside the CRD's range ({env}={})",
+                    config[&env]
+                )
+            });
+            assert!(
+                error.contains(&env) || error.contains(setting.flag().unwrap_or("-")),
+                "{path}: the refusal of {outside} does not name {env}: {error}"
+            );
+        }
+    }
+    // Pod counts are the operator's own.
+    operator_only.sort();
+    assert_eq!(operator_only, ["analytics.replicas", "replicas"]);
+    // The worker's numeric settings the CRD exposes: none lost, none gained unnoticed.
+    assert_eq!(
+        traced.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "ANALYTICS_BATCH_SIZE",
+            "ANALYTICS_CONCURRENCY",
+            "ANALYTICS_MAX_ATTEMPTS",
+            "ANALYTICS_MAX_TERMS_PER_SECOND",
+            "BATCH_SIZE",
+            "BATCH_TIMEOUT_MS",
+            "CLAIM_IDLE_MS",
+            "CONSUMER_REAP_IDLE_MS",
+            "DB_ACQUIRE_TIMEOUT_MS",
+            "DB_POOL_MAX_CONNECTIONS",
+            "DB_POOL_MIN_CONNECTIONS",
+            "DRAIN_TIMEOUT_MS",
+            "FOLD_INTERVAL_MS",
+            "FOLD_MAX_DELTAS",
+            "FOLD_MAX_PARTITIONS",
+            "FOLD_POLL_INTERVAL_MS",
+            "MAX_ENTRIES_PER_SECOND",
+            "OTEL_TRACES_SAMPLER_ARG",
+        ]
+    );
+    // What lies between the off value and the range, the API server refuses (CEL).
+    let reap = &spec["properties"]["consumerReapIdleMs"];
+    assert_eq!(
+        reap["x-kubernetes-validations"][0]["rule"],
+        format!(
+            "self == 0 || self >= {}",
+            settings::CONSUMER_REAP_IDLE_MS.min
+        )
+    );
+    assert!(worker_run_with(&BTreeMap::from([(
+        "CONSUMER_REAP_IDLE_MS".to_string(),
+        (settings::CONSUMER_REAP_IDLE_MS.min - 1).to_string()
+    )]))
+    .is_err());
+    // Strings with a default.
+    assert_eq!(
+        spec["properties"]["consumerGroup"]["default"].as_str(),
+        settings::CONSUMER_GROUP.default.value()
+    );
+    assert_eq!(
+        spec["properties"]["consumerGroup"]["maxLength"],
+        settings::CONSUMER_NAME_MAX_CHARS
+    );
+    // The partition count, where the CRD explains the fold's bound.
+    let partitions = &spec["properties"]["fold"]["properties"]["maxPartitions"];
+    assert_eq!(
+        partitions["maximum"].as_f64(),
+        Some(f64::from(settings::FOLD_PARTITIONS))
+    );
+    assert!(partitions["description"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("(of {})", settings::FOLD_PARTITIONS)));
+}
+
+/// Every ConfigMap key and pod variable the operator sets is a setting of
+/// the catalog, read by the worker command of the pods that get it.
+#[test]
+fn operator_sets_only_settings_the_worker_reads() {
+    let (_, full) = examples()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("full.yaml"))
+        .unwrap();
+    let mut cr: PostgresWriter = serde_json::from_value(full).unwrap();
+    cr.metadata.namespace = Some("chain".into());
+    cr.metadata.uid = Some("uid-1".into());
+    // Outside the CLI: the log subscriber's filter and OpenTelemetry's own variables.
+    let not_flags = ["RUST_LOG", "POD_NAMESPACE", "OTEL_RESOURCE_ATTRIBUTES"];
+    let (run, analytics, migrate) = (read_by("run"), read_by("analytics"), read_by("migrate"));
+    let config = operator::resources::config_data(&cr.spec);
+    assert!(config.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    for key in config.keys() {
         assert!(
-            accepts(flag, min * factor, extra),
-            "{path}: the worker refuses the CRD's minimum {min}"
+            settings::by_env(key).is_some(),
+            "ConfigMap key {key}: not in the catalog"
         );
         assert!(
-            accepts(flag, max * factor, extra),
-            "{path}: the worker refuses the CRD's maximum {max}"
+            run.contains(key) || analytics.contains(key) || not_flags.contains(&key.as_str()),
+            "ConfigMap key {key}: neither `run` nor `analytics` reads it"
         );
-        assert!(
-            !accepts(flag, (min - step) * factor, extra),
-            "{path}: the worker accepts below the CRD's minimum {min}"
-        );
-        assert!(
-            !accepts(flag, (max + step) * factor, extra),
-            "{path}: the worker accepts above the CRD's maximum {max}"
-        );
+    }
+    let inputs = || operator::resources::PodInputs::image("img");
+    // Every pod gets the shared variables (the migration Job REDIS_URL too).
+    let reads: BTreeSet<String> = run
+        .iter()
+        .chain(&analytics)
+        .chain(&migrate)
+        .cloned()
+        .collect();
+    let pods = [
+        serde_json::to_value(operator::resources::worker_deployment(&cr, inputs())).unwrap(),
+        serde_json::to_value(operator::resources::analytics_deployment(&cr, inputs())).unwrap(),
+        serde_json::to_value(operator::resources::migration_job(&cr, 0)).unwrap(),
+    ];
+    let mut names = BTreeSet::new();
+    for object in pods {
+        let env = &object["spec"]["template"]["spec"]["containers"][0]["env"];
+        for name in env
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+        {
+            names.insert(name.to_string());
+            if not_flags.contains(&name) {
+                continue;
+            }
+            assert!(
+                settings::by_env(name).is_some(),
+                "pod variable {name}: not in the catalog"
+            );
+            assert!(
+                reads.contains(name),
+                "pod variable {name}: its command does not read it"
+            );
+        }
+    }
+    for name in [
+        "DATABASE_URL",
+        "DATABASE_CA_FILE",
+        "REDIS_CA_FILE",
+        "CONSUMER_NAME",
+    ] {
+        assert!(names.contains(name), "{name} not set on any pod");
     }
 }

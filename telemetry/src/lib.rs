@@ -31,22 +31,32 @@ pub enum OtlpProtocol {
 /// The standard OpenTelemetry settings.
 #[derive(Debug, Clone, Args)]
 pub struct TelemetryArgs {
-    /// OTLP endpoint for traces, e.g. http://otel-collector:4318; tracing export is off when unset.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otel_exporter_otlp_endpoint: Option<String>,
-    /// OTLP protocol: grpc or http/protobuf.
     #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        long = settings::OTEL_EXPORTER_OTLP_ENDPOINT.flag,
+        env = settings::OTEL_EXPORTER_OTLP_ENDPOINT.env,
+        help = settings::OTEL_EXPORTER_OTLP_ENDPOINT.doc
+    )]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    #[arg(
+        long = settings::OTEL_EXPORTER_OTLP_PROTOCOL.flag,
+        env = settings::OTEL_EXPORTER_OTLP_PROTOCOL.env,
+        help = settings::OTEL_EXPORTER_OTLP_PROTOCOL.doc,
         value_enum,
-        default_value = "http/protobuf"
+        default_value = settings::OTEL_EXPORTER_OTLP_PROTOCOL.default.value()
     )]
     pub otel_exporter_otlp_protocol: OtlpProtocol,
-    /// Service name on exported spans (default: the binary's role).
-    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    #[arg(
+        long = settings::OTEL_SERVICE_NAME.flag,
+        env = settings::OTEL_SERVICE_NAME.env,
+        help = settings::OTEL_SERVICE_NAME.doc
+    )]
     pub otel_service_name: Option<String>,
-    /// Fraction of new traces sampled (parent-based trace-id ratio), 0.0 to 1.0.
-    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0)]
+    #[arg(
+        long = settings::OTEL_TRACES_SAMPLER_ARG.flag,
+        env = settings::OTEL_TRACES_SAMPLER_ARG.env,
+        default_value_t = settings::OTEL_TRACES_SAMPLER_ARG.default,
+        help = settings::OTEL_TRACES_SAMPLER_ARG.doc
+    )]
     pub otel_traces_sampler_arg: f64,
 }
 
@@ -56,7 +66,7 @@ pub enum TelemetryError {
     Invalid {
         variable: &'static str,
         value: String,
-        allowed: &'static str,
+        allowed: String,
     },
     #[error("cannot build the OTLP exporter")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
@@ -71,25 +81,26 @@ impl TelemetryArgs {
             otel_exporter_otlp_endpoint: None,
             otel_exporter_otlp_protocol: OtlpProtocol::HttpProtobuf,
             otel_service_name: None,
-            otel_traces_sampler_arg: 1.0,
+            otel_traces_sampler_arg: settings::OTEL_TRACES_SAMPLER_ARG.default,
         }
     }
 
     pub fn validate(&self) -> Result<(), TelemetryError> {
         let ratio = self.otel_traces_sampler_arg;
-        if !(0.0..=1.0).contains(&ratio) {
+        let sampler = settings::OTEL_TRACES_SAMPLER_ARG;
+        if !sampler.accepts(ratio) {
             return Err(TelemetryError::Invalid {
-                variable: "OTEL_TRACES_SAMPLER_ARG",
+                variable: sampler.env,
                 value: ratio.to_string(),
-                allowed: "a ratio in 0.0..=1.0",
+                allowed: format!("a ratio in {:?}..={:?}", sampler.min, sampler.max),
             });
         }
         if let Some(endpoint) = &self.otel_exporter_otlp_endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                 return Err(TelemetryError::Invalid {
-                    variable: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    variable: settings::OTEL_EXPORTER_OTLP_ENDPOINT.env,
                     value: endpoint.clone(),
-                    allowed: "an http:// or https:// URL",
+                    allowed: "an http:// or https:// URL".to_string(),
                 });
             }
         }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use worker::config::StreamArgs;
 use worker::health::Health;
+use worker::intake::StreamSettings;
 use worker::metrics::Metrics;
 use worker::pipeline::Consumer;
 
@@ -303,8 +303,13 @@ impl TestRedis {
 }
 
 /// Settings for a consumer in tests: small batches, quick claims.
-pub fn stream_args(redis_url: &str, streams: &[String], group: &str, consumer: &str) -> StreamArgs {
-    StreamArgs {
+pub fn stream_args(
+    redis_url: &str,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+) -> StreamSettings {
+    StreamSettings {
         redis_url: redis_url.to_string(),
         redis_streams: streams.to_vec(),
         consumer_group: group.to_string(),
@@ -315,7 +320,6 @@ pub fn stream_args(redis_url: &str, streams: &[String], group: &str, consumer: &
         claim_interval_ms: 200,
         consumer_reap_idle_ms: 3_600_000,
         max_entries_per_second: 0,
-        consumer_concurrency: 1,
         sibling_consumers: Vec::new(),
         redis_ca_file: None,
     }
@@ -323,7 +327,7 @@ pub fn stream_args(redis_url: &str, streams: &[String], group: &str, consumer: &
 
 /// In-process consumers on the same group, stopped once every stream is
 /// fully delivered and acknowledged.
-pub async fn consume_until_idle(db: &TestDb, args: Vec<StreamArgs>, timeout: Duration) {
+pub async fn consume_until_idle(db: &TestDb, args: Vec<StreamSettings>, timeout: Duration) {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for a in args.iter().cloned() {

@@ -135,7 +135,7 @@ async fn deltas_of_history(db: &TestDb, events: u64) {
     let streams = stream_names(&prefix);
     let args = stream_args(&redis.url, &streams, &group, "c");
     let consumer = worker::pipeline::Consumer {
-        args: worker::config::StreamArgs {
+        args: worker::intake::StreamSettings {
             batch_size: 7,
             ..args
         },

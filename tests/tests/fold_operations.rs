@@ -37,7 +37,7 @@ async fn deltas_of_history(db: &TestDb, events: u64, seed: u64) {
     let group = unique("group");
     let streams = stream_names(&prefix);
     let consumer = worker::pipeline::Consumer {
-        args: worker::config::StreamArgs {
+        args: worker::intake::StreamSettings {
             batch_size: 7,
             ..stream_args(&redis.url, &streams, &group, "c")
         },

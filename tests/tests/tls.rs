@@ -206,7 +206,7 @@ async fn verify_full_connects_migrates_and_a_worker_writes_over_tls() {
         .await
         .expect("verify-full with the CA");
     // The entries are acknowledged over rediss:// (read with the intake's own constructor).
-    let mut intake = worker::intake::StreamIntake::open(&worker::config::StreamArgs {
+    let mut intake = worker::intake::StreamIntake::open(&worker::intake::StreamSettings {
         redis_ca_file: Some(pki.ca.clone()),
         ..system_tests::stream_args(&redis.url(), &streams, &group, "observer")
     })

@@ -17,7 +17,6 @@
 //! and the loop waits it out, unready.
 
 use crate::backoff;
-use crate::config::AnalyticsArgs;
 use crate::failure::{self, classify, ConflictRetry, Failure, OutageRetry, Policy};
 use crate::health::{Health, Source};
 use crate::lifecycle::pause;
@@ -31,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Tuning of the analytics loop (from `AnalyticsArgs`).
+/// Tuning of the analytics loop (built from the command line by `config`).
 #[derive(Debug, Clone)]
 pub struct AnalyticsSettings {
     pub batch_size: i64,
@@ -44,21 +43,6 @@ pub struct AnalyticsSettings {
     pub claim_lease: Duration,
     /// How long a queued term waits so that later changes share its recomputation.
     pub coalesce: Duration,
-}
-
-impl From<&AnalyticsArgs> for AnalyticsSettings {
-    fn from(a: &AnalyticsArgs) -> Self {
-        Self {
-            batch_size: i64::from(a.analytics_batch_size),
-            poll_interval: Duration::from_millis(a.analytics_poll_interval_ms),
-            max_attempts: a.analytics_max_attempts as i32,
-            backoff_base: Duration::from_millis(a.analytics_backoff_base_ms),
-            backoff_max: Duration::from_millis(a.analytics_backoff_max_ms),
-            max_terms_per_second: a.analytics_max_terms_per_second,
-            claim_lease: Duration::from_millis(a.analytics_claim_lease_ms),
-            coalesce: Duration::from_millis(a.analytics_coalesce_ms),
-        }
-    }
 }
 
 /// What one call to [`process_batch`] did.

@@ -1,7 +1,11 @@
-//! Settings: every setting is a CLI flag and an environment variable (contract §5),
-//! validated at start-up with a message naming the variable, the bad value and
-//! the allowed range. The README's settings table is generated from these
-//! definitions (`postgres-writer settings`) and checked by a test.
+//! The command line, at the edge of the worker: every setting is a CLI flag
+//! and an environment variable (contract §5), validated at start-up with a
+//! message naming the variable, the bad value and the allowed range. Each
+//! setting's name, default, range and meaning come from the `settings`
+//! catalog; the `From` impls below turn the parsed arguments into the plain
+//! settings structs the modules take (they never see clap nor this module).
+//! The README's settings table is generated from the catalog
+//! (`postgres-writer settings`) and checked by a test.
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::fmt::Display;
@@ -55,29 +59,52 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL; TLS per its `sslmode` (disable, prefer, require, verify-ca, verify-full) and `sslrootcert`.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// PEM file of the CA that signed PostgreSQL's certificate (needs sslmode=verify-ca or verify-full); the operator mounts it from `spec.database.caSecretRef`.
-    #[arg(long, env = "DATABASE_CA_FILE")]
-    pub database_ca_file: Option<PathBuf>,
-    /// Connections the pool keeps open.
-    #[arg(long, env = "DB_POOL_MIN_CONNECTIONS", default_value_t = 1)]
-    pub db_pool_min_connections: u32,
-    /// Largest number of pooled connections.
-    #[arg(long, env = "DB_POOL_MAX_CONNECTIONS", default_value_t = 10)]
-    pub db_pool_max_connections: u32,
-    /// Longest wait for a pooled connection, in milliseconds.
-    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 30_000)]
-    pub db_acquire_timeout_ms: u64,
-    /// Longest statement (and lock wait) of `run` and `analytics`, in milliseconds: with DB_IDLE_IN_TRANSACTION_TIMEOUT_MS and TCP keepalives it bounds how long a worker's transaction can hold row locks, fold partitions or analytics claims (ADR 0019); commands, which scan whole tables, do not apply it.
-    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 20_000)]
-    pub db_statement_timeout_ms: u64,
-    /// Longest time a session may sit idle inside a transaction, in milliseconds, before PostgreSQL ends it and releases its locks (a frozen or partitioned worker; ADR 0019).
     #[arg(
-        long,
-        env = "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-        default_value_t = 10_000
+        long = settings::DATABASE_URL.flag,
+        env = settings::DATABASE_URL.env,
+        help = settings::DATABASE_URL.doc,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    #[arg(
+        long = settings::DATABASE_CA_FILE.flag,
+        env = settings::DATABASE_CA_FILE.env,
+        help = settings::DATABASE_CA_FILE.doc
+    )]
+    pub database_ca_file: Option<PathBuf>,
+    #[arg(
+        long = settings::DB_POOL_MIN_CONNECTIONS.flag,
+        env = settings::DB_POOL_MIN_CONNECTIONS.env,
+        default_value_t = settings::DB_POOL_MIN_CONNECTIONS.default,
+        help = settings::DB_POOL_MIN_CONNECTIONS.doc
+    )]
+    pub db_pool_min_connections: u32,
+    #[arg(
+        long = settings::DB_POOL_MAX_CONNECTIONS.flag,
+        env = settings::DB_POOL_MAX_CONNECTIONS.env,
+        default_value_t = settings::DB_POOL_MAX_CONNECTIONS.default,
+        help = settings::DB_POOL_MAX_CONNECTIONS.doc
+    )]
+    pub db_pool_max_connections: u32,
+    #[arg(
+        long = settings::DB_ACQUIRE_TIMEOUT_MS.flag,
+        env = settings::DB_ACQUIRE_TIMEOUT_MS.env,
+        default_value_t = settings::DB_ACQUIRE_TIMEOUT_MS.default,
+        help = settings::DB_ACQUIRE_TIMEOUT_MS.doc
+    )]
+    pub db_acquire_timeout_ms: u64,
+    #[arg(
+        long = settings::DB_STATEMENT_TIMEOUT_MS.flag,
+        env = settings::DB_STATEMENT_TIMEOUT_MS.env,
+        default_value_t = settings::DB_STATEMENT_TIMEOUT_MS.default,
+        help = settings::DB_STATEMENT_TIMEOUT_MS.doc
+    )]
+    pub db_statement_timeout_ms: u64,
+    #[arg(
+        long = settings::DB_IDLE_IN_TRANSACTION_TIMEOUT_MS.flag,
+        env = settings::DB_IDLE_IN_TRANSACTION_TIMEOUT_MS.env,
+        default_value_t = settings::DB_IDLE_IN_TRANSACTION_TIMEOUT_MS.default,
+        help = settings::DB_IDLE_IN_TRANSACTION_TIMEOUT_MS.doc
     )]
     pub db_idle_in_transaction_timeout_ms: u64,
 }
@@ -86,150 +113,242 @@ pub struct DatabaseArgs {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// File that receives `schema version N` once the migrations are applied; the operator's migration Job sets it to the container's terminationMessagePath and reports N in `status.schemaVersion`.
-    #[arg(long, env = "TERMINATION_MESSAGE_PATH")]
+    #[arg(
+        long = settings::TERMINATION_MESSAGE_PATH.flag,
+        env = settings::TERMINATION_MESSAGE_PATH.env,
+        help = settings::TERMINATION_MESSAGE_PATH.doc
+    )]
     pub termination_message_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct StreamArgs {
-    /// Redis URL; `rediss://` for TLS.
     #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        long = settings::REDIS_URL.flag,
+        env = settings::REDIS_URL.env,
+        help = settings::REDIS_URL.doc,
+        default_value = settings::REDIS_URL.default.value(),
         hide_env_values = true
     )]
     pub redis_url: String,
-    /// PEM file of the CA that signed Redis's certificate (needs a rediss:// URL); the operator mounts it from `spec.redis.caSecretRef`.
-    #[arg(long, env = "REDIS_CA_FILE")]
+    #[arg(
+        long = settings::REDIS_CA_FILE.flag,
+        env = settings::REDIS_CA_FILE.env,
+        help = settings::REDIS_CA_FILE.doc
+    )]
     pub redis_ca_file: Option<PathBuf>,
-    /// Comma-separated stream names.
-    #[arg(long, env = "REDIS_STREAMS", value_delimiter = ',', required = true)]
+    #[arg(
+        long = settings::REDIS_STREAMS.flag,
+        env = settings::REDIS_STREAMS.env,
+        help = settings::REDIS_STREAMS.doc,
+        value_delimiter = ',',
+        required = true
+    )]
     pub redis_streams: Vec<String>,
-    /// Consumer group (created at the start of each stream if missing).
-    #[arg(long, env = "CONSUMER_GROUP", default_value = "postgres-writer")]
+    #[arg(
+        long = settings::CONSUMER_GROUP.flag,
+        env = settings::CONSUMER_GROUP.env,
+        help = settings::CONSUMER_GROUP.doc,
+        default_value = settings::CONSUMER_GROUP.default.value()
+    )]
     pub consumer_group: String,
-    /// This consumer's name; must be unique and stable per pod (the pod name).
-    #[arg(long, env = "CONSUMER_NAME", default_value_t = default_consumer_name())]
+    #[arg(
+        long = settings::CONSUMER_NAME.flag,
+        env = settings::CONSUMER_NAME.env,
+        help = settings::CONSUMER_NAME.doc,
+        default_value_t = default_consumer_name()
+    )]
     pub consumer_name: String,
-    /// Entries read per stream and call; one batch is written in one transaction.
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 300)]
+    #[arg(
+        long = settings::BATCH_SIZE.flag,
+        env = settings::BATCH_SIZE.env,
+        default_value_t = settings::BATCH_SIZE.default,
+        help = settings::BATCH_SIZE.doc
+    )]
     pub batch_size: usize,
-    /// Longest wait for a batch to fill, in milliseconds.
-    #[arg(long, env = "BATCH_TIMEOUT_MS", default_value_t = 1_000)]
+    #[arg(
+        long = settings::BATCH_TIMEOUT_MS.flag,
+        env = settings::BATCH_TIMEOUT_MS.env,
+        default_value_t = settings::BATCH_TIMEOUT_MS.default,
+        help = settings::BATCH_TIMEOUT_MS.doc
+    )]
     pub batch_timeout_ms: u64,
-    /// Idle time after which another consumer's pending entries are taken over, in milliseconds.
-    #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 60_000)]
+    #[arg(
+        long = settings::CLAIM_IDLE_MS.flag,
+        env = settings::CLAIM_IDLE_MS.env,
+        default_value_t = settings::CLAIM_IDLE_MS.default,
+        help = settings::CLAIM_IDLE_MS.doc
+    )]
     pub claim_idle_ms: u64,
-    /// How often to look for pending entries of dead consumers, in milliseconds.
-    #[arg(long, env = "CLAIM_INTERVAL_MS", default_value_t = 10_000)]
+    #[arg(
+        long = settings::CLAIM_INTERVAL_MS.flag,
+        env = settings::CLAIM_INTERVAL_MS.env,
+        default_value_t = settings::CLAIM_INTERVAL_MS.default,
+        help = settings::CLAIM_INTERVAL_MS.doc
+    )]
     pub claim_interval_ms: u64,
-    /// Idle time after which a consumer of the group that holds no pending entries (a pod that is gone) is removed from it, in milliseconds (0 = never).
-    #[arg(long, env = "CONSUMER_REAP_IDLE_MS", default_value_t = 3_600_000)]
+    #[arg(
+        long = settings::CONSUMER_REAP_IDLE_MS.flag,
+        env = settings::CONSUMER_REAP_IDLE_MS.env,
+        default_value_t = settings::CONSUMER_REAP_IDLE_MS.default,
+        help = settings::CONSUMER_REAP_IDLE_MS.doc
+    )]
     pub consumer_reap_idle_ms: u64,
-    /// Rate limit on stream entries written per second (0 = unlimited).
-    #[arg(long, env = "MAX_ENTRIES_PER_SECOND", default_value_t = 0)]
+    #[arg(
+        long = settings::MAX_ENTRIES_PER_SECOND.flag,
+        env = settings::MAX_ENTRIES_PER_SECOND.env,
+        default_value_t = settings::MAX_ENTRIES_PER_SECOND.default,
+        help = settings::MAX_ENTRIES_PER_SECOND.doc
+    )]
     pub max_entries_per_second: u32,
-    /// Consumer loops in this process, each with its own transactions (consumer names `<CONSUMER_NAME>-<i>` when more than one).
-    #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 2)]
+    #[arg(
+        long = settings::CONSUMER_CONCURRENCY.flag,
+        env = settings::CONSUMER_CONCURRENCY.env,
+        default_value_t = settings::CONSUMER_CONCURRENCY.default,
+        help = settings::CONSUMER_CONCURRENCY.doc
+    )]
     pub consumer_concurrency: u32,
-    /// The consumer names of this process's other loops: never removed as idle
-    /// (a loop that got nothing for a while still counts as idle on Redis < 7.2).
-    #[arg(skip)]
-    pub sibling_consumers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct AnalyticsArgs {
-    /// Run the analytics loop inside `run`.
-    #[arg(long, env = "ANALYTICS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(
+        long = settings::ANALYTICS_ENABLED.flag,
+        env = settings::ANALYTICS_ENABLED.env,
+        default_value_t = settings::ANALYTICS_ENABLED.default,
+        help = settings::ANALYTICS_ENABLED.doc,
+        action = clap::ArgAction::Set
+    )]
     pub analytics_enabled: bool,
-    /// Analytics loops per process (each claims its own batch of terms).
-    #[arg(long, env = "ANALYTICS_CONCURRENCY", default_value_t = 1)]
+    #[arg(
+        long = settings::ANALYTICS_CONCURRENCY.flag,
+        env = settings::ANALYTICS_CONCURRENCY.env,
+        default_value_t = settings::ANALYTICS_CONCURRENCY.default,
+        help = settings::ANALYTICS_CONCURRENCY.doc
+    )]
     pub analytics_concurrency: u32,
-    /// Terms claimed per analytics transaction.
-    #[arg(long, env = "ANALYTICS_BATCH_SIZE", default_value_t = 200)]
+    #[arg(
+        long = settings::ANALYTICS_BATCH_SIZE.flag,
+        env = settings::ANALYTICS_BATCH_SIZE.env,
+        default_value_t = settings::ANALYTICS_BATCH_SIZE.default,
+        help = settings::ANALYTICS_BATCH_SIZE.doc
+    )]
     pub analytics_batch_size: u32,
-    /// Wait between polls of an empty queue, in milliseconds.
-    #[arg(long, env = "ANALYTICS_POLL_INTERVAL_MS", default_value_t = 200)]
+    #[arg(
+        long = settings::ANALYTICS_POLL_INTERVAL_MS.flag,
+        env = settings::ANALYTICS_POLL_INTERVAL_MS.env,
+        default_value_t = settings::ANALYTICS_POLL_INTERVAL_MS.default,
+        help = settings::ANALYTICS_POLL_INTERVAL_MS.doc
+    )]
     pub analytics_poll_interval_ms: u64,
-    /// Attempts before a failing term is parked.
-    #[arg(long, env = "ANALYTICS_MAX_ATTEMPTS", default_value_t = 8)]
+    #[arg(
+        long = settings::ANALYTICS_MAX_ATTEMPTS.flag,
+        env = settings::ANALYTICS_MAX_ATTEMPTS.env,
+        default_value_t = settings::ANALYTICS_MAX_ATTEMPTS.default,
+        help = settings::ANALYTICS_MAX_ATTEMPTS.doc
+    )]
     pub analytics_max_attempts: u32,
-    /// First retry delay of a failing term, in milliseconds (doubles per attempt, jittered).
-    #[arg(long, env = "ANALYTICS_BACKOFF_BASE_MS", default_value_t = 1_000)]
+    #[arg(
+        long = settings::ANALYTICS_BACKOFF_BASE_MS.flag,
+        env = settings::ANALYTICS_BACKOFF_BASE_MS.env,
+        default_value_t = settings::ANALYTICS_BACKOFF_BASE_MS.default,
+        help = settings::ANALYTICS_BACKOFF_BASE_MS.doc
+    )]
     pub analytics_backoff_base_ms: u64,
-    /// Largest retry delay of a failing term, in milliseconds.
-    #[arg(long, env = "ANALYTICS_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    #[arg(
+        long = settings::ANALYTICS_BACKOFF_MAX_MS.flag,
+        env = settings::ANALYTICS_BACKOFF_MAX_MS.env,
+        default_value_t = settings::ANALYTICS_BACKOFF_MAX_MS.default,
+        help = settings::ANALYTICS_BACKOFF_MAX_MS.doc
+    )]
     pub analytics_backoff_max_ms: u64,
-    /// Rate limit on terms processed per second per process (0 = unlimited).
-    #[arg(long, env = "ANALYTICS_MAX_TERMS_PER_SECOND", default_value_t = 0)]
+    #[arg(
+        long = settings::ANALYTICS_MAX_TERMS_PER_SECOND.flag,
+        env = settings::ANALYTICS_MAX_TERMS_PER_SECOND.env,
+        default_value_t = settings::ANALYTICS_MAX_TERMS_PER_SECOND.default,
+        help = settings::ANALYTICS_MAX_TERMS_PER_SECOND.doc
+    )]
     pub analytics_max_terms_per_second: u32,
-    /// How long a claimed term stays reserved for one worker, in milliseconds (a crashed worker's terms are retaken after it).
-    #[arg(long, env = "ANALYTICS_CLAIM_LEASE_MS", default_value_t = 60_000)]
+    #[arg(
+        long = settings::ANALYTICS_CLAIM_LEASE_MS.flag,
+        env = settings::ANALYTICS_CLAIM_LEASE_MS.env,
+        default_value_t = settings::ANALYTICS_CLAIM_LEASE_MS.default,
+        help = settings::ANALYTICS_CLAIM_LEASE_MS.doc
+    )]
     pub analytics_claim_lease_ms: u64,
-    /// How long a queued term waits before it is recomputed, in milliseconds, so that the changes of that window share one recomputation (bounds how stale analytics may be under load).
-    #[arg(long, env = "ANALYTICS_COALESCE_MS", default_value_t = 250)]
+    #[arg(
+        long = settings::ANALYTICS_COALESCE_MS.flag,
+        env = settings::ANALYTICS_COALESCE_MS.env,
+        default_value_t = settings::ANALYTICS_COALESCE_MS.default,
+        help = settings::ANALYTICS_COALESCE_MS.doc
+    )]
     pub analytics_coalesce_ms: u64,
 }
 
 /// The fold loop of `run` (ADR 0015).
 #[derive(Debug, Clone, Args)]
 pub struct FoldArgs {
-    /// Least time between the starts of two folds while deltas keep coming, in milliseconds: more batches merged into one row write per key, for a bounded delay of the base tables.
-    #[arg(long, env = "FOLD_INTERVAL_MS", default_value_t = 50)]
+    #[arg(
+        long = settings::FOLD_INTERVAL_MS.flag,
+        env = settings::FOLD_INTERVAL_MS.env,
+        default_value_t = settings::FOLD_INTERVAL_MS.default,
+        help = settings::FOLD_INTERVAL_MS.doc
+    )]
     pub fold_interval_ms: u64,
-    /// How often the fold loop looks for deltas written by other processes, in milliseconds (its own batches wake it at once).
-    #[arg(long, env = "FOLD_POLL_INTERVAL_MS", default_value_t = 200)]
+    #[arg(
+        long = settings::FOLD_POLL_INTERVAL_MS.flag,
+        env = settings::FOLD_POLL_INTERVAL_MS.env,
+        default_value_t = settings::FOLD_POLL_INTERVAL_MS.default,
+        help = settings::FOLD_POLL_INTERVAL_MS.doc
+    )]
     pub fold_poll_interval_ms: u64,
-    /// Fold partitions (of 32) one fold transaction takes; the others stay free for other processes.
-    #[arg(long, env = "FOLD_MAX_PARTITIONS", default_value_t = 8)]
+    #[arg(
+        long = settings::FOLD_MAX_PARTITIONS.flag,
+        env = settings::FOLD_MAX_PARTITIONS.env,
+        default_value_t = settings::FOLD_MAX_PARTITIONS.default,
+        help = settings::FOLD_MAX_PARTITIONS.doc
+    )]
     pub fold_max_partitions: u32,
-    /// Delta rows one fold transaction takes at most (a batch writes one per partition it touches).
-    #[arg(long, env = "FOLD_MAX_DELTAS", default_value_t = 2_000)]
+    #[arg(
+        long = settings::FOLD_MAX_DELTAS.flag,
+        env = settings::FOLD_MAX_DELTAS.env,
+        default_value_t = settings::FOLD_MAX_DELTAS.default,
+        help = settings::FOLD_MAX_DELTAS.doc
+    )]
     pub fold_max_deltas: u32,
 }
 
 impl FoldArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        in_range(
-            "FOLD_INTERVAL_MS",
-            "fold-interval-ms",
-            self.fold_interval_ms,
-            0..=10_000,
-        )?;
-        in_range(
-            "FOLD_POLL_INTERVAL_MS",
-            "fold-poll-interval-ms",
-            self.fold_poll_interval_ms,
-            10..=60_000,
-        )?;
-        in_range(
-            "FOLD_MAX_PARTITIONS",
-            "fold-max-partitions",
-            self.fold_max_partitions,
-            1..=crate::fold::PARTITIONS as u32,
-        )?;
-        in_range(
-            "FOLD_MAX_DELTAS",
-            "fold-max-deltas",
-            self.fold_max_deltas,
-            1..=100_000,
-        )
+        check(&settings::FOLD_INTERVAL_MS, self.fold_interval_ms)?;
+        check(&settings::FOLD_POLL_INTERVAL_MS, self.fold_poll_interval_ms)?;
+        check(&settings::FOLD_MAX_PARTITIONS, self.fold_max_partitions)?;
+        check(&settings::FOLD_MAX_DELTAS, self.fold_max_deltas)
     }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct HttpArgs {
-    /// Port of /livez, /readyz, /health, /metrics and the local /drain.
-    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    #[arg(
+        long = settings::HTTP_PORT.flag,
+        env = settings::HTTP_PORT.env,
+        default_value_t = settings::HTTP_PORT.default,
+        help = settings::HTTP_PORT.doc
+    )]
     pub http_port: u32,
-    /// Address the HTTP server binds to.
-    #[arg(long, env = "HTTP_BIND_ADDRESS", default_value = "0.0.0.0")]
+    #[arg(
+        long = settings::HTTP_BIND_ADDRESS.flag,
+        env = settings::HTTP_BIND_ADDRESS.env,
+        help = settings::HTTP_BIND_ADDRESS.doc,
+        default_value = settings::HTTP_BIND_ADDRESS.default.value()
+    )]
     pub http_bind_address: std::net::IpAddr,
-    /// Longest time a drain (SIGTERM or `drain`) may take before the worker gives up waiting, in milliseconds.
-    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(
+        long = settings::DRAIN_TIMEOUT_MS.flag,
+        env = settings::DRAIN_TIMEOUT_MS.env,
+        default_value_t = settings::DRAIN_TIMEOUT_MS.default,
+        help = settings::DRAIN_TIMEOUT_MS.doc
+    )]
     pub drain_timeout_ms: u64,
 }
 
@@ -263,11 +382,19 @@ pub struct AnalyticsOnlyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DrainArgs {
-    /// Port of the local worker's HTTP server.
-    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    #[arg(
+        long = settings::HTTP_PORT.flag,
+        env = settings::HTTP_PORT.env,
+        default_value_t = settings::HTTP_PORT.default,
+        help = settings::HTTP_PORT.doc
+    )]
     pub http_port: u32,
-    /// Longest time a drain may take, in milliseconds.
-    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(
+        long = settings::DRAIN_TIMEOUT_MS.flag,
+        env = settings::DRAIN_TIMEOUT_MS.env,
+        default_value_t = settings::DRAIN_TIMEOUT_MS.default,
+        help = settings::DRAIN_TIMEOUT_MS.doc
+    )]
     pub drain_timeout_ms: u64,
 }
 
@@ -351,16 +478,19 @@ pub struct RequeueArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
-    /// Redis URL; `rediss://` for TLS.
     #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        long = settings::REDIS_URL.flag,
+        env = settings::REDIS_URL.env,
+        help = settings::REDIS_URL.doc,
+        default_value = settings::REDIS_URL.default.value(),
         hide_env_values = true
     )]
     pub redis_url: String,
-    /// PEM file of the CA that signed Redis's certificate (needs a rediss:// URL); the operator mounts it from `spec.redis.caSecretRef`.
-    #[arg(long, env = "REDIS_CA_FILE")]
+    #[arg(
+        long = settings::REDIS_CA_FILE.flag,
+        env = settings::REDIS_CA_FILE.env,
+        help = settings::REDIS_CA_FILE.doc
+    )]
     pub redis_ca_file: Option<PathBuf>,
     /// Prefix of the generated streams (`<prefix>_atom_created`, `<prefix>_deposited`, …).
     #[arg(long, default_value = "intuition_testnet")]
@@ -419,6 +549,27 @@ impl DeadLetterFilterArgs {
     }
 }
 
+/// Which letters `dead-letters list` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeadLetterStatus {
+    /// Not replayed yet.
+    Pending,
+    /// Replayed successfully.
+    Replayed,
+    /// Both.
+    All,
+}
+
+impl From<DeadLetterStatus> for crate::dead_letters::Status {
+    fn from(status: DeadLetterStatus) -> Self {
+        match status {
+            DeadLetterStatus::Pending => Self::Pending,
+            DeadLetterStatus::Replayed => Self::Replayed,
+            DeadLetterStatus::All => Self::All,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DeadLetterListArgs {
     #[command(flatten)]
@@ -427,7 +578,7 @@ pub struct DeadLetterListArgs {
     pub filter: DeadLetterFilterArgs,
     /// Which letters: not yet replayed, replayed, or both.
     #[arg(long, value_enum, default_value = "all")]
-    pub status: crate::dead_letters::Status,
+    pub status: DeadLetterStatus,
     /// Most letters listed.
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
@@ -462,9 +613,6 @@ pub struct DeadLetterReplayArgs {
     pub note: Option<String>,
 }
 
-/// CONSUMER_REAP_IDLE_MS other than 0 (never): a second to a week.
-pub const CONSUMER_REAP_IDLE_MS_RANGE: RangeInclusive<u64> = 1_000..=604_800_000;
-
 fn default_consumer_name() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| format!("postgres-writer-{}", std::process::id()))
 }
@@ -479,6 +627,34 @@ pub struct InvalidSetting {
     pub allowed: String,
 }
 
+/// A setting of the catalog outside the values it accepts.
+fn check<T: Copy + PartialOrd + Display>(
+    setting: &settings::Number<T>,
+    value: T,
+) -> Result<(), InvalidSetting> {
+    if setting.accepts(value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            setting.env,
+            setting.flag,
+            value,
+            &setting.allowed(),
+        ))
+    }
+}
+
+/// A setting of the catalog whose range here depends on another setting
+/// (e.g. at most the pool's maximum).
+fn check_within<T: PartialOrd + Display + Copy>(
+    setting: &settings::Number<T>,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), InvalidSetting> {
+    in_range(setting.env, setting.flag, value, range)
+}
+
+/// A command's argument (not a setting) outside its range.
 fn in_range<T: PartialOrd + Display + Copy>(
     variable: &'static str,
     flag: &'static str,
@@ -535,20 +711,24 @@ fn validate_redis(url: &str, ca_file: Option<&Path>) -> Result<(), InvalidSettin
     let tls = url.starts_with("rediss://");
     if !(tls || url.starts_with("redis://")) {
         return Err(invalid(
-            "REDIS_URL",
-            "redis-url",
+            settings::REDIS_URL.env,
+            settings::REDIS_URL.flag,
             redact_url(url),
             "must start with redis:// or rediss://",
         ));
     }
     match ca_file {
         Some(path) if !tls => Err(invalid(
-            "REDIS_CA_FILE",
-            "redis-ca-file",
+            settings::REDIS_CA_FILE.env,
+            settings::REDIS_CA_FILE.flag,
             path.display(),
             "is set, so REDIS_URL must start with rediss:// (TLS)",
         )),
-        Some(path) => check_ca_file("REDIS_CA_FILE", "redis-ca-file", path),
+        Some(path) => check_ca_file(
+            settings::REDIS_CA_FILE.env,
+            settings::REDIS_CA_FILE.flag,
+            path,
+        ),
         None => Ok(()),
     }
 }
@@ -559,8 +739,8 @@ impl DatabaseArgs {
             || self.database_url.starts_with("postgresql://"))
         {
             return Err(invalid(
-                "DATABASE_URL",
-                "database-url",
+                settings::DATABASE_URL.env,
+                settings::DATABASE_URL.flag,
                 redact_url(&self.database_url),
                 "must start with postgres:// or postgresql://",
             ));
@@ -571,8 +751,8 @@ impl DatabaseArgs {
                 .map(|o| o.get_ssl_mode())
                 .map_err(|e| {
                     invalid(
-                        "DATABASE_URL",
-                        "database-url",
+                        settings::DATABASE_URL.env,
+                        settings::DATABASE_URL.flag,
                         redact_url(&self.database_url),
                         &format!(
                             "is not a valid PostgreSQL URL ({})",
@@ -582,8 +762,8 @@ impl DatabaseArgs {
                 })?;
             if !crate::tls::pg_mode_verifies(mode) {
                 return Err(invalid(
-                    "DATABASE_CA_FILE",
-                    "database-ca-file",
+                    settings::DATABASE_CA_FILE.env,
+                    settings::DATABASE_CA_FILE.flag,
                     path.display(),
                     &format!(
                         "is set, so DATABASE_URL needs sslmode=verify-full or verify-ca (it has {})",
@@ -591,42 +771,92 @@ impl DatabaseArgs {
                     ),
                 ));
             }
-            check_ca_file("DATABASE_CA_FILE", "database-ca-file", path)?;
+            check_ca_file(
+                settings::DATABASE_CA_FILE.env,
+                settings::DATABASE_CA_FILE.flag,
+                path,
+            )?;
         }
-        in_range(
-            "DB_POOL_MAX_CONNECTIONS",
-            "db-pool-max-connections",
+        check(
+            &settings::DB_POOL_MAX_CONNECTIONS,
             self.db_pool_max_connections,
-            1..=1000,
         )?;
-        in_range(
-            "DB_POOL_MIN_CONNECTIONS",
-            "db-pool-min-connections",
+        check_within(
+            &settings::DB_POOL_MIN_CONNECTIONS,
             self.db_pool_min_connections,
-            0..=self.db_pool_max_connections,
+            settings::DB_POOL_MIN_CONNECTIONS.min..=self.db_pool_max_connections,
         )?;
-        in_range(
-            "DB_STATEMENT_TIMEOUT_MS",
-            "db-statement-timeout-ms",
+        check(
+            &settings::DB_STATEMENT_TIMEOUT_MS,
             self.db_statement_timeout_ms,
-            100..=600_000,
         )?;
-        in_range(
-            "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-            "db-idle-in-transaction-timeout-ms",
+        check(
+            &settings::DB_IDLE_IN_TRANSACTION_TIMEOUT_MS,
             self.db_idle_in_transaction_timeout_ms,
-            100..=600_000,
         )?;
-        in_range(
-            "DB_ACQUIRE_TIMEOUT_MS",
-            "db-acquire-timeout-ms",
-            self.db_acquire_timeout_ms,
-            100..=600_000,
-        )
+        check(&settings::DB_ACQUIRE_TIMEOUT_MS, self.db_acquire_timeout_ms)
     }
+}
 
-    pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_acquire_timeout_ms)
+// The domain modules' settings, from the command line. Modules below this
+// one take these plain structs and never see clap.
+
+impl From<&DatabaseArgs> for crate::db::DatabaseSettings {
+    fn from(a: &DatabaseArgs) -> Self {
+        Self {
+            url: a.database_url.clone(),
+            ca_file: a.database_ca_file.clone(),
+            min_connections: a.db_pool_min_connections,
+            max_connections: a.db_pool_max_connections,
+            acquire_timeout: Duration::from_millis(a.db_acquire_timeout_ms),
+            statement_timeout_ms: a.db_statement_timeout_ms,
+            idle_in_transaction_timeout_ms: a.db_idle_in_transaction_timeout_ms,
+        }
+    }
+}
+
+impl From<&StreamArgs> for crate::intake::StreamSettings {
+    fn from(a: &StreamArgs) -> Self {
+        Self {
+            redis_url: a.redis_url.clone(),
+            redis_ca_file: a.redis_ca_file.clone(),
+            redis_streams: a.redis_streams.clone(),
+            consumer_group: a.consumer_group.clone(),
+            consumer_name: a.consumer_name.clone(),
+            batch_size: a.batch_size,
+            batch_timeout_ms: a.batch_timeout_ms,
+            claim_idle_ms: a.claim_idle_ms,
+            claim_interval_ms: a.claim_interval_ms,
+            consumer_reap_idle_ms: a.consumer_reap_idle_ms,
+            max_entries_per_second: a.max_entries_per_second,
+            sibling_consumers: Vec::new(),
+        }
+    }
+}
+
+impl From<&AnalyticsArgs> for crate::analytics::AnalyticsSettings {
+    fn from(a: &AnalyticsArgs) -> Self {
+        Self {
+            batch_size: i64::from(a.analytics_batch_size),
+            poll_interval: Duration::from_millis(a.analytics_poll_interval_ms),
+            max_attempts: a.analytics_max_attempts as i32,
+            backoff_base: Duration::from_millis(a.analytics_backoff_base_ms),
+            backoff_max: Duration::from_millis(a.analytics_backoff_max_ms),
+            max_terms_per_second: a.analytics_max_terms_per_second,
+            claim_lease: Duration::from_millis(a.analytics_claim_lease_ms),
+            coalesce: Duration::from_millis(a.analytics_coalesce_ms),
+        }
+    }
+}
+
+impl From<&FoldArgs> for crate::fold::FoldSettings {
+    fn from(a: &FoldArgs) -> Self {
+        Self {
+            interval: Duration::from_millis(a.fold_interval_ms),
+            poll_interval: Duration::from_millis(a.fold_poll_interval_ms),
+            max_partitions: i64::from(a.fold_max_partitions),
+            max_deltas: i64::from(a.fold_max_deltas),
+        }
     }
 }
 
@@ -655,8 +885,8 @@ impl StreamArgs {
         let streams = self.redis_streams.join(",");
         if self.redis_streams.is_empty() || self.redis_streams.iter().any(|s| s.trim().is_empty()) {
             return Err(invalid(
-                "REDIS_STREAMS",
-                "redis-streams",
+                settings::REDIS_STREAMS.env,
+                settings::REDIS_STREAMS.flag,
                 format!("{streams:?}"),
                 "a comma-separated list of non-empty stream names",
             ));
@@ -666,153 +896,91 @@ impl StreamArgs {
         unique.dedup();
         if unique.len() != self.redis_streams.len() {
             return Err(invalid(
-                "REDIS_STREAMS",
-                "redis-streams",
+                settings::REDIS_STREAMS.env,
+                settings::REDIS_STREAMS.flag,
                 format!("{streams:?}"),
                 "stream names must be distinct",
             ));
         }
         for (variable, flag, value) in [
-            ("CONSUMER_GROUP", "consumer-group", &self.consumer_group),
-            ("CONSUMER_NAME", "consumer-name", &self.consumer_name),
+            (
+                settings::CONSUMER_GROUP.env,
+                settings::CONSUMER_GROUP.flag,
+                &self.consumer_group,
+            ),
+            (
+                settings::CONSUMER_NAME.env,
+                settings::CONSUMER_NAME.flag,
+                &self.consumer_name,
+            ),
         ] {
-            if value.trim().is_empty() || value.len() > 200 || value.chars().any(char::is_control) {
+            let max = settings::CONSUMER_NAME_MAX_CHARS;
+            if value.trim().is_empty() || value.len() > max || value.chars().any(char::is_control) {
                 return Err(invalid(
                     variable,
                     flag,
                     format!("{value:?}"),
-                    "1 to 200 printable characters",
+                    &format!("1 to {max} printable characters"),
                 ));
             }
         }
-        in_range("BATCH_SIZE", "batch-size", self.batch_size, 1..=10_000)?;
-        in_range(
-            "BATCH_TIMEOUT_MS",
-            "batch-timeout-ms",
-            self.batch_timeout_ms,
-            1..=60_000,
-        )?;
-        in_range(
-            "CLAIM_IDLE_MS",
-            "claim-idle-ms",
-            self.claim_idle_ms,
-            1_000..=86_400_000,
-        )?;
-        in_range(
-            "CLAIM_INTERVAL_MS",
-            "claim-interval-ms",
-            self.claim_interval_ms,
-            100..=3_600_000,
-        )?;
-        if self.consumer_reap_idle_ms != 0
-            && !CONSUMER_REAP_IDLE_MS_RANGE.contains(&self.consumer_reap_idle_ms)
-        {
-            return Err(invalid(
-                "CONSUMER_REAP_IDLE_MS",
-                "consumer-reap-idle-ms",
-                self.consumer_reap_idle_ms,
-                &format!(
-                    "0 (never) or {}..={}",
-                    CONSUMER_REAP_IDLE_MS_RANGE.start(),
-                    CONSUMER_REAP_IDLE_MS_RANGE.end()
-                ),
-            ));
-        }
-        in_range(
-            "CONSUMER_CONCURRENCY",
-            "consumer-concurrency",
-            self.consumer_concurrency,
-            1..=32,
-        )?;
-        in_range(
-            "MAX_ENTRIES_PER_SECOND",
-            "max-entries-per-second",
+        check(&settings::BATCH_SIZE, self.batch_size)?;
+        check(&settings::BATCH_TIMEOUT_MS, self.batch_timeout_ms)?;
+        check(&settings::CLAIM_IDLE_MS, self.claim_idle_ms)?;
+        check(&settings::CLAIM_INTERVAL_MS, self.claim_interval_ms)?;
+        check(&settings::CONSUMER_REAP_IDLE_MS, self.consumer_reap_idle_ms)?;
+        check(&settings::CONSUMER_CONCURRENCY, self.consumer_concurrency)?;
+        check(
+            &settings::MAX_ENTRIES_PER_SECOND,
             self.max_entries_per_second,
-            0..=10_000_000,
         )
     }
 }
 
 impl AnalyticsArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        in_range(
-            "ANALYTICS_CONCURRENCY",
-            "analytics-concurrency",
-            self.analytics_concurrency,
-            1..=64,
-        )?;
-        in_range(
-            "ANALYTICS_BATCH_SIZE",
-            "analytics-batch-size",
-            self.analytics_batch_size,
-            1..=100_000,
-        )?;
-        in_range(
-            "ANALYTICS_POLL_INTERVAL_MS",
-            "analytics-poll-interval-ms",
+        check(&settings::ANALYTICS_CONCURRENCY, self.analytics_concurrency)?;
+        check(&settings::ANALYTICS_BATCH_SIZE, self.analytics_batch_size)?;
+        check(
+            &settings::ANALYTICS_POLL_INTERVAL_MS,
             self.analytics_poll_interval_ms,
-            10..=60_000,
         )?;
-        in_range(
-            "ANALYTICS_MAX_ATTEMPTS",
-            "analytics-max-attempts",
+        check(
+            &settings::ANALYTICS_MAX_ATTEMPTS,
             self.analytics_max_attempts,
-            1..=1_000,
         )?;
-        in_range(
-            "ANALYTICS_BACKOFF_BASE_MS",
-            "analytics-backoff-base-ms",
+        check(
+            &settings::ANALYTICS_BACKOFF_BASE_MS,
             self.analytics_backoff_base_ms,
-            1..=3_600_000,
         )?;
-        in_range(
-            "ANALYTICS_BACKOFF_MAX_MS",
-            "analytics-backoff-max-ms",
+        check_within(
+            &settings::ANALYTICS_BACKOFF_MAX_MS,
             self.analytics_backoff_max_ms,
-            self.analytics_backoff_base_ms..=86_400_000,
+            self.analytics_backoff_base_ms..=settings::ANALYTICS_BACKOFF_MAX_MS.max,
         )?;
-        in_range(
-            "ANALYTICS_CLAIM_LEASE_MS",
-            "analytics-claim-lease-ms",
+        check(
+            &settings::ANALYTICS_CLAIM_LEASE_MS,
             self.analytics_claim_lease_ms,
-            1_000..=3_600_000,
         )?;
-        in_range(
-            "ANALYTICS_COALESCE_MS",
-            "analytics-coalesce-ms",
-            self.analytics_coalesce_ms,
-            0..=60_000,
-        )?;
-        in_range(
-            "ANALYTICS_MAX_TERMS_PER_SECOND",
-            "analytics-max-terms-per-second",
+        check(&settings::ANALYTICS_COALESCE_MS, self.analytics_coalesce_ms)?;
+        check(
+            &settings::ANALYTICS_MAX_TERMS_PER_SECOND,
             self.analytics_max_terms_per_second,
-            0..=10_000_000,
         )
     }
 }
 
 impl HttpArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        in_range("HTTP_PORT", "http-port", self.http_port, 1..=65_535)?;
-        in_range(
-            "DRAIN_TIMEOUT_MS",
-            "drain-timeout-ms",
-            self.drain_timeout_ms,
-            1_000..=3_600_000,
-        )
+        check(&settings::HTTP_PORT, self.http_port)?;
+        check(&settings::DRAIN_TIMEOUT_MS, self.drain_timeout_ms)
     }
 }
 
 impl DrainArgs {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        in_range("HTTP_PORT", "http-port", self.http_port, 1..=65_535)?;
-        in_range(
-            "DRAIN_TIMEOUT_MS",
-            "drain-timeout-ms",
-            self.drain_timeout_ms,
-            1_000..=3_600_000,
-        )
+        check(&settings::HTTP_PORT, self.http_port)?;
+        check(&settings::DRAIN_TIMEOUT_MS, self.drain_timeout_ms)
     }
 }
 
@@ -853,54 +1021,39 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The Markdown table of every environment-backed setting, generated from the
-/// CLI definitions (one row per variable, with the subcommands that read it).
+/// The Markdown table of every setting: the catalog ([`settings::ALL`]),
+/// with the subcommands whose arguments read each variable.
 pub fn settings_table() -> String {
     let command = Cli::command();
-    let mut rows: Vec<(String, String, String, String, Vec<String>)> = Vec::new();
-    for sub in command.get_subcommands() {
-        // `dead-letters list|show|replay` read their settings as `dead-letters`.
-        let nested = sub.get_subcommands().flat_map(|s| s.get_arguments());
-        for arg in sub.get_arguments().chain(nested) {
-            let Some(env) = arg.get_env() else { continue };
-            let env = env.to_string_lossy().to_string();
-            if let Some(row) = rows.iter_mut().find(|r| r.0 == env) {
-                if !row.4.iter().any(|s| s == sub.get_name()) {
-                    row.4.push(sub.get_name().to_string());
-                }
-                continue;
-            }
-            let flag = arg
-                .get_long()
-                .map(|l| format!("`--{l}`"))
-                .unwrap_or_default();
-            let default = arg
-                .get_default_values()
-                .iter()
-                .map(|v| v.to_string_lossy().to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            let default = match (env.as_str(), default.as_str()) {
-                ("CONSUMER_NAME", _) => "`$HOSTNAME`".to_string(),
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", _) => "unset (no export)".to_string(),
-                ("OTEL_SERVICE_NAME", _) => "`postgres-writer-<command>`".to_string(),
-                (_, "") if arg.is_required_set() => "required".to_string(),
-                (_, "") => "unset".to_string(),
-                (_, d) => format!("`{d}`"),
-            };
-            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-            rows.push((env, flag, default, help, vec![sub.get_name().to_string()]));
-        }
-    }
     let mut out =
         String::from("| variable | flag | default | meaning | read by |\n|---|---|---|---|---|\n");
-    for (env, flag, default, help, subs) in rows {
+    for setting in settings::ALL {
+        let flag = setting
+            .flag()
+            .map(|flag| format!("`--{flag}`"))
+            .unwrap_or_default();
+        let mut readers: Vec<&str> = command
+            .get_subcommands()
+            .filter(|sub| {
+                // `dead-letters list|show|replay` read their settings as `dead-letters`.
+                let nested = sub.get_subcommands().flat_map(|s| s.get_arguments());
+                sub.get_arguments()
+                    .chain(nested)
+                    .any(|arg| arg.get_env().is_some_and(|env| env == setting.env()))
+            })
+            .map(|sub| sub.get_name())
+            .collect();
+        if setting.flag().is_none() {
+            readers.push("all"); // read by the log subscriber of every command
+        }
         out.push_str(&format!(
-            "| `{env}` | {flag} | {default} | {help} | {} |\n",
-            subs.join(", ")
+            "| `{}` | {flag} | {} | {} | {} |\n",
+            setting.env(),
+            setting.default_shown(),
+            setting.doc(),
+            readers.join(", ")
         ));
     }
-    out.push_str("| `RUST_LOG` |  | `info,sqlx=warn` | Log filter (tracing EnvFilter syntax), logs go to stderr; `sqlx=info` adds statements slower than 1 s. | all |\n");
     out
 }
 
@@ -1068,6 +1221,53 @@ mod tests {
                 table.contains(&format!("| `{variable}` |")),
                 "{variable} missing"
             );
+        }
+    }
+
+    /// Every argument read from the environment is a catalog setting, with
+    /// the catalog's flag, default and meaning; every catalog setting with a
+    /// flag is read by some command.
+    #[test]
+    fn the_command_line_reads_the_catalog() {
+        let command = Cli::command();
+        let mut read = std::collections::BTreeSet::new();
+        for sub in command.get_subcommands() {
+            let nested = sub.get_subcommands().flat_map(|s| s.get_arguments());
+            for arg in sub.get_arguments().chain(nested) {
+                let Some(env) = arg.get_env() else { continue };
+                let env = env.to_string_lossy().into_owned();
+                let setting = settings::by_env(&env)
+                    .unwrap_or_else(|| panic!("{env} is not in the settings catalog"));
+                assert_eq!(arg.get_long(), setting.flag(), "{env}: flag");
+                let help = arg.get_help().map(|h| h.to_string());
+                assert_eq!(help.as_deref(), Some(setting.doc()), "{env}: help");
+                let defaults: Vec<String> = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                match setting.default_value() {
+                    Some(default) => assert_eq!(defaults, [default], "{env}: default"),
+                    // CONSUMER_NAME's default is the host name, computed at start-up.
+                    None if env == settings::CONSUMER_NAME.env => {}
+                    None => assert!(defaults.is_empty(), "{env}: default {defaults:?}"),
+                }
+                assert_eq!(
+                    arg.is_required_set(),
+                    setting.default_shown() == "required",
+                    "{env}: required"
+                );
+                read.insert(env);
+            }
+        }
+        for setting in settings::ALL {
+            if setting.flag().is_some() {
+                assert!(
+                    read.contains(setting.env()),
+                    "no command reads {}",
+                    setting.env()
+                );
+            }
         }
     }
 

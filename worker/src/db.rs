@@ -1,12 +1,13 @@
 //! PostgreSQL pool and schema migrations.
 
-use crate::config::DatabaseArgs;
 use crate::queries;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::ConnectOptions;
 use sqlx::PgPool;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -30,39 +31,66 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
 }
 
+/// Where PostgreSQL is, how the pool is sized and how long a session may
+/// hold locks (the DATABASE_* and DB_* settings, built from the command line
+/// by `config`).
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: String,
+    /// CA of PostgreSQL's TLS certificate (with sslmode verify-ca or verify-full).
+    pub ca_file: Option<PathBuf>,
+    pub min_connections: u32,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub statement_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
+}
+
+impl From<&DatabaseSettings> for DatabaseSettings {
+    fn from(settings: &DatabaseSettings) -> Self {
+        settings.clone()
+    }
+}
+
 /// A pool that connects lazily: a database that is down at start-up makes the
 /// process unready, not crash.
 /// TLS follows the URL's `sslmode` and `sslrootcert`, with the CA of
 /// `DATABASE_CA_FILE` when set. Every session gets the hold bounds that do
 /// not cut long work short ([`hold_bounds`] without a statement timeout):
 /// commands (`verify`, `rebuild`, `rollback`) run whole-table statements.
-pub fn pool(args: &DatabaseArgs, application_name: &str) -> Result<PgPool, DbError> {
-    pool_with(args, application_name, false)
+pub fn pool(
+    settings: impl Into<DatabaseSettings>,
+    application_name: &str,
+) -> Result<PgPool, DbError> {
+    pool_with(&settings.into(), application_name, false)
 }
 
 /// The pool of `run` and `analytics`: [`pool`] with every hold bound,
 /// statement and lock timeouts included (ADR 0019).
-pub fn worker_pool(args: &DatabaseArgs, application_name: &str) -> Result<PgPool, DbError> {
-    pool_with(args, application_name, true)
+pub fn worker_pool(
+    settings: impl Into<DatabaseSettings>,
+    application_name: &str,
+) -> Result<PgPool, DbError> {
+    pool_with(&settings.into(), application_name, true)
 }
 
 fn pool_with(
-    args: &DatabaseArgs,
+    settings: &DatabaseSettings,
     application_name: &str,
     statement_bound: bool,
 ) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(&args.database_url).map_err(DbError::BadUrl)?;
-    let options = crate::tls::pg_with_ca(options, args.database_ca_file.as_deref())?
+    let options = PgConnectOptions::from_str(&settings.url).map_err(DbError::BadUrl)?;
+    let options = crate::tls::pg_with_ca(options, settings.ca_file.as_deref())?
         .application_name(application_name)
-        .options(hold_bounds(args, statement_bound))
+        .options(hold_bounds(settings, statement_bound))
         // A batch statement waiting a second for another batch's row locks is
         // normal under load; sqlx would log each one, SQL text included, at
         // WARN. Shown with RUST_LOG=sqlx=info; the batch metrics cover it.
         .log_slow_statements(log::LevelFilter::Info, std::time::Duration::from_secs(1));
     Ok(PgPoolOptions::new()
-        .min_connections(args.db_pool_min_connections)
-        .max_connections(args.db_pool_max_connections)
-        .acquire_timeout(args.acquire_timeout())
+        .min_connections(settings.min_connections)
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options))
 }
 
@@ -87,11 +115,14 @@ pub const TCP_USER_TIMEOUT_MS: u32 = 25_000;
 /// - with `statement_bound`, `statement_timeout` and `lock_timeout`: no
 ///   statement, nor a wait for a lock, outlasts the bound; and the plans of
 ///   keyed statements ([`KEYED_STATEMENT_PLANS`]).
-pub fn hold_bounds(args: &DatabaseArgs, statement_bound: bool) -> Vec<(&'static str, String)> {
+pub fn hold_bounds(
+    settings: &DatabaseSettings,
+    statement_bound: bool,
+) -> Vec<(&'static str, String)> {
     let mut options = vec![
         (
             "idle_in_transaction_session_timeout",
-            args.db_idle_in_transaction_timeout_ms.to_string(),
+            settings.idle_in_transaction_timeout_ms.to_string(),
         ),
         ("tcp_keepalives_idle", KEEPALIVE_IDLE_S.to_string()),
         ("tcp_keepalives_interval", KEEPALIVE_INTERVAL_S.to_string()),
@@ -101,9 +132,9 @@ pub fn hold_bounds(args: &DatabaseArgs, statement_bound: bool) -> Vec<(&'static 
     if statement_bound {
         options.push((
             "statement_timeout",
-            args.db_statement_timeout_ms.to_string(),
+            settings.statement_timeout_ms.to_string(),
         ));
-        options.push(("lock_timeout", args.db_statement_timeout_ms.to_string()));
+        options.push(("lock_timeout", settings.statement_timeout_ms.to_string()));
         options.extend(
             KEYED_STATEMENT_PLANS
                 .iter()

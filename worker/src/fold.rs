@@ -35,8 +35,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Fold partitions; migration 0010 creates exactly these `fold_partition` rows.
-pub const PARTITIONS: i16 = 32;
+/// Fold partitions; migration 0010 creates exactly these `fold_partition`
+/// rows (the count is defined once, in the settings catalog, whose
+/// FOLD_MAX_PARTITIONS it bounds).
+pub const PARTITIONS: i16 = settings::FOLD_PARTITIONS as i16;
 
 /// The delta format this binary writes and the newest it folds (ADR 0019):
 /// 1 is the JSON of ADR 0015 ([`Changes`]), also written by binaries of
@@ -561,17 +563,6 @@ pub struct FoldSettings {
     pub poll_interval: Duration,
     pub max_partitions: i64,
     pub max_deltas: i64,
-}
-
-impl From<&crate::config::FoldArgs> for FoldSettings {
-    fn from(a: &crate::config::FoldArgs) -> Self {
-        FoldSettings {
-            interval: Duration::from_millis(a.fold_interval_ms),
-            poll_interval: Duration::from_millis(a.fold_poll_interval_ms),
-            max_partitions: i64::from(a.fold_max_partitions),
-            max_deltas: i64::from(a.fold_max_deltas),
-        }
-    }
 }
 
 /// The fold loop of a `run` process. Woken by `wake` after each local commit,

@@ -13,6 +13,7 @@
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Value};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,9 +102,34 @@ pub struct StreamIntake {
     block: Duration,
 }
 
+/// Where a consumer reads and how (the REDIS_*, CONSUMER_*, BATCH_*, CLAIM_*
+/// and MAX_ENTRIES_PER_SECOND settings, built from the command line by `config`).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub redis_url: String,
+    /// CA of Redis's TLS certificate (with a `rediss://` URL).
+    pub redis_ca_file: Option<PathBuf>,
+    pub redis_streams: Vec<String>,
+    pub consumer_group: String,
+    pub consumer_name: String,
+    /// Entries read per stream and call (one batch, one transaction).
+    pub batch_size: usize,
+    pub batch_timeout_ms: u64,
+    /// Idle time after which another consumer's pending entries are taken over.
+    pub claim_idle_ms: u64,
+    pub claim_interval_ms: u64,
+    /// Idle time after which an empty consumer of the group is removed (0 = never).
+    pub consumer_reap_idle_ms: u64,
+    /// 0 = unlimited.
+    pub max_entries_per_second: u32,
+    /// The consumer names of this process's other loops: never removed as idle
+    /// (a loop that got nothing for a while still counts as idle on Redis < 7.2).
+    pub sibling_consumers: Vec<String>,
+}
+
 impl StreamIntake {
     /// The intake of the consumer settings (TLS included).
-    pub fn open(args: &crate::config::StreamArgs) -> Result<Self, IntakeError> {
+    pub fn open(args: &StreamSettings) -> Result<Self, IntakeError> {
         let client = crate::tls::redis_client(&args.redis_url, args.redis_ca_file.as_deref())?;
         Ok(Self::with_client(
             client,

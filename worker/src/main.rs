@@ -16,6 +16,7 @@ use worker::config::{
 };
 use worker::health::{Health, Source};
 use worker::http::{self, AppState};
+use worker::intake::StreamSettings;
 use worker::lifecycle::{pause, DrainOutcome, Lifecycle};
 use worker::metrics::Metrics;
 use worker::pipeline::Consumer;
@@ -287,10 +288,15 @@ async fn dead_letters_command(command: DeadLettersCommand) -> anyhow::Result<Exi
         DeadLettersCommand::List(args) => {
             args.validate()?;
             let pool = db::pool(&args.database, "postgres-writer-dead-letters")?;
-            let letters =
-                dead_letters::select(&pool, &args.filter.filter(), args.status, true, args.limit)
-                    .await
-                    .context("listing dead letters")?;
+            let letters = dead_letters::select(
+                &pool,
+                &args.filter.filter(),
+                args.status.into(),
+                true,
+                args.limit,
+            )
+            .await
+            .context("listing dead letters")?;
             print!("{}", dead_letters::render_list(&letters));
             Ok(ExitCode::SUCCESS)
         }
@@ -366,7 +372,7 @@ async fn serve(
     let work = TaskTracker::new();
     work.spawn(monitor(
         pool.clone(),
-        streams.as_ref().map(|(s, _)| s.clone()),
+        streams.as_ref().map(|(s, _)| StreamSettings::from(s)),
         metrics.clone(),
         health.clone(),
         stop.clone(),
@@ -383,7 +389,7 @@ async fn serve(
             })
             .collect();
         for name in &names {
-            let mut args = stream_args.clone();
+            let mut args = StreamSettings::from(&stream_args);
             args.consumer_name = name.clone();
             args.sibling_consumers = names.iter().filter(|n| *n != name).cloned().collect();
             let consumer = Consumer {
@@ -481,7 +487,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// stream backlog and analytics queue, into `/health` and the metrics.
 async fn monitor(
     pool: sqlx::PgPool,
-    streams: Option<StreamArgs>,
+    streams: Option<StreamSettings>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     stop: CancellationToken,

@@ -5,11 +5,10 @@
 //! was read is always committed and acknowledged before the loop returns.
 
 use crate::backoff;
-use crate::config::StreamArgs;
 use crate::decode::{decode_entry, DecodedEntry};
 use crate::failure::{self, ConflictRetry, OutageRetry, Policy, MAX_OUTAGE_BACKOFF};
 use crate::health::{Health, Source};
-use crate::intake::{IntakeError, RawEntry, ReadFrom, StreamIntake};
+use crate::intake::{IntakeError, RawEntry, ReadFrom, StreamIntake, StreamSettings};
 use crate::lifecycle::pause;
 use crate::metrics::{Metrics, OutcomeLabel, StreamLabel};
 use crate::persistence::{self, PersistError};
@@ -23,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub struct Consumer {
-    pub args: StreamArgs,
+    pub args: StreamSettings,
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
@@ -483,7 +482,6 @@ pub fn entry_time_ms(id: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StreamArgs;
 
     #[tokio::test]
     async fn wrong_checksums_are_counted_per_stream() {
@@ -509,7 +507,7 @@ mod tests {
             .connect_lazy("postgres://localhost/unused")
             .expect("a lazy pool never connects here");
         let consumer = Consumer {
-            args: StreamArgs {
+            args: StreamSettings {
                 redis_url: String::new(),
                 redis_streams: vec!["s".into()],
                 consumer_group: "g".into(),
@@ -519,7 +517,6 @@ mod tests {
                 claim_idle_ms: 1,
                 claim_interval_ms: 1,
                 max_entries_per_second: 0,
-                consumer_concurrency: 1,
                 consumer_reap_idle_ms: 0,
                 sibling_consumers: Vec::new(),
                 redis_ca_file: None,
