@@ -3,9 +3,10 @@
 mod fake_api;
 
 use super::*;
-use crate::crd::PostgresWriterSpec;
+use crate::crd::{PostgresWriterSpec, PostgresWriterStatus};
 use fake_api::FakeApi;
 use kube::api::ObjectMeta;
+use kube::runtime::reflector::ObjectRef;
 use serde_json::{json, Value};
 
 const NS: &str = "chain";
