@@ -1,6 +1,8 @@
 //! Kubernetes Events on the resource: significant transitions of its
 //! conditions, migration retries and failed reconciles.
 
+use super::conditions::ConditionType::{self, Degraded, Migrated, Ready, Suspended};
+use super::conditions::Reason;
 use super::status::condition;
 use super::Context;
 use crate::crd::{PostgresWriter, PostgresWriterStatus};
@@ -60,27 +62,36 @@ pub(super) async fn publish_transitions(
     new: &PostgresWriterStatus,
 ) {
     for c in &new.conditions {
-        let before = condition(old, &c.type_);
+        let Some(kind) = ConditionType::parse(&c.type_) else {
+            continue;
+        };
+        let before = condition(old, kind);
         if before.is_some_and(|b| b.status == c.status && b.reason == c.reason) {
             continue;
         }
-        let (type_, reason) = match (c.type_.as_str(), c.status.as_str(), c.reason.as_str()) {
-            ("Migrated", "False", "MigrationRunning") => (EventType::Normal, "MigrationStarted"),
-            ("Migrated", "True", _) => (EventType::Normal, "MigrationSucceeded"),
-            ("Migrated", "False", "MigrationFailed") => (EventType::Warning, "MigrationFailed"),
+        let (type_, reason) = match (kind, c.status.as_str(), Reason::parse(&c.reason)) {
+            (Migrated, "False", Some(Reason::MigrationRunning)) => {
+                (EventType::Normal, Reason::MigrationStarted.as_str())
+            }
+            (Migrated, "True", _) => (EventType::Normal, Reason::MigrationSucceeded.as_str()),
+            (Migrated, "False", Some(Reason::MigrationFailed)) => {
+                (EventType::Warning, Reason::MigrationFailed.as_str())
+            }
             // The Migrated transition above already says it.
-            ("Degraded", "True", "MigrationFailed") => continue,
-            ("Degraded", "True", reason) => (EventType::Warning, reason),
-            ("Ready", "True", _) => (EventType::Normal, "Ready"),
-            ("Suspended", "True", _) => (EventType::Normal, "Suspended"),
+            (Degraded, "True", Some(Reason::MigrationFailed)) => continue,
+            (Degraded, "True", _) => (EventType::Warning, c.reason.as_str()),
+            (Ready, "True", _) => (EventType::Normal, Reason::Ready.as_str()),
+            (Suspended, "True", _) => (EventType::Normal, Reason::Suspended.as_str()),
             // Not on creation: only a resume is worth an event.
-            ("Suspended", "False", _) if before.is_some() => (EventType::Normal, "Resumed"),
+            (Suspended, "False", _) if before.is_some() => {
+                (EventType::Normal, Reason::Resumed.as_str())
+            }
             _ => continue,
         };
         let job = new
             .last_migration
             .as_ref()
-            .filter(|_| c.type_ == "Migrated")
+            .filter(|_| kind == Migrated)
             .map(|m| job_reference(cr, &m.job_name));
         publish_about(ctx, cr, type_, reason, &c.message, job).await;
     }

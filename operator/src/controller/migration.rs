@@ -5,6 +5,7 @@
 //! attempt up to 32×), or at once when the spec changes the template; nobody
 //! needs to delete a Job by hand. See docs/adr/0014.
 
+use super::conditions::Reason;
 use super::events::{job_reference, publish_about};
 use super::{delete_if_present, Context, Error};
 use crate::crd::{MigrationRecord, PostgresWriter};
@@ -137,7 +138,7 @@ pub(super) async fn ensure_migration(
                     ctx,
                     cr,
                     EventType::Normal,
-                    "MigrationRetried",
+                    Reason::MigrationRetried.as_str(),
                     &format!(
                         "attempt {next} of the migration of {} after: {reason}",
                         cr.spec.image

@@ -21,6 +21,7 @@
 //! Two replicas: only the holder of the leader Lease runs the controllers
 //! ([`crate::leader`]); reconciles are idempotent besides.
 
+mod conditions;
 mod events;
 mod migration;
 mod pods;
@@ -29,6 +30,7 @@ mod status;
 mod watches;
 mod workloads;
 
+pub use conditions::{ConditionType, Phase, Reason};
 pub use migration::{parse_schema_report, retry_delay, Migration};
 pub use pods::pod_problems;
 pub use secrets::{secret_mapper, writers_referencing};
@@ -199,7 +201,8 @@ async fn reconcile_inner(cr: &PostgresWriter, ctx: &Context) -> Result<Action, E
         .await?;
     }
     events::publish_transitions(cr, ctx, &old, &status).await;
-    let progressing = condition(&status, "Progressing").is_some_and(|c| c.status == "True");
+    let progressing =
+        condition(&status, ConditionType::Progressing).is_some_and(|c| c.status == "True");
     Ok(Action::requeue(requeue_after(&migration, progressing)))
 }
 

@@ -2,6 +2,7 @@
 //! of what one reconcile observed ([`desired_status`]), and the Degraded
 //! condition a failed reconcile leaves ([`report_failure`]).
 
+use super::conditions::{ConditionType, Phase, Reason};
 use super::events::publish;
 use super::migration::Migration;
 use super::workloads::deployment_image;
@@ -14,8 +15,8 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-pub fn condition<'a>(status: &'a PostgresWriterStatus, type_: &str) -> Option<&'a Condition> {
-    status.conditions.iter().find(|c| c.type_ == type_)
+pub fn condition(status: &PostgresWriterStatus, type_: ConditionType) -> Option<&Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_.as_str())
 }
 
 /// Rollout state of one Deployment against what the spec asks for.
@@ -121,12 +122,12 @@ pub fn desired_status(
         });
 
     let mut conditions = Vec::new();
-    let mut set = |type_: &str, status: bool, reason: &str, message: String| {
+    let mut set = |type_: ConditionType, status: bool, reason: Reason, message: String| {
         let status = if status { "True" } else { "False" }.to_string();
         let last_transition_time = old
             .conditions
             .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
+            .find(|c| c.type_ == type_.as_str() && c.status == status)
             .map(|c| c.last_transition_time.clone())
             .unwrap_or_else(|| now.clone());
         conditions.push(Condition {
@@ -144,83 +145,90 @@ pub fn desired_status(
     };
     match migration {
         Migration::Succeeded => set(
-            "Migrated",
+            ConditionType::Migrated,
             true,
-            "MigrationSucceeded",
+            Reason::MigrationSucceeded,
             format!("schema migrations of {image} applied"),
         ),
         Migration::Running => set(
-            "Migrated",
+            ConditionType::Migrated,
             false,
-            "MigrationRunning",
+            Reason::MigrationRunning,
             format!("migration Job for {image} is running"),
         ),
         Migration::Failed { reason, retry_at } => set(
-            "Migrated",
+            ConditionType::Migrated,
             false,
-            "MigrationFailed",
+            Reason::MigrationFailed,
             format!("migration of {image} failed: {reason}{}", retry(retry_at)),
         ),
     }
     match (migration, &stuck) {
         _ if !seen.missing_secrets.is_empty() => set(
-            "Degraded",
+            ConditionType::Degraded,
             true,
-            "SecretMissing",
+            Reason::SecretMissing,
             format!(
                 "{}; pods that read it cannot start (the running ones keep running)",
                 seen.missing_secrets.join("; ")
             ),
         ),
         (Migration::Failed { reason, retry_at }, _) => set(
-            "Degraded",
+            ConditionType::Degraded,
             true,
-            "MigrationFailed",
+            Reason::MigrationFailed,
             format!(
                 "workers stay on their current image: {reason}{}",
                 retry(retry_at)
             ),
         ),
         _ if !seen.pod_failures.is_empty() => set(
-            "Degraded",
+            ConditionType::Degraded,
             true,
-            "PodsFailing",
+            Reason::PodsFailing,
             seen.pod_failures.join("; "),
         ),
-        (_, Some(m)) => set("Degraded", true, "RolloutStuck", m.clone()),
+        (_, Some(m)) => set(
+            ConditionType::Degraded,
+            true,
+            Reason::RolloutStuck,
+            m.clone(),
+        ),
         _ => set(
-            "Degraded",
+            ConditionType::Degraded,
             false,
-            "AsExpected",
+            Reason::AsExpected,
             "no failure observed".to_string(),
         ),
     }
     match migration {
         Migration::Running => set(
-            "Progressing",
+            ConditionType::Progressing,
             true,
-            "MigrationRunning",
+            Reason::MigrationRunning,
             format!("waiting for the migration of {image}"),
         ),
         Migration::Failed { .. } => set(
-            "Progressing",
+            ConditionType::Progressing,
             false,
-            "MigrationFailed",
+            Reason::MigrationFailed,
             format!("{image} is not rolled out: its migration failed"),
         ),
         Migration::Succeeded if !rollout_done => set(
-            "Progressing",
+            ConditionType::Progressing,
             true,
-            "RollingOut",
+            Reason::RollingOut,
             format!("{pods}, {} worker pods updated", w.updated),
         ),
-        Migration::Succeeded => set("Progressing", false, "RolloutComplete", pods.clone()),
+        Migration::Succeeded => set(
+            ConditionType::Progressing,
+            false,
+            Reason::RolloutComplete,
+            pods.clone(),
+        ),
     }
     if suspended {
-        set(
-            "Ready",
-            false,
-            "Suspended",
+        set(ConditionType::Ready, false, Reason::Suspended,
             format!(
                 "suspended: worker and analytics pods scaled to 0 ({pods}); spec.replicas ({}) is restored on resume",
                 cr.spec.replicas
@@ -230,31 +238,28 @@ pub fn desired_status(
         // On spec.image, so its migration has succeeded before (a new Job
         // for a changed pod template does not hold the pods back).
         set(
-            "Ready",
+            ConditionType::Ready,
             true,
-            "AllReplicasReady",
+            Reason::AllReplicasReady,
             format!("{pods} on {image}"),
         );
     } else if *migration != Migration::Succeeded {
         set(
-            "Ready",
+            ConditionType::Ready,
             false,
-            "WaitingForMigration",
+            Reason::WaitingForMigration,
             format!("{pods}; {image} not migrated yet"),
         );
     } else {
         set(
-            "Ready",
+            ConditionType::Ready,
             false,
-            "ReplicasNotReady",
+            Reason::ReplicasNotReady,
             format!("{pods} on {image}"),
         );
     }
     if suspended {
-        set(
-            "Suspended",
-            true,
-            "Suspended",
+        set(ConditionType::Suspended, true, Reason::Suspended,
             format!(
                 "spec.suspend is true: worker and analytics Deployments at 0 replicas ({} worker pods left)",
                 w.current
@@ -262,27 +267,27 @@ pub fn desired_status(
         );
     } else {
         set(
-            "Suspended",
+            ConditionType::Suspended,
             false,
-            "NotSuspended",
+            Reason::NotSuspended,
             "spec.suspend is false".to_string(),
         );
     }
 
-    let find = |type_: &str| conditions.iter().find(|c| c.type_ == type_);
-    let degraded = find("Degraded").filter(|c| c.status == "True");
+    let find = |type_: ConditionType| conditions.iter().find(|c| c.type_ == type_.as_str());
+    let degraded = find(ConditionType::Degraded).filter(|c| c.status == "True");
     let (phase, message) = if suspended {
-        ("Suspended", find("Ready"))
-    } else if find("Ready").is_some_and(|c| c.status == "True") {
-        ("Ready", None)
+        (Phase::Suspended, find(ConditionType::Ready))
+    } else if find(ConditionType::Ready).is_some_and(|c| c.status == "True") {
+        (Phase::Ready, None)
     } else if migration.failed() {
-        ("MigrationFailed", degraded)
+        (Phase::MigrationFailed, degraded)
     } else if degraded.is_some() {
-        ("Degraded", degraded)
+        (Phase::Degraded, degraded)
     } else if *migration == Migration::Running {
-        ("Migrating", find("Progressing"))
+        (Phase::Migrating, find(ConditionType::Progressing))
     } else {
-        ("RollingOut", find("Ready"))
+        (Phase::RollingOut, find(ConditionType::Ready))
     };
     // A short line for `kubectl get -o wide`; the conditions hold all of it.
     let message = message.map(|c| {
@@ -350,9 +355,9 @@ pub fn status_patch(status: &PostgresWriterStatus) -> serde_json::Value {
 pub fn failure_reason(error: &Error) -> String {
     match error {
         Error::Kube(kube::Error::Api(e)) if !e.reason.is_empty() => {
-            format!("ReconcileFailed{}", e.reason)
+            format!("{}{}", Reason::ReconcileFailed, e.reason)
         }
-        _ => "ReconcileFailed".to_string(),
+        _ => Reason::ReconcileFailed.to_string(),
     }
 }
 
@@ -366,14 +371,16 @@ pub(super) async fn report_failure(cr: &PostgresWriter, ctx: &Context, error: &E
     let message = telemetry::ErrorChain(error).to_string();
     let reason = failure_reason(error);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let previous = condition(&old, "Degraded");
+    let previous = condition(&old, ConditionType::Degraded);
     let last_transition_time = previous
         .filter(|c| c.status == "True")
         .map(|c| c.last_transition_time.clone())
         .unwrap_or(now);
-    status.conditions.retain(|c| c.type_ != "Degraded");
+    status
+        .conditions
+        .retain(|c| c.type_ != ConditionType::Degraded.as_str());
     status.conditions.push(Condition {
-        type_: "Degraded".to_string(),
+        type_: ConditionType::Degraded.to_string(),
         status: "True".to_string(),
         reason: reason.clone(),
         message: message.chars().take(1000).collect(),
