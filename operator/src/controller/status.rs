@@ -72,7 +72,7 @@ pub struct Observed<'a> {
     pub analytics: Option<&'a Deployment>,
     /// One message per referenced Secret that does not exist.
     pub missing_secrets: Vec<String>,
-    /// Why worker or analytics pods fail (see [`pod_problems`]).
+    /// Why worker or analytics pods fail (see [`super::pod_problems`]).
     pub pod_failures: Vec<String>,
 }
 

@@ -289,7 +289,7 @@ pub(super) fn long_running_pod(
 
 /// What the pods of one Deployment get besides the spec: the image they run
 /// (which lags behind spec.image until its migration has succeeded) and the
-/// hash of the Secrets they read (None: keep no hash, see [`secrets_hash`]).
+/// hash of the Secrets they read (None: keep no hash, see [`super::secrets_hash`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PodInputs<'a> {
     pub image: &'a str,
