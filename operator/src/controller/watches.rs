@@ -75,6 +75,7 @@ pub async fn wait_for_crd(
     true
 }
 
+/// The API of `K` in namespace `ns`, or in every namespace.
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
