@@ -19,13 +19,18 @@
 //! deadline the leader's work is dropped, not asked to finish, so nothing
 //! of it runs once a standby may lead. A graceful stop is bounded too
 //! ([`SHUTDOWN_GRACE`]), and the Lease is kept renewed while it drains.
+//!
+//! [`lead`] is a replica's whole life with the Lease: standby, one term,
+//! release. `main.rs` only hands it the controllers to run.
 
+use crate::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::Client;
 use std::future::Future;
 use std::ops::RangeInclusive;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +58,14 @@ pub enum LeaderError {
         name: String,
         #[source]
         source: kube::Error,
+    },
+    #[error(
+        "lost the leader Lease {namespace}/{name} ({ended:?}): exiting so that this replica restarts as a standby"
+    )]
+    Lost {
+        namespace: String,
+        name: String,
+        ended: Ended,
     },
 }
 
@@ -419,6 +432,72 @@ impl Elector {
     }
 }
 
+/// Runs `work` while this replica holds the Lease: waits as a standby until
+/// it acquires it (ready meanwhile, so that it takes over when the leader
+/// goes), leads one term ([`Elector::lead`]) and, after a stop, releases the
+/// Lease for a quick takeover. `metrics` shows the role. `Ok` after a stop
+/// (while standby or leading); [`LeaderError::Lost`] when leadership was
+/// lost, so that the process exits and restarts as a standby.
+pub async fn lead<W, F>(
+    client: Client,
+    lease: LeaseConfig,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+    work: W,
+) -> Result<(), LeaderError>
+where
+    W: FnOnce(CancellationToken) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    // A standby is ready: it takes over when the leader goes.
+    let mut elector = Elector::new(client, lease.clone());
+    tracing::info!(
+        lease = %format!("{}/{}", lease.namespace, lease.name),
+        identity = %lease.identity,
+        "waiting for the leader Lease"
+    );
+    loop {
+        match elector.try_acquire_or_renew().await {
+            Ok(Attempt::Leading) => break,
+            Ok(Attempt::Standby(holder)) => {
+                let holder = holder.unwrap_or_else(|| "none".into());
+                metrics.set_role(false, &format!("standby; leader: {holder}"));
+                metrics.ready.store(true, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(error = %telemetry::ErrorChain(&error), "leader election");
+                metrics.set_role(false, "standby; the Lease cannot be read");
+                metrics.set_not_ready(&format!("leader election: {error}"));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(lease.retry_period) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
+    tracing::info!(identity = %lease.identity, "acquired the leader Lease; starting the controller");
+    metrics.set_role(true, "leader");
+    metrics.set_not_ready("leader: waiting for the PostgresWriter watch to sync");
+    let ended = elector.lead(stop, work).await;
+    metrics.set_role(false, "stopped");
+    if ended.lost() {
+        return Err(LeaderError::Lost {
+            namespace: lease.namespace,
+            name: lease.name,
+            ended,
+        });
+    }
+    if ended == Ended::ShutdownTimedOut {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "the controller did not stop within the grace period; dropped it");
+    }
+    // Released for a quick takeover by a standby.
+    match elector.release().await {
+        Ok(()) => tracing::info!("released the leader Lease"),
+        Err(error) => tracing::warn!(error = %telemetry::ErrorChain(&error), "releasing the Lease"),
+    }
+    Ok(())
+}
+
 /// This process's identity: `POD_NAME` in a cluster, else host and pid.
 pub fn default_identity() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
@@ -764,6 +843,106 @@ mod tests {
         assert!(ended.lost());
         assert_eq!(trace.ended(), started + Duration::from_secs(2));
         assert_eq!(server.holder().as_deref(), Some("intruder"));
+    }
+
+    fn role(metrics: &Metrics) -> String {
+        metrics.role.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_waits_ready_takes_over_a_silent_lease_and_releases_it_on_stop() {
+        let (client, server) = LeaseServer::start();
+        let mut b = elector(&client, "b");
+        let acquired = Instant::now();
+        assert_eq!(b.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        // b never renews: a takes over once the record is 15 s old on its clock.
+        let metrics = Arc::new(Metrics::new());
+        let stop = stop_after(Duration::from_secs(30));
+        let trace = Arc::new(Trace::default());
+        let config = elector(&client, "a").config().clone();
+        let candidate = {
+            let (metrics, stop, trace) = (metrics.clone(), stop.clone(), trace.clone());
+            tokio::spawn(async move {
+                lead(
+                    client,
+                    config,
+                    &metrics,
+                    &stop,
+                    work(&trace, Some(Duration::ZERO)),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(role(&metrics), "standby; leader: b");
+        assert!(metrics.ready.load(Ordering::SeqCst), "a standby is ready");
+        assert_eq!(metrics.leader.get(), 0);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(role(&metrics), "leader");
+        assert_eq!(metrics.leader.get(), 1);
+        assert_eq!(server.holder().as_deref(), Some("a"));
+        assert!(trace.last_tick() >= acquired + Duration::from_secs(15));
+        candidate.await.unwrap().expect("a stop is not an error");
+        assert_eq!(role(&metrics), "stopped");
+        assert_eq!(trace.ended(), acquired + Duration::from_secs(30));
+        assert_eq!(server.holder(), None, "released for a quick takeover");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_while_standby_leaves_the_lease_alone() {
+        let (client, server) = LeaseServer::start();
+        let mut b = elector(&client, "b");
+        assert_eq!(b.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+        let metrics = Metrics::new();
+        let stop = stop_after(Duration::from_secs(5));
+        let trace = Arc::new(Trace::default());
+        let config = elector(&client, "a").config().clone();
+        lead(client, config, &metrics, &stop, work(&trace, None))
+            .await
+            .expect("a stop is not an error");
+        assert!(trace.last_tick.lock().unwrap().is_none(), "never led");
+        assert_eq!(server.holder().as_deref(), Some("b"));
+        assert_eq!(role(&metrics), "standby; leader: b");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_term_is_an_error_that_names_the_lease() {
+        let (client, server) = LeaseServer::start();
+        let metrics = Arc::new(Metrics::new());
+        let trace = Arc::new(Trace::default());
+        let config = elector(&client, "a").config().clone();
+        let candidate = {
+            let (metrics, trace) = (metrics.clone(), trace.clone());
+            tokio::spawn(async move {
+                lead(
+                    client,
+                    config,
+                    &metrics,
+                    &CancellationToken::new(),
+                    work(&trace, None),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(role(&metrics), "leader");
+        // Another candidate's write lands before the renewal at +2 s.
+        server.interfere.store(true, Ordering::SeqCst);
+        let error = candidate.await.unwrap().expect_err("lost");
+        assert!(matches!(
+            error,
+            LeaderError::Lost {
+                ended: Ended::Taken(None),
+                ..
+            }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "lost the leader Lease ops/pgw (Taken(None)): exiting so that this replica restarts as a standby"
+        );
+        assert_eq!(role(&metrics), "stopped");
+        assert_eq!(metrics.leader.get(), 0);
+        assert_eq!(server.holder().as_deref(), Some("intruder"), "not released");
     }
 
     #[test]

@@ -2,21 +2,11 @@
 //! to print the CRD that `crds/` holds.
 
 use clap::{Args, Parser, Subcommand};
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::ListParams;
-use kube::core::PartialObjectMeta;
-use kube::runtime::{watcher, Controller};
-use kube::{Api, Client};
-use operator::controller::{error_policy, reconcile, Context};
-use operator::crd::PostgresWriter;
-use operator::leader::{self, Attempt, Elector, LeaseConfig};
+use kube::Client;
+use operator::controller::{self, Context};
+use operator::leader::{self, LeaseConfig};
 use operator::metrics::Metrics;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -98,18 +88,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Lists PostgresWriters once: a 404 means the CRD is not installed.
-async fn check_crd(api: &Api<PostgresWriter>) -> anyhow::Result<()> {
-    match api.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => anyhow::bail!(
-            "the PostgresWriter CRD (postgreswriters.pgwriter.io) is not installed: \
-             kubectl apply -f crds/postgreswriter.yaml (or install the Helm chart, which ships it)"
-        ),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// The watched namespaces: trimmed, without empty names or repeats; empty means all.
 fn watched(namespaces: Vec<String>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -120,16 +98,6 @@ fn watched(namespaces: Vec<String>) -> Vec<String> {
         }
     }
     out
-}
-
-fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// Cancels `stop` on SIGTERM or Ctrl-C.
@@ -172,164 +140,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         })
         .transpose()?;
-    let migration_retry = Duration::from_secs(args.migration_retry_seconds);
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone())
+            .with_migration_retry(Duration::from_secs(args.migration_retry_seconds)),
+    );
 
-    // Not ready (and a clear log line every 10 s) until the CRD exists.
-    let probe = api::<PostgresWriter>(&client, namespaces.first().map(String::as_str));
-    while let Err(error) = check_crd(&probe).await {
-        metrics.set_not_ready(&format!("{error:#}"));
-        tracing::error!("{error:#}; retrying in 10 s");
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-            _ = stop.cancelled() => return Ok(()),
-        }
+    let probe = namespaces.first().map(String::as_str);
+    if !controller::wait_for_crd(&client, probe, &metrics, &stop).await {
+        return Ok(());
     }
     let Some(lease) = lease else {
         metrics.set_role(true, "leader election off");
         metrics.set_not_ready("waiting for the PostgresWriter watch to sync");
-        run_controllers(&client, &namespaces, &metrics, migration_retry, stop).await;
+        controller::run(ctx, namespaces, stop).await;
         return Ok(());
     };
-
-    // A standby is ready: it takes over when the leader goes.
-    let mut elector = Elector::new(client.clone(), lease.clone());
-    tracing::info!(
-        lease = %format!("{}/{}", lease.namespace, lease.name),
-        identity = %lease.identity,
-        "waiting for the leader Lease"
-    );
-    loop {
-        match elector.try_acquire_or_renew().await {
-            Ok(Attempt::Leading) => break,
-            Ok(Attempt::Standby(holder)) => {
-                let holder = holder.unwrap_or_else(|| "none".into());
-                metrics.set_role(false, &format!("standby; leader: {holder}"));
-                metrics.ready.store(true, Ordering::Relaxed);
-            }
-            Err(error) => {
-                tracing::warn!(error = %telemetry::ErrorChain(&error), "leader election");
-                metrics.set_role(false, "standby; the Lease cannot be read");
-                metrics.set_not_ready(&format!("leader election: {error}"));
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(lease.retry_period) => {}
-            _ = stop.cancelled() => return Ok(()),
-        }
-    }
-    tracing::info!(identity = %lease.identity, "acquired the leader Lease; starting the controller");
-    metrics.set_role(true, "leader");
-    metrics.set_not_ready("leader: waiting for the PostgresWriter watch to sync");
-    let ended =
-        elector
-            .lead(&stop, |halt| {
-                let (client, metrics) = (client.clone(), metrics.clone());
-                async move {
-                    run_controllers(&client, &namespaces, &metrics, migration_retry, halt).await
-                }
-            })
-            .await;
-    metrics.set_role(false, "stopped");
-    if ended.lost() {
-        anyhow::bail!(
-            "lost the leader Lease {}/{} ({ended:?}): exiting so that this replica restarts as a standby",
-            lease.namespace,
-            lease.name
-        );
-    }
-    if ended == leader::Ended::ShutdownTimedOut {
-        tracing::warn!(grace = ?leader::SHUTDOWN_GRACE, "the controller did not stop within the grace period; dropped it");
-    }
-    // Released for a quick takeover by a standby.
-    match elector.release().await {
-        Ok(()) => tracing::info!("released the leader Lease"),
-        Err(error) => tracing::warn!(error = %telemetry::ErrorChain(&error), "releasing the Lease"),
-    }
+    leader::lead(client, lease, &metrics, &stop, |halt| {
+        controller::run(ctx, namespaces, halt)
+    })
+    .await?;
     Ok(())
-}
-
-/// One controller per watched namespace (one for all when the list is
-/// empty), so that the operator needs only the namespaced Roles; they run
-/// until `halt`.
-async fn run_controllers(
-    client: &Client,
-    namespaces: &[String],
-    metrics: &Arc<Metrics>,
-    migration_retry: Duration,
-    halt: CancellationToken,
-) {
-    let owned =
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=postgres-writer-operator");
-    let ctx = Arc::new(
-        Context::new(client.clone(), metrics.clone()).with_migration_retry(migration_retry),
-    );
-    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().map(|ns| Some(ns.as_str())).collect()
-    };
-    tracing::info!(
-        namespaces = %if namespaces.is_empty() { "(all)".to_string() } else { namespaces.join(",") },
-        "starting controller"
-    );
-    let mut stores = Vec::new();
-    let mut runs = Vec::new();
-    for ns in scopes {
-        let controller = Controller::new(
-            api::<PostgresWriter>(client, ns),
-            watcher::Config::default(),
-        );
-        // Ready once the controller's store holds the first full list.
-        let store = controller.store();
-        stores.push(store.clone());
-        // Secrets: metadata only (the operator never holds their data), mapped
-        // to the resources that reference them, so a rotation rolls the pods.
-        let secrets = operator::controller::secret_mapper(store);
-        let run = controller
-            .owns(api::<Deployment>(client, ns), owned.clone())
-            .owns(api::<Job>(client, ns), owned.clone())
-            .owns(api::<ConfigMap>(client, ns), owned.clone())
-            .owns(api::<Service>(client, ns), owned.clone())
-            .owns(api::<PodDisruptionBudget>(client, ns), owned.clone())
-            .watches(
-                api::<PartialObjectMeta<Secret>>(client, ns),
-                watcher::Config::default(),
-                secrets,
-            )
-            .graceful_shutdown_on(halt.clone().cancelled_owned())
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                match result {
-                    Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
-                    Err(error) => operator::controller::log_stream_error(&error),
-                }
-            });
-        runs.push(run);
-    }
-    // Ready once every controller's store holds its first full list.
-    let ready = metrics.clone();
-    let synced = halt.clone();
-    tokio::spawn(async move {
-        for store in stores {
-            // Polled again every second: the store's readiness is a oneshot
-            // channel that wakes only its latest waiter, and the controller
-            // waits on it too.
-            loop {
-                tokio::select! {
-                    result = tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()) => match result {
-                        Ok(Ok(())) => break,
-                        Ok(Err(_)) => return,
-                        Err(_) => continue,
-                    },
-                    _ = synced.cancelled() => return,
-                }
-            }
-        }
-        tracing::info!("PostgresWriter store synced; ready");
-        ready.ready.store(true, Ordering::Relaxed);
-    });
-    futures::future::join_all(runs).await;
-    tracing::info!("controller stopped");
 }
 
 #[cfg(test)]

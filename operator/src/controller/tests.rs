@@ -3,9 +3,10 @@
 mod fake_api;
 
 use super::*;
-use crate::crd::PostgresWriterSpec;
+use crate::crd::{PostgresWriterSpec, PostgresWriterStatus};
 use fake_api::FakeApi;
 use kube::api::ObjectMeta;
+use kube::runtime::reflector::ObjectRef;
 use serde_json::{json, Value};
 
 const NS: &str = "chain";
@@ -62,17 +63,19 @@ impl Harness {
         self.api.take_transcript()
     }
 
-    fn condition(&self, type_: &str) -> (String, String) {
+    /// The stored condition's status (True: true) and reason.
+    fn condition(&self, type_: ConditionType) -> (bool, Reason) {
         let status = &self.api.object(&cr_path()).unwrap()["status"];
         let c = status["conditions"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["type"] == type_)
+            .find(|c| c["type"] == type_.as_str())
             .unwrap();
+        let reason = c["reason"].as_str().unwrap();
         (
-            c["status"].as_str().unwrap().to_string(),
-            c["reason"].as_str().unwrap().to_string(),
+            c["status"] == "True",
+            Reason::parse(reason).unwrap_or_else(|| panic!("unknown reason {reason}")),
         )
     }
 
@@ -166,20 +169,20 @@ async fn first_creation_starts_the_migration_and_holds_the_workers() {
     );
     assert!(has(&t, &format!("PATCH {}/status", cr_path())));
     assert_eq!(
-        h.condition("Migrated"),
-        ("False".into(), "MigrationRunning".into())
+        h.condition(ConditionType::Migrated),
+        (false, Reason::MigrationRunning)
     );
     assert_eq!(
-        h.condition("Progressing"),
-        ("True".into(), "MigrationRunning".into())
+        h.condition(ConditionType::Progressing),
+        (true, Reason::MigrationRunning)
     );
     assert_eq!(
-        h.condition("Ready"),
-        ("False".into(), "WaitingForMigration".into())
+        h.condition(ConditionType::Ready),
+        (false, Reason::WaitingForMigration)
     );
     assert_eq!(
         h.api.events(),
-        vec![("Normal".to_string(), "MigrationStarted".to_string())]
+        vec![("Normal".to_string(), Reason::MigrationStarted.to_string())]
     );
     let status = cr.status.as_ref().unwrap();
     assert_eq!(status.observed_generation, Some(1));
@@ -211,12 +214,12 @@ async fn job_done_applies_the_deployments_and_ready_follows_the_pods() {
     }
     assert_eq!(h.worker_image().as_deref(), Some(IMAGE_A));
     assert_eq!(
-        h.condition("Migrated"),
-        ("True".into(), "MigrationSucceeded".into())
+        h.condition(ConditionType::Migrated),
+        (true, Reason::MigrationSucceeded)
     );
     assert_eq!(
-        h.condition("Ready"),
-        ("False".into(), "ReplicasNotReady".into())
+        h.condition(ConditionType::Ready),
+        (false, Reason::ReplicasNotReady)
     );
     let status = cr.status.as_ref().unwrap();
     assert_eq!(status.schema_version.as_deref(), Some("12"));
@@ -229,18 +232,18 @@ async fn job_done_applies_the_deployments_and_ready_follows_the_pods() {
     h.reconcile(&mut cr).await;
     // Ready waits for the analytics pods too.
     assert_eq!(
-        h.condition("Ready"),
-        ("False".into(), "ReplicasNotReady".into())
+        h.condition(ConditionType::Ready),
+        (false, Reason::ReplicasNotReady)
     );
     h.set_deployment_status("indexer-analytics", 1, 1);
     h.reconcile(&mut cr).await;
     assert_eq!(
-        h.condition("Ready"),
-        ("True".into(), "AllReplicasReady".into())
+        h.condition(ConditionType::Ready),
+        (true, Reason::AllReplicasReady)
     );
     assert_eq!(
-        h.condition("Progressing"),
-        ("False".into(), "RolloutComplete".into())
+        h.condition(ConditionType::Progressing),
+        (false, Reason::RolloutComplete)
     );
     assert_eq!(
         (
@@ -251,8 +254,8 @@ async fn job_done_applies_the_deployments_and_ready_follows_the_pods() {
     );
     let reasons: Vec<String> = h.api.events().into_iter().map(|e| e.1).collect();
     assert!(
-        reasons.contains(&"MigrationSucceeded".to_string())
-            && reasons.contains(&"Ready".to_string()),
+        reasons.contains(&Reason::MigrationSucceeded.to_string())
+            && reasons.contains(&Reason::Ready.to_string()),
         "{reasons:?}"
     );
 
@@ -284,17 +287,17 @@ async fn failed_job_degrades_and_keeps_the_running_image() {
         "workers must not move to an unmigrated image"
     );
     assert_eq!(
-        h.condition("Degraded"),
-        ("True".into(), "MigrationFailed".into())
+        h.condition(ConditionType::Degraded),
+        (true, Reason::MigrationFailed)
     );
     assert_eq!(
-        h.condition("Migrated"),
-        ("False".into(), "MigrationFailed".into())
+        h.condition(ConditionType::Migrated),
+        (false, Reason::MigrationFailed)
     );
     assert!(h
         .api
         .events()
-        .contains(&("Warning".to_string(), "MigrationFailed".to_string())));
+        .contains(&("Warning".to_string(), Reason::MigrationFailed.to_string())));
     assert_eq!(
         cr.status.as_ref().unwrap().schema_version.as_deref(),
         Some("9"),
@@ -343,12 +346,12 @@ async fn failed_migration_reports_why_and_is_retried_after_the_backoff() {
         "no retry before the backoff: {t:?}"
     );
     assert_eq!(
-        h.condition("Degraded"),
-        ("True".into(), "MigrationFailed".into())
+        h.condition(ConditionType::Degraded),
+        (true, Reason::MigrationFailed)
     );
     assert_eq!(
-        h.condition("Progressing"),
-        ("False".into(), "MigrationFailed".into())
+        h.condition(ConditionType::Progressing),
+        (false, Reason::MigrationFailed)
     );
     let message = &cr
         .status
@@ -356,7 +359,7 @@ async fn failed_migration_reports_why_and_is_retried_after_the_backoff() {
         .unwrap()
         .conditions
         .iter()
-        .find(|c| c.type_ == "Degraded")
+        .find(|c| c.type_ == ConditionType::Degraded.as_str())
         .unwrap()
         .message;
     assert!(
@@ -379,13 +382,13 @@ async fn failed_migration_reports_why_and_is_retried_after_the_backoff() {
         "the failed Job stays for inspection"
     );
     assert_eq!(
-        h.condition("Migrated"),
-        ("False".into(), "MigrationRunning".into())
+        h.condition(ConditionType::Migrated),
+        (false, Reason::MigrationRunning)
     );
     assert!(h
         .api
         .events()
-        .contains(&("Normal".to_string(), "MigrationRetried".to_string())));
+        .contains(&("Normal".to_string(), Reason::MigrationRetried.to_string())));
     assert_eq!(
         retry_delay(Duration::from_secs(60), 1),
         Duration::from_secs(60)
@@ -407,8 +410,8 @@ async fn failed_migration_reports_why_and_is_retried_after_the_backoff() {
     assert_eq!(h.worker_image().as_deref(), Some(IMAGE_A));
     assert!(h.api.object(&job_path(&first)).is_none());
     assert_eq!(
-        h.condition("Degraded"),
-        ("False".into(), "AsExpected".into())
+        h.condition(ConditionType::Degraded),
+        (false, Reason::AsExpected)
     );
 }
 
@@ -457,8 +460,8 @@ async fn image_change_waits_for_its_migration_then_rolls_out() {
     ));
     assert_eq!(h.worker_image().as_deref(), Some(IMAGE_A));
     assert_eq!(
-        h.condition("Progressing"),
-        ("True".into(), "MigrationRunning".into())
+        h.condition(ConditionType::Progressing),
+        (true, Reason::MigrationRunning)
     );
 
     h.set_job_status(&cr, json!({"succeeded": 1}));
@@ -506,8 +509,8 @@ async fn scale_and_settings_changes_are_applied() {
         json!(resources::config_hash(&cr))
     );
     assert_eq!(
-        h.condition("Progressing"),
-        ("True".into(), "RollingOut".into())
+        h.condition(ConditionType::Progressing),
+        (true, Reason::RollingOut)
     );
     assert_eq!(cr.status.as_ref().unwrap().observed_generation, Some(2));
 
@@ -759,8 +762,8 @@ async fn a_rotated_secret_rolls_the_pods_and_a_missing_one_is_reported() {
     });
     h.reconcile(&mut cr).await;
     assert_eq!(
-        h.condition("Degraded"),
-        ("True".into(), "SecretMissing".into())
+        h.condition(ConditionType::Degraded),
+        (true, Reason::SecretMissing)
     );
     assert_eq!(
         template_annotation(&h, "indexer-worker", key).unwrap(),
@@ -769,9 +772,9 @@ async fn a_rotated_secret_rolls_the_pods_and_a_missing_one_is_reported() {
     assert!(h
         .api
         .events()
-        .contains(&("Warning".to_string(), "SecretMissing".to_string())));
+        .contains(&("Warning".to_string(), Reason::SecretMissing.to_string())));
     let status = cr.status.clone().unwrap();
-    assert_eq!(status.phase.as_deref(), Some("Degraded"));
+    assert_eq!(status.phase.as_deref(), Some(Phase::Degraded.as_str()));
     assert!(status
         .message
         .unwrap()
@@ -779,8 +782,8 @@ async fn a_rotated_secret_rolls_the_pods_and_a_missing_one_is_reported() {
     h.api.seed(&secret_path("pg-ca"), secret("pg-ca", "7"));
     h.reconcile(&mut cr).await;
     assert_eq!(
-        h.condition("Degraded"),
-        ("False".into(), "AsExpected".into())
+        h.condition(ConditionType::Degraded),
+        (false, Reason::AsExpected)
     );
     assert_ne!(
         template_annotation(&h, "indexer-worker", key).unwrap(),
@@ -802,7 +805,7 @@ async fn suspend_scales_to_zero_reports_suspended_and_resume_restores() {
     h.set_deployment_status("indexer-analytics", 1, 1);
     h.reconcile(&mut cr).await;
     let status = cr.status.clone().unwrap();
-    assert_eq!(status.phase.as_deref(), Some("Ready"));
+    assert_eq!(status.phase.as_deref(), Some(Phase::Ready.as_str()));
     assert_eq!(status.current_image.as_deref(), Some(IMAGE_A));
     assert_eq!(status.target_image.as_deref(), Some(IMAGE_A));
     let last = status.last_migration.unwrap();
@@ -810,11 +813,14 @@ async fn suspend_scales_to_zero_reports_suspended_and_resume_restores() {
     assert_eq!(last.result, "Succeeded");
     assert!(last.completion_time.is_some());
     assert_eq!(
-        h.condition("Suspended"),
-        ("False".into(), "NotSuspended".into())
+        h.condition(ConditionType::Suspended),
+        (false, Reason::NotSuspended)
     );
     assert!(
-        !h.api.events().iter().any(|e| e.1 == "Resumed"),
+        !h.api
+            .events()
+            .iter()
+            .any(|e| e.1 == Reason::Resumed.as_str()),
         "no Resumed event on creation"
     );
 
@@ -830,18 +836,21 @@ async fn suspend_scales_to_zero_reports_suspended_and_resume_restores() {
     h.set_deployment_status("indexer-analytics", 0, 0);
     h.reconcile(&mut cr).await;
     assert_eq!(
-        h.condition("Suspended"),
-        ("True".into(), "Suspended".into())
+        h.condition(ConditionType::Suspended),
+        (true, Reason::Suspended)
     );
-    assert_eq!(h.condition("Ready"), ("False".into(), "Suspended".into()));
+    assert_eq!(
+        h.condition(ConditionType::Ready),
+        (false, Reason::Suspended)
+    );
     assert_eq!(
         cr.status.as_ref().unwrap().phase.as_deref(),
-        Some("Suspended")
+        Some(Phase::Suspended.as_str())
     );
     assert!(h
         .api
         .events()
-        .contains(&("Normal".to_string(), "Suspended".to_string())));
+        .contains(&("Normal".to_string(), Reason::Suspended.to_string())));
 
     cr.spec.suspend = false;
     h.reconcile(&mut cr).await;
@@ -852,7 +861,7 @@ async fn suspend_scales_to_zero_reports_suspended_and_resume_restores() {
     assert!(h
         .api
         .events()
-        .contains(&("Normal".to_string(), "Resumed".to_string())));
+        .contains(&("Normal".to_string(), Reason::Resumed.to_string())));
 }
 
 #[tokio::test]
@@ -873,8 +882,8 @@ async fn failing_pods_are_reported_with_the_kubelets_reason() {
     );
     h.reconcile(&mut cr).await;
     assert_eq!(
-        h.condition("Degraded"),
-        ("True".into(), "PodsFailing".into())
+        h.condition(ConditionType::Degraded),
+        (true, Reason::PodsFailing)
     );
     let message = cr.status.as_ref().unwrap().message.clone().unwrap();
     assert!(
@@ -884,7 +893,7 @@ async fn failing_pods_are_reported_with_the_kubelets_reason() {
     assert!(h
         .api
         .events()
-        .contains(&("Warning".to_string(), "PodsFailing".to_string())));
+        .contains(&("Warning".to_string(), Reason::PodsFailing.to_string())));
 }
 
 #[test]

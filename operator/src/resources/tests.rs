@@ -1,5 +1,10 @@
 use super::*;
 use crate::crd::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, PodSpec, PodTemplateSpec, SecretVolumeSource, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 pub(crate) fn sample() -> PostgresWriter {
