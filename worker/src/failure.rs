@@ -391,9 +391,7 @@ mod tests {
             (Metrics::new(), Health::new(true, false), Source::batch("t"));
         health.probe_ok(&Source::postgres_probe());
         health.probe_ok(&Source::redis_probe());
-        health
-            .schema_ok
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        health.set_schema_usable(true);
         assert!(health.ready());
         let calls = AtomicU32::new(0);
         let policy = Policy {

@@ -491,12 +491,12 @@ pub async fn report_backlog(
     metrics.fold_lag_seconds.set(b.lag_seconds);
     metrics.fold_parked_deltas.set(b.parked);
     metrics.fold_newer_format_deltas.set(b.newer_format);
-    *health.fold.lock().unwrap_or_else(|e| e.into_inner()) = crate::health::FoldHealth {
+    health.set_fold(crate::health::FoldHealth {
         pending_deltas: b.pending,
         lag_seconds: b.lag_seconds,
         parked_deltas: b.parked,
         newer_format_deltas: b.newer_format,
-    };
+    });
     Ok(b)
 }
 

@@ -350,9 +350,7 @@ impl Consumer {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        self.health
-            .last_commit_unix_ms
-            .store(now_ms, Ordering::Relaxed);
+        self.health.record_commit(now_ms);
         if outcome.fold_deltas > 0 {
             if let Some(wake) = &self.fold_wake {
                 wake.notify_one();
