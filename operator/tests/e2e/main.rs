@@ -38,8 +38,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// A scenario against the suite's cluster, by name.
+type Scenario = (&'static str, fn(&Kube));
+/// A scenario that starts operators of its own (in the suite's directory).
+type OwnOperatorScenario = (&'static str, fn(&Kube, &Path));
+
 /// Scenarios that run at once, each in its own namespace, with the suite's operator.
-const PARALLEL: [(&str, fn(&Kube)); 8] = [
+const PARALLEL: [Scenario; 8] = [
     ("story", scenarios::story),
     ("no_wedge", scenarios::no_wedge),
     (
@@ -59,9 +64,9 @@ const PARALLEL: [(&str, fn(&Kube)); 8] = [
     ),
 ];
 /// After the parallel ones, alone, with the suite's operator: it replaces the CRD.
-const CRD_UPGRADE_SCENARIO: (&str, fn(&Kube)) = ("crd_upgrade", cluster::crd_upgrade);
+const CRD_UPGRADE_SCENARIO: Scenario = ("crd_upgrade", cluster::crd_upgrade);
 /// Once the suite's operator is stopped: operators of their own.
-const OWN_OPERATORS: [(&str, fn(&Kube, &Path)); 2] = [
+const OWN_OPERATORS: [OwnOperatorScenario; 2] = [
     ("leader_election", cluster::leader_election),
     ("watch_namespace_list", cluster::watch_namespace_list),
 ];
