@@ -16,7 +16,7 @@
 //! [`crate::failure`]) is not: it costs no attempt, the claims are released,
 //! and the loop waits it out, unready.
 
-use crate::backoff;
+use crate::backoff::{self, Backoff, BackoffPolicy};
 use crate::failure::{self, classify, ConflictRetry, Failure, OutageRetry, Policy};
 use crate::health::{Health, Source};
 use crate::lifecycle::pause;
@@ -146,8 +146,7 @@ async fn release(pool: &PgPool, claimed: &[Claimed]) {
 /// failure. Such a conflict is never a term's fault: it costs no attempt.
 const CONFLICT_RETRY: ConflictRetry = ConflictRetry {
     max_attempts: 11,
-    base_delay: Duration::from_millis(5),
-    max_delay: Duration::from_millis(500),
+    backoff: backoff::ANALYTICS_CONFLICT,
 };
 
 /// Recomputes the claimed terms in one transaction, or term by term when
@@ -239,7 +238,8 @@ async fn process_individually(
             }
             Err(error) => {
                 let attempt = (term.attempts + 1) as u32;
-                let delay = backoff::jittered(settings.backoff_base, attempt, settings.backoff_max);
+                let delay =
+                    BackoffPolicy::new(settings.backoff_base, settings.backoff_max).delay(attempt);
                 tracing::warn!(term = %term.term_id, %error, attempt, "analytics failed for term");
                 failed.push((term, error.to_string().replace('\0', ""), delay));
             }
@@ -427,21 +427,20 @@ pub async fn run_loop(
             source: &source,
             operation: "analytics",
             stop: Some(&stop),
-            base_delay: Duration::from_millis(200),
-            max_delay: failure::MAX_OUTAGE_BACKOFF,
+            backoff: backoff::ANALYTICS_OUTAGE,
         }),
     };
     let mut limit = RateLimit::new(settings.max_terms_per_second);
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(backoff::ANALYTICS_OUTAGE);
     while !stop.is_cancelled() {
         let started = Instant::now();
         match failure::retry(&policy, || process_batch(&pool, &settings)).await {
             Ok(done) if done.value.claimed == 0 => {
-                failures = 0;
+                backoff.reset();
                 pause(&stop, settings.poll_interval).await;
             }
             Ok(done) => {
-                failures = 0;
+                backoff.reset();
                 let report = done.value;
                 metrics
                     .analytics_terms_processed
@@ -470,18 +469,9 @@ pub async fn run_loop(
                 if stop.is_cancelled() {
                     break;
                 }
-                failures += 1;
                 tracing::warn!(%error, "analytics batch could not run; retrying");
                 health.warn(&source, error.to_string());
-                pause(
-                    &stop,
-                    backoff::jittered(
-                        Duration::from_millis(200),
-                        failures,
-                        Duration::from_secs(30),
-                    ),
-                )
-                .await;
+                pause(&stop, backoff.next_delay()).await;
             }
         }
     }

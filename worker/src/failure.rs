@@ -1,6 +1,9 @@
-//! The one failure policy for database work: how an error is classified and
-//! the one retry loop every stage uses (pipeline, persistence, analytics,
-//! rollback).
+//! The one failure policy for database work: how an error is classified,
+//! and [`retry`], the loop that applies it to a database operation (batches,
+//! persistence's conflict reruns, reorgs and control entries, analytics,
+//! rollback). Its delays come from [`crate::backoff`], as do those of the
+//! loops that retry something else (Redis reads and acknowledgements) or
+//! report failures their own way (the fold loop: ADR 0020).
 //!
 //! Only data errors that belong to an entry may cost that entry: SQLSTATE
 //! classes 22 (data exception) and 23 (integrity constraint violation).
@@ -12,13 +15,12 @@
 //! metric and a WARN line name its SQLSTATE. Nothing is acknowledged and
 //! nothing is dead-lettered because of an outage.
 
-use crate::backoff;
+use crate::backoff::{self, Backoff, BackoffPolicy};
 use crate::health::{Health, Source};
 use crate::lifecycle;
 use crate::metrics::{Metrics, OutageLabel};
 use std::borrow::Cow;
 use std::future::Future;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// What a failed database operation means.
@@ -133,25 +135,24 @@ pub fn classify<E: Classify + ?Sized>(error: &E) -> Failure {
 pub struct ConflictRetry {
     /// Attempts in all (the first included) before the conflict is returned.
     pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
+    /// The pauses between reruns (one of [`crate::backoff`]'s policies).
+    pub backoff: BackoffPolicy,
 }
 
 impl ConflictRetry {
     /// Run once: a conflict is returned to the caller at once.
     pub const NONE: ConflictRetry = ConflictRetry {
         max_attempts: 1,
-        base_delay: Duration::ZERO,
-        max_delay: Duration::ZERO,
+        backoff: BackoffPolicy::NONE,
     };
 }
 
 impl Default for ConflictRetry {
+    /// A batch transaction's reruns.
     fn default() -> Self {
         Self {
             max_attempts: 20,
-            base_delay: Duration::from_millis(5),
-            max_delay: Duration::from_secs(1),
+            backoff: backoff::BATCH_CONFLICT,
         }
     }
 }
@@ -166,12 +167,9 @@ pub struct OutageRetry<'a> {
     pub operation: &'static str,
     /// Stops the retries (the last error is returned); `None`: retry until it works.
     pub stop: Option<&'a CancellationToken>,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
+    /// The pauses between retries (one of [`crate::backoff`]'s policies).
+    pub backoff: BackoffPolicy,
 }
-
-/// Longest pause between retries while PostgreSQL is unavailable.
-pub const MAX_OUTAGE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How [`retry`] treats each kind of failure.
 pub struct Policy<'a> {
@@ -199,16 +197,21 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut conflicts = 0u32;
-    let mut outages = 0u32;
+    let mut conflicts = Backoff::new(policy.conflicts.backoff);
+    let mut outages = Backoff::new(
+        policy
+            .outages
+            .as_ref()
+            .map_or(BackoffPolicy::NONE, |o| o.backoff),
+    );
     loop {
         let error = match attempt().await {
             Ok(value) => {
                 if let Some(o) = &policy.outages {
-                    if outages > 0 {
+                    if outages.failures() > 0 {
                         tracing::info!(
                             operation = o.operation,
-                            attempts = outages + 1,
+                            attempts = outages.failures() + 1,
                             "database usable again after an outage; continuing"
                         );
                     }
@@ -216,21 +219,17 @@ where
                 }
                 return Ok(Retried {
                     value,
-                    conflict_retries: conflicts,
+                    conflict_retries: conflicts.failures(),
                 });
             }
             Err(error) => error,
         };
         let failure = error.failure();
-        if failure == Failure::Conflict && conflicts + 1 < policy.conflicts.max_attempts {
-            conflicts += 1;
-            tracing::debug!(attempt = conflicts, %error, "transaction conflict; retrying");
-            tokio::time::sleep(backoff::jittered(
-                policy.conflicts.base_delay,
-                conflicts,
-                policy.conflicts.max_delay,
-            ))
-            .await;
+        if failure == Failure::Conflict && conflicts.failures() + 1 < policy.conflicts.max_attempts
+        {
+            let delay = conflicts.next_delay();
+            tracing::debug!(attempt = conflicts.failures(), %error, "transaction conflict; retrying");
+            tokio::time::sleep(delay).await;
             continue;
         }
         let Some(o) = &policy.outages else {
@@ -239,9 +238,8 @@ where
         if failure == Failure::Data {
             return Err(error);
         }
-        outages += 1;
+        let delay = outages.next_delay();
         report_outage(o.metrics, o.health, o.source, o.operation, &error);
-        let delay = backoff::jittered(o.base_delay, outages, o.max_delay);
         match o.stop {
             Some(stop) => {
                 if !lifecycle::pause(stop, delay).await {
@@ -281,6 +279,7 @@ pub fn report_outage<E: Classify>(
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
 
     #[test]
     fn only_classes_22_and_23_are_data() {
@@ -335,11 +334,13 @@ mod tests {
         }
     }
 
+    const QUICK: BackoffPolicy =
+        BackoffPolicy::new(Duration::from_millis(1), Duration::from_millis(2));
+
     fn quick_conflicts(max_attempts: u32) -> ConflictRetry {
         ConflictRetry {
             max_attempts,
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(2),
+            backoff: QUICK,
         }
     }
 
@@ -372,8 +373,7 @@ mod tests {
                 source: &source,
                 operation: "test",
                 stop: None,
-                base_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(2),
+                backoff: QUICK,
             }),
         };
         let result: Result<Retried<()>, Coded> = retry(&policy, || async {
@@ -391,9 +391,7 @@ mod tests {
             (Metrics::new(), Health::new(true, false), Source::batch("t"));
         health.probe_ok(&Source::postgres_probe());
         health.probe_ok(&Source::redis_probe());
-        health
-            .schema_ok
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        health.set_schema_usable(true);
         assert!(health.ready());
         let calls = AtomicU32::new(0);
         let policy = Policy {
@@ -404,8 +402,7 @@ mod tests {
                 source: &source,
                 operation: "batch",
                 stop: None,
-                base_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(2),
+                backoff: QUICK,
             }),
         };
         let seen_unready = AtomicU32::new(0);
@@ -451,8 +448,7 @@ mod tests {
                 source: &source,
                 operation: "analytics",
                 stop: Some(&stop),
-                base_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(2),
+                backoff: QUICK,
             }),
         };
         let result: Result<Retried<()>, Coded> =

@@ -20,7 +20,7 @@
 //! drain began.
 
 use crate::aggregates::{Changes, Folded};
-use crate::backoff;
+use crate::backoff::{self, Backoff};
 use crate::failure::{self, Classify, Failure};
 use crate::health::{Health, Source};
 use crate::lifecycle::pause;
@@ -493,12 +493,12 @@ pub async fn report_backlog(
     metrics.fold_lag_seconds.set(b.lag_seconds);
     metrics.fold_parked_deltas.set(b.parked);
     metrics.fold_newer_format_deltas.set(b.newer_format);
-    *health.fold.lock().unwrap_or_else(|e| e.into_inner()) = crate::health::FoldHealth {
+    health.set_fold(crate::health::FoldHealth {
         pending_deltas: b.pending,
         lag_seconds: b.lag_seconds,
         parked_deltas: b.parked,
         newer_format_deltas: b.newer_format,
-    };
+    });
     Ok(b)
 }
 
@@ -565,6 +565,9 @@ pub struct FoldSettings {
     pub max_deltas: i64,
 }
 
+/// Failures in a row after which a draining fold loop gives up.
+const DRAIN_FAILURES: u32 = 3;
+
 /// The fold loop of a `run` process. Woken by `wake` after each local commit,
 /// and every `poll_interval` for deltas of other processes. When `stop`
 /// fires it waits for the `consumers` (their last batches commit deltas),
@@ -583,13 +586,15 @@ pub async fn run_loop(
     consumers: TaskTracker,
 ) {
     let source = Source::fold();
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(backoff::FOLD);
     let mut last_start: Option<Instant> = None;
     // Set once the drain began: Some(horizon), None inside when no delta existed.
     let mut drain: Option<Option<i64>> = None;
     loop {
         let stopping = stop.is_cancelled();
         if stopping && drain.is_none() {
+            // Draining: give up after a few failures, with short pauses.
+            backoff.set_policy(backoff::FOLD_DRAIN);
             consumers.wait().await;
             match horizon(&pool).await {
                 Ok(None) => {
@@ -604,18 +609,13 @@ pub async fn run_loop(
                     drain = Some(h);
                 }
                 Err(error) => {
-                    failures += 1;
+                    let delay = backoff.next_delay();
                     metrics.fold_failures.inc();
-                    if failures >= 3 {
+                    if backoff.failures() >= DRAIN_FAILURES {
                         tracing::warn!(%error, "fold loop stopping with deltas left; they are durable and folded by another worker or at the next start");
                         return;
                     }
-                    tokio::time::sleep(backoff::jittered(
-                        Duration::from_millis(50),
-                        failures,
-                        Duration::from_secs(1),
-                    ))
-                    .await;
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
             }
@@ -630,7 +630,7 @@ pub async fn run_loop(
         let upto = drain.flatten();
         match fold_once_upto(&pool, claim, settings.max_deltas, upto).await {
             Ok(report) => {
-                failures = 0;
+                backoff.reset();
                 health.clear(&source);
                 if report.deltas > 0 {
                     record(&metrics, &report, last_start.map(|t| t.elapsed()));
@@ -645,7 +645,7 @@ pub async fn run_loop(
                 }
             }
             Err(error) => {
-                failures += 1;
+                let delay = backoff.next_delay();
                 let failure = error.failure();
                 if failure == Failure::Conflict {
                     tracing::debug!(%error, "fold conflict; retrying");
@@ -653,17 +653,12 @@ pub async fn run_loop(
                     failure::report_outage(&metrics, &health, &source, "fold", &error);
                 }
                 metrics.fold_failures.inc();
-                if drain.is_some() && failures >= 3 {
+                if drain.is_some() && backoff.failures() >= DRAIN_FAILURES {
                     tracing::warn!(%error, "fold loop stopping with deltas left; they are durable and folded by another worker or at the next start");
                     return;
                 }
-                let delay = backoff::jittered(
-                    Duration::from_millis(50),
-                    failures,
-                    failure::MAX_OUTAGE_BACKOFF,
-                );
                 if drain.is_some() {
-                    tokio::time::sleep(delay.min(Duration::from_secs(1))).await;
+                    tokio::time::sleep(delay).await;
                 } else {
                     pause(&stop, delay).await;
                 }

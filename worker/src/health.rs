@@ -1,5 +1,6 @@
 //! Shared health state, updated by the consumer loops, the analytics loops and
-//! the monitor task, read by `/readyz` and `/health`.
+//! the monitor task, read by `/readyz` and `/health`. Tasks report through
+//! the methods below; the state itself is private.
 //!
 //! Each task reports into its own [`Source`] slot and only its own success
 //! clears it, so one task's success never hides another's failure (a commit
@@ -11,7 +12,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 /// The service a health source depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -92,16 +93,22 @@ struct Problem {
 #[derive(Debug, Default)]
 pub struct Health {
     /// Whether this process consumes streams (false for `analytics`).
-    pub consumes_streams: bool,
-    pub schema_ok: AtomicBool,
-    pub draining: AtomicBool,
-    pub last_commit_unix_ms: AtomicU64,
-    pub backlog: Mutex<Vec<StreamBacklog>>,
-    pub analytics: Mutex<AnalyticsHealth>,
-    pub fold: Mutex<FoldHealth>,
-    pub reorgs: Mutex<crate::reorg::ReorgHealth>,
+    consumes_streams: bool,
+    schema_ok: AtomicBool,
+    draining: AtomicBool,
+    last_commit_unix_ms: AtomicU64,
+    backlog: Mutex<Vec<StreamBacklog>>,
+    analytics: Mutex<AnalyticsHealth>,
+    fold: Mutex<FoldHealth>,
+    reorgs: Mutex<crate::reorg::ReorgHealth>,
     problems: Mutex<BTreeMap<Source, Problem>>,
     seq: AtomicU64,
+}
+
+/// The guarded value even if a panicking task poisoned the lock: health
+/// figures are plain snapshots, never left half-updated.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -154,7 +161,7 @@ impl Health {
             consumes_streams,
             ..Default::default()
         };
-        health.analytics.lock().expect("fresh mutex").enabled = analytics_enabled;
+        lock(&health.analytics).enabled = analytics_enabled;
         // Unready until the first probe answers.
         health.outage(&Source::postgres_probe(), "not checked yet".into());
         if consumes_streams {
@@ -163,8 +170,8 @@ impl Health {
         health
     }
 
-    fn problems(&self) -> std::sync::MutexGuard<'_, BTreeMap<Source, Problem>> {
-        self.problems.lock().unwrap_or_else(|e| e.into_inner())
+    fn problems(&self) -> MutexGuard<'_, BTreeMap<Source, Problem>> {
+        lock(&self.problems)
     }
 
     fn put(&self, source: &Source, message: String, outage: bool) {
@@ -199,6 +206,44 @@ impl Health {
         self.clear(source);
     }
 
+    /// The monitor read the schema version: whether this binary can work on it.
+    pub fn set_schema_usable(&self, usable: bool) {
+        self.schema_ok.store(usable, Ordering::Relaxed);
+    }
+
+    /// The process began draining: unready from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// A consumer loop committed a batch at `unix_ms`.
+    pub fn record_commit(&self, unix_ms: u64) {
+        self.last_commit_unix_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
+    /// The monitor's latest reading of the streams' backlog.
+    pub fn set_stream_backlog(&self, backlog: Vec<StreamBacklog>) {
+        *lock(&self.backlog) = backlog;
+    }
+
+    /// The monitor's latest reading of the analytics queue.
+    pub fn set_analytics_queue(&self, depth: i64, parked: i64, oldest_pending_seconds: f64) {
+        let mut analytics = lock(&self.analytics);
+        analytics.queue_depth = depth;
+        analytics.parked = parked;
+        analytics.oldest_pending_seconds = oldest_pending_seconds;
+    }
+
+    /// The monitor's latest reading of the fold backlog.
+    pub fn set_fold(&self, fold: FoldHealth) {
+        *lock(&self.fold) = fold;
+    }
+
+    /// The monitor's latest reading of the applied reorgs.
+    pub fn set_reorgs(&self, reorgs: crate::reorg::ReorgHealth) {
+        *lock(&self.reorgs) = reorgs;
+    }
+
     fn service_ok(&self, service: Service) -> bool {
         !self
             .problems()
@@ -228,11 +273,7 @@ impl Health {
                 .max_by_key(|(_, p)| p.seq)
                 .map(|(s, p)| format!("{s}: {}", p.message))
         };
-        let mut analytics = self
-            .analytics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let mut analytics = lock(&self.analytics).clone();
         analytics.last_error = latest(&|s: &Source| s.is_analytics());
         HealthReport {
             status: if postgres && redis { "ok" } else { "degraded" },
@@ -242,18 +283,10 @@ impl Health {
             schema_version_ok: self.schema_ok.load(Ordering::Relaxed),
             draining: self.draining.load(Ordering::Relaxed),
             last_commit_unix_ms: (last_commit > 0).then_some(last_commit),
-            streams: self
-                .backlog
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            streams: lock(&self.backlog).clone(),
             analytics,
-            fold: self.fold.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            reorgs: self
-                .reorgs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            fold: lock(&self.fold).clone(),
+            reorgs: lock(&self.reorgs).clone(),
             last_error: latest(&|_: &Source| true),
             errors: problems
                 .iter()
@@ -272,7 +305,7 @@ mod tests {
         assert!(!health.ready(), "unready before the first probe");
         health.probe_ok(&Source::postgres_probe());
         health.probe_ok(&Source::redis_probe());
-        health.schema_ok.store(true, Ordering::Relaxed);
+        health.set_schema_usable(true);
         assert!(health.ready());
         health
     }

@@ -13,8 +13,10 @@
 //! - [`analytics`]: triple-level analytics from the queue;
 //! - [`verify`]: from-scratch comparison and rebuild;
 //! - [`dead_letters`]: inspecting and replaying dead letters;
-//! - [`failure`]: the one failure policy (conflict, data, outage) and retry loop;
-//! - [`pipeline`], [`http`], [`health`], [`lifecycle`], [`metrics`]: the running process;
+//! - [`failure`]: the one failure policy (conflict, data, outage) and its retry loop;
+//! - [`backoff`]: the delays of every retry loop, as named policies;
+//! - [`pipeline`], [`http`], [`health`], [`lifecycle`], [`metrics`]: the running
+//!   process (assembled by the binary's `serve.rs`);
 //! - [`tls`]: CA files and the one constructor of Redis clients;
 //! - [`catalog`]: the event kinds and the tables of the read model, one
 //!   entry each;

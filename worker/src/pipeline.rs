@@ -4,9 +4,9 @@
 //! Stopping (SIGTERM or drain) is checked only between batches: a batch that
 //! was read is always committed and acknowledged before the loop returns.
 
-use crate::backoff;
+use crate::backoff::{self, Backoff};
 use crate::decode::{decode_entry, DecodedEntry};
-use crate::failure::{self, ConflictRetry, OutageRetry, Policy, MAX_OUTAGE_BACKOFF};
+use crate::failure::{self, ConflictRetry, OutageRetry, Policy};
 use crate::health::{Health, Source};
 use crate::intake::{IntakeError, RawEntry, ReadFrom, StreamIntake, StreamSettings};
 use crate::lifecycle::pause;
@@ -36,16 +36,10 @@ impl Consumer {
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let args = &self.args;
         let mut intake = StreamIntake::open(args)?;
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(backoff::REDIS_OUTAGE);
         while let Err(e) = intake.ensure_groups().await {
             self.redis_down(&ErrorChain(&e).to_string());
-            failures += 1;
-            if !pause(
-                &stop,
-                backoff::jittered(Duration::from_millis(200), failures, MAX_OUTAGE_BACKOFF),
-            )
-            .await
-            {
+            if !pause(&stop, backoff.next_delay()).await {
                 return Ok(());
             }
         }
@@ -57,7 +51,7 @@ impl Consumer {
         let mut last_claim = Instant::now();
         let mut from = ReadFrom::OwnPending;
         let mut limit = RateLimit::new(args.max_entries_per_second);
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(backoff::REDIS_OUTAGE);
         while !stop.is_cancelled() {
             let claiming = from == ReadFrom::New && last_claim.elapsed() >= claim_interval;
             let read = if claiming {
@@ -73,37 +67,23 @@ impl Consumer {
             };
             let entries = match read {
                 Ok(entries) => {
-                    failures = 0;
+                    backoff.reset();
                     self.health.clear(&self.stream_source());
                     entries
                 }
                 Err(e) if e.group_lost() => {
                     if self.recreate_groups(&mut intake, &e).await {
-                        failures = 0;
+                        backoff.reset();
                         // The new group has no pending entries of ours; read from the start.
                         from = ReadFrom::OwnPending;
                     } else {
-                        failures += 1;
-                        pause(
-                            &stop,
-                            backoff::jittered(
-                                Duration::from_millis(200),
-                                failures,
-                                MAX_OUTAGE_BACKOFF,
-                            ),
-                        )
-                        .await;
+                        pause(&stop, backoff.next_delay()).await;
                     }
                     continue;
                 }
                 Err(e) => {
                     self.redis_down(&ErrorChain(&e).to_string());
-                    failures += 1;
-                    pause(
-                        &stop,
-                        backoff::jittered(Duration::from_millis(200), failures, MAX_OUTAGE_BACKOFF),
-                    )
-                    .await;
+                    pause(&stop, backoff.next_delay()).await;
                     continue;
                 }
             };
@@ -280,8 +260,7 @@ impl Consumer {
                 source: &source,
                 operation: "batch",
                 stop: None,
-                base_delay: Duration::from_millis(100),
-                max_delay: MAX_OUTAGE_BACKOFF,
+                backoff: backoff::BATCH_OUTAGE,
             }),
         };
         let attempts = AtomicU32::new(0);
@@ -331,7 +310,7 @@ impl Consumer {
                 // which `write_entries` handles itself. Keep the batch anyway.
                 Err(error) => {
                     tracing::error!(error = %ErrorChain(&error), "batch not committed; retrying (nothing was acknowledged)");
-                    tokio::time::sleep(MAX_OUTAGE_BACKOFF).await;
+                    tokio::time::sleep(backoff::MAX_OUTAGE_DELAY).await;
                 }
             }
         };
@@ -344,9 +323,7 @@ impl Consumer {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        self.health
-            .last_commit_unix_ms
-            .store(now_ms, Ordering::Relaxed);
+        self.health.record_commit(now_ms);
         if outcome.fold_deltas > 0 {
             if let Some(wake) = &self.fold_wake {
                 wake.notify_one();
@@ -358,7 +335,7 @@ impl Consumer {
             .iter()
             .map(|e| (e.stream.clone(), e.entry_id.clone()))
             .collect();
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(backoff::REDIS_ACK);
         loop {
             let ack = intake
                 .ack(&keys)
@@ -369,20 +346,15 @@ impl Consumer {
                     break;
                 }
                 Err(error) => {
-                    failures += 1;
+                    let delay = backoff.next_delay();
                     self.redis_down(&ErrorChain(&error).to_string());
                     // Committed work is idempotent: an unacknowledged entry is
                     // redelivered and changes nothing. Give up only when stopping.
-                    if stop.is_cancelled() && failures >= 5 {
+                    if stop.is_cancelled() && backoff.failures() >= 5 {
                         tracing::warn!(error = %ErrorChain(&error), "could not acknowledge committed entries before stopping; they will be redelivered as no-ops");
                         break;
                     }
-                    tokio::time::sleep(backoff::jittered(
-                        Duration::from_millis(100),
-                        failures,
-                        Duration::from_secs(5),
-                    ))
-                    .await;
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

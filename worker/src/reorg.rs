@@ -22,9 +22,10 @@
 //! Other `__rindexer_*` entries are control entries this worker does not
 //! know: logged, counted and acknowledged, never dead-lettered.
 
+use crate::backoff::{self, Backoff};
 use crate::decode::numbers::{self, Spelling};
 use crate::decode::{DeadLetter, DecodedEntry, PAYLOAD_FIELDS};
-use crate::failure::{self, ConflictRetry, OutageRetry, Policy, MAX_OUTAGE_BACKOFF};
+use crate::failure::{self, ConflictRetry, OutageRetry, Policy};
 use crate::health::Source;
 use crate::intake::{RawEntry, StreamIntake};
 use crate::pipeline::Consumer;
@@ -636,8 +637,7 @@ where
     let policy = Policy {
         conflicts: ConflictRetry {
             max_attempts: 20,
-            base_delay: Duration::from_millis(20),
-            max_delay: Duration::from_secs(2),
+            backoff: backoff::REORG_CONFLICT,
         },
         outages: Some(OutageRetry {
             metrics: &consumer.metrics,
@@ -645,8 +645,7 @@ where
             source: &source,
             operation,
             stop: Some(stop),
-            base_delay: Duration::from_millis(100),
-            max_delay: MAX_OUTAGE_BACKOFF,
+            backoff: backoff::BATCH_OUTAGE,
         }),
     };
     let mut write = write;
@@ -668,23 +667,18 @@ where
 
 async fn ack(intake: &mut StreamIntake, entry: &RawEntry, stop: &CancellationToken) {
     let key = [(entry.stream.clone(), entry.id.clone())];
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(backoff::REDIS_ACK);
     loop {
         match intake.ack(&key).await {
             Ok(()) => return,
             Err(error) => {
-                failures += 1;
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %ErrorChain(&error), "could not acknowledge a control entry; retrying");
                 // Applying a control entry again changes nothing.
-                if stop.is_cancelled() && failures >= 5 {
+                if stop.is_cancelled() && backoff.failures() >= 5 {
                     return;
                 }
-                tokio::time::sleep(crate::backoff::jittered(
-                    Duration::from_millis(100),
-                    failures,
-                    Duration::from_secs(5),
-                ))
-                .await;
+                tokio::time::sleep(delay).await;
             }
         }
     }

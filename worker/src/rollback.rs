@@ -11,7 +11,6 @@ use crate::catalog::{DERIVED_TABLES, EVENT_TABLES};
 use crate::failure::{self, ConflictRetry, Policy};
 use crate::queries;
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
@@ -109,8 +108,7 @@ pub async fn rollback(
     let policy = Policy {
         conflicts: ConflictRetry {
             max_attempts: 10,
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(2),
+            backoff: crate::backoff::ROLLBACK_CONFLICT,
         },
         outages: None,
     };

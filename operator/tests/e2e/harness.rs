@@ -22,24 +22,6 @@ pub fn tool(var: &str, name: &str) -> PathBuf {
         .unwrap_or_else(|_| root().join(".tools/bin").join(name))
 }
 
-/// The admin kubeconfig, or None (with the reason printed) outside CI.
-pub fn admin_kubeconfig() -> Option<PathBuf> {
-    match std::env::var("PGW_TEST_KUBECONFIG") {
-        Ok(path) => Some(PathBuf::from(path)),
-        Err(_) if std::env::var_os("CI").is_some() => panic!(
-            "PGW_TEST_KUBECONFIG is not set: under CI the Kubernetes end-to-end suite must run \
-             (scripts/test.sh starts the control plane and sets it)"
-        ),
-        Err(_) => {
-            eprintln!(
-                "SKIPPED: PGW_TEST_KUBECONFIG is not set (run scripts/test.sh, which starts \
-                 tests/control-plane); this test fails instead under CI"
-            );
-            None
-        }
-    }
-}
-
 pub struct Output {
     pub ok: bool,
     pub stdout: String,
