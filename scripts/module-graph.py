@@ -7,7 +7,10 @@ inline paths) as an edge from the file's top-level module to <module>, and
 prints the edge count and the strongly connected components (import
 circles) with more than one member.
 
-    python3 scripts/module-graph.py [worker/src] [--edges]
+    python3 scripts/module-graph.py [worker/src] [--edges] [--check]
+
+With --check it exits 1 when there is an import circle (the worker's
+modules depend downward only; worker/tests/module_graph.rs runs it).
 """
 import os
 import re
@@ -129,6 +132,13 @@ def main():
         print("import circles: none")
     for c in cycles:
         print(f"import circle of {len(c)}: {', '.join(c)}")
+    if cycles and "--check" in sys.argv:
+        print(
+            "module-graph: the worker's modules must depend downward only; "
+            "move what the modules of a circle share into the lower one (--edges lists the imports)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

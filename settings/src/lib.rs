@@ -197,7 +197,7 @@ impl Setting for Switch {
 }
 
 /// Fold partitions: migration 0010 creates exactly this many
-/// `fold_partition` rows, and `fold::partition_of` hashes terms onto them.
+/// `fold_partition` rows, and `partition::partition_of` hashes terms onto them.
 /// Not a setting (every binary must agree on it), but the upper bound of
 /// [`FOLD_MAX_PARTITIONS`].
 pub const FOLD_PARTITIONS: u32 = 32;

@@ -216,7 +216,7 @@ async fn a_crash_mid_fold_loses_nothing() {
         .fetch_one(&mut *crashing)
         .await
         .unwrap();
-    let partitions: Vec<i16> = (0..fold::PARTITIONS).collect();
+    let partitions: Vec<i16> = (0..worker::partition::PARTITIONS).collect();
     sqlx::query("SELECT partition FROM fold_partition ORDER BY partition FOR UPDATE")
         .execute(&mut *crashing)
         .await
@@ -304,8 +304,8 @@ async fn migration_creates_every_partition() {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!(n, i64::from(fold::PARTITIONS));
-    assert_eq!(max, fold::PARTITIONS - 1);
+    assert_eq!(n, i64::from(worker::partition::PARTITIONS));
+    assert_eq!(max, worker::partition::PARTITIONS - 1);
 }
 
 /// `rebuild` with deltas pending recomputes from the events and drops the

@@ -407,9 +407,15 @@ fn failing_changes() -> String {
 async fn poison_deltas_are_parked_and_everything_else_folds() {
     let db = TestDb::new().await;
     deltas_of_history(&db, 600, 104).await;
-    let garbage = insert_delta(&db, 3, "{not json", fold::FORMAT).await;
-    let failing = insert_delta(&db, 4, &failing_changes(), fold::FORMAT).await;
-    let newer = insert_delta(&db, 5, r#"{"future":true}"#, fold::FORMAT + 1).await;
+    let garbage = insert_delta(&db, 3, "{not json", worker::aggregates::DELTA_FORMAT).await;
+    let failing = insert_delta(&db, 4, &failing_changes(), worker::aggregates::DELTA_FORMAT).await;
+    let newer = insert_delta(
+        &db,
+        5,
+        r#"{"future":true}"#,
+        worker::aggregates::DELTA_FORMAT + 1,
+    )
+    .await;
     deltas_of_history(&db, 600, 105).await;
     let pending = db.pending_deltas().await;
 
@@ -521,7 +527,7 @@ async fn poison_deltas_are_parked_and_everything_else_folds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_parks_a_poison_delta_and_keeps_folding() {
     let db = TestDb::new().await;
-    let garbage = insert_delta(&db, 0, "\u{1}garbage", fold::FORMAT).await;
+    let garbage = insert_delta(&db, 0, "\u{1}garbage", worker::aggregates::DELTA_FORMAT).await;
     let mut redis = TestRedis::new().await;
     let prefix = unique("poison");
     redis.publish(&generate(&spec(&prefix, 3_000, 9))).await;
@@ -719,7 +725,7 @@ async fn the_previous_release_and_this_build_fold_each_others_deltas() {
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    assert_eq!(formats, vec![fold::FORMAT]);
+    assert_eq!(formats, vec![worker::aggregates::DELTA_FORMAT]);
     let redis = TestRedis::new().await;
     let idle = stream_names(&unique("idle"));
     let mut old = WorkerProcess::start_binary(
@@ -773,7 +779,7 @@ async fn the_previous_release_and_this_build_fold_each_others_deltas() {
             .await
             .unwrap();
     assert_eq!(written.len(), 1, "{written:?}");
-    assert_eq!(written[0].0, fold::FORMAT);
+    assert_eq!(written[0].0, worker::aggregates::DELTA_FORMAT);
     assert!(written[0].1 > 0);
     assert_eq!(db.fold().await as i64, written[0].1);
     db.drain_analytics().await;

@@ -3,7 +3,7 @@
 //! In the batch transaction (ADR 0015) only insert-mostly rows are written:
 //! `atom` and `triple` (newest creation event wins; a conflict means a
 //! redelivered or repeated creation, never a hot row), and one insert-only
-//! delta per fold partition ([`crate::fold`]) holding that partition's share
+//! delta per fold partition ([`crate::partition`]) holding that partition's share
 //! of the batch folded per key. No vault, position, term or analytics-queue
 //! row is locked by a batch.
 //!
@@ -20,7 +20,7 @@ use crate::catalog::EventBody;
 use crate::columns::Columns;
 use crate::decode::numbers::add_decimal;
 use crate::decode::DecodedEvent;
-use crate::fold;
+use crate::partition::partition_of;
 use crate::queries;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -42,7 +42,42 @@ pub async fn apply(
     let plan = Plan::from_events(events);
     plan.upsert_atoms(tx).await?;
     plan.upsert_triples(tx).await?;
-    fold::insert_deltas(tx, plan.deltas, trace_context).await
+    insert_deltas(tx, plan.deltas, trace_context).await
+}
+
+/// The delta format this binary writes and the newest it folds (ADR 0019):
+/// 1 is the JSON of ADR 0015 ([`Changes`]), also written by binaries of
+/// schema 10, which do not name it (the column's default). Deltas of a newer
+/// format stay in `fold_delta` for a newer binary.
+pub const DELTA_FORMAT: i16 = 1;
+
+/// Writes one batch's deltas (one row per partition) in its transaction.
+async fn insert_deltas(
+    tx: &mut Transaction<'_, Postgres>,
+    deltas: BTreeMap<i16, Folded>,
+    trace_context: Option<&str>,
+) -> Result<u64, sqlx::Error> {
+    let mut partitions = Vec::with_capacity(deltas.len());
+    let mut texts = Vec::with_capacity(deltas.len());
+    for (partition, folded) in deltas {
+        if folded.is_empty() {
+            continue;
+        }
+        let mut changes = folded.into_changes();
+        changes.trace_context = trace_context.map(str::to_string);
+        partitions.push(partition);
+        texts.push(serde_json::to_string(&changes).map_err(|e| sqlx::Error::Encode(e.into()))?);
+    }
+    if partitions.is_empty() {
+        return Ok(0);
+    }
+    let written = sqlx::query(queries::INSERT_FOLD_DELTAS)
+        .bind(partitions)
+        .bind(texts)
+        .bind(DELTA_FORMAT)
+        .execute(&mut **tx)
+        .await?;
+    Ok(written.rows_affected())
 }
 
 /// Where an event sits in the chain; contract §3 "newest" is the greatest
@@ -434,7 +469,7 @@ impl<'a> Plan<'a> {
     }
 
     fn partition(&mut self, term_id: &str) -> &mut Folded {
-        self.deltas.entry(fold::partition_of(term_id)).or_default()
+        self.deltas.entry(partition_of(term_id)).or_default()
     }
 
     fn claim(&mut self, id: &str, kind: &str, atom_id: Option<&str>, triple_id: Option<&str>) {

@@ -1,6 +1,7 @@
 //! PostgreSQL pool and schema migrations.
 
 use crate::queries;
+use crate::tcp::{KEEPALIVE_COUNT, KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, TCP_USER_TIMEOUT_MS};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::ConnectOptions;
@@ -93,16 +94,6 @@ fn pool_with(
         .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options))
 }
-
-/// How PostgreSQL probes an idle connection: first probe after this many
-/// seconds of silence, then every [`KEEPALIVE_INTERVAL_S`], giving up after
-/// [`KEEPALIVE_COUNT`] unanswered ones; unacknowledged data is given up after
-/// [`TCP_USER_TIMEOUT_MS`]. A vanished node or a partition ends the session,
-/// and its transaction, within about 25 s instead of the kernel's 2 hours.
-pub const KEEPALIVE_IDLE_S: u32 = 10;
-pub const KEEPALIVE_INTERVAL_S: u32 = 5;
-pub const KEEPALIVE_COUNT: u32 = 3;
-pub const TCP_USER_TIMEOUT_MS: u32 = 25_000;
 
 /// Session settings that bound how long a session can hold locks whatever
 /// happens to its client (ADR 0019), sent at connection start-up so that

@@ -3,7 +3,7 @@
 //! and the analytics queue, so that no batch holds a hot-row lock.
 //!
 //! A term, its vaults and their positions belong to one partition
-//! ([`partition_of`]). A fold transaction takes partitions with `FOR UPDATE
+//! ([`crate::partition::partition_of`]). A fold transaction takes partitions with `FOR UPDATE
 //! SKIP LOCKED` on `fold_partition` (a folder never waits for another), deletes
 //! a bounded number of their deltas, merges them per key and writes the result
 //! ([`crate::aggregates::Folded`]). The deletion and the effect commit
@@ -15,16 +15,18 @@
 //! Operating it (ADR 0019): a delta that cannot be folded (undecodable, or
 //! its statements fail with a data-class error) is parked in
 //! `fold_delta_parked` by the fold that meets it, and the rest keeps folding;
-//! deltas carry a format version ([`FORMAT`]) and a binary folds only formats
+//! deltas carry a format version ([`DELTA_FORMAT`]) and a binary folds only formats
 //! it knows; a draining process folds only deltas that existed when its
 //! drain began.
 
-use crate::aggregates::{Changes, Folded};
+use crate::aggregates::{Changes, Folded, DELTA_FORMAT};
+
 use crate::backoff::{self, Backoff};
 use crate::failure::{self, Classify, Failure};
 use crate::health::{Health, Source};
 use crate::lifecycle::pause;
 use crate::metrics::Metrics;
+use crate::partition::PARTITIONS;
 use crate::queries;
 use sqlx::Acquire;
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -34,57 +36,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Fold partitions; migration 0010 creates exactly these `fold_partition`
-/// rows (the count is defined once, in the settings catalog, whose
-/// FOLD_MAX_PARTITIONS it bounds).
-pub const PARTITIONS: i16 = settings::FOLD_PARTITIONS as i16;
-
-/// The delta format this binary writes and the newest it folds (ADR 0019):
-/// 1 is the JSON of ADR 0015 ([`Changes`]), also written by binaries of
-/// schema 10, which do not name it (the column's default). Deltas of a newer
-/// format stay in `fold_delta` for a newer binary.
-pub const FORMAT: i16 = 1;
-
-/// The partition of a term: FNV-1a (32 bit) of its id, modulo [`PARTITIONS`].
-/// Stable across builds and platforms: every binary must agree on it.
-pub fn partition_of(term_id: &str) -> i16 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in term_id.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    (hash % PARTITIONS as u32) as i16
-}
-
-/// Writes one batch's deltas (one row per partition) in its transaction.
-pub async fn insert_deltas(
-    tx: &mut Transaction<'_, Postgres>,
-    deltas: BTreeMap<i16, Folded>,
-    trace_context: Option<&str>,
-) -> Result<u64, sqlx::Error> {
-    let mut partitions = Vec::with_capacity(deltas.len());
-    let mut texts = Vec::with_capacity(deltas.len());
-    for (partition, folded) in deltas {
-        if folded.is_empty() {
-            continue;
-        }
-        let mut changes = folded.into_changes();
-        changes.trace_context = trace_context.map(str::to_string);
-        partitions.push(partition);
-        texts.push(serde_json::to_string(&changes).map_err(|e| sqlx::Error::Encode(e.into()))?);
-    }
-    if partitions.is_empty() {
-        return Ok(0);
-    }
-    let written = sqlx::query(queries::INSERT_FOLD_DELTAS)
-        .bind(partitions)
-        .bind(texts)
-        .bind(FORMAT)
-        .execute(&mut **tx)
-        .await?;
-    Ok(written.rows_affected())
-}
 
 /// How a fold takes its partitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,14 +82,14 @@ pub async fn fold_once_upto(
         Claim::SkipLocked(n) => {
             sqlx::query_scalar(queries::CLAIM_FOLD_PARTITIONS)
                 .bind(n)
-                .bind(FORMAT)
+                .bind(DELTA_FORMAT)
                 .bind(upto)
                 .fetch_all(&mut *tx)
                 .await?
         }
         Claim::Wait => {
             sqlx::query_scalar(queries::CLAIM_FOLD_PARTITIONS_WAITING)
-                .bind(FORMAT)
+                .bind(DELTA_FORMAT)
                 .fetch_all(&mut *tx)
                 .await?
         }
@@ -314,7 +265,7 @@ pub async fn fold_in_upto(
     let rows = sqlx::query(queries::TAKE_FOLD_DELTAS)
         .bind(partitions)
         .bind(max_deltas)
-        .bind(FORMAT)
+        .bind(DELTA_FORMAT)
         .bind(upto)
         .fetch_all(&mut **tx)
         .await?;
@@ -437,7 +388,7 @@ pub async fn fold_until_empty(pool: &PgPool) -> Result<u64, sqlx::Error> {
         total += report.deltas;
         let left: bool = sqlx::query_scalar(queries::FOLD_DELTAS_LEFT)
             .bind(last)
-            .bind(FORMAT)
+            .bind(DELTA_FORMAT)
             .fetch_one(pool)
             .await?;
         if !left {
@@ -471,7 +422,7 @@ pub struct Backlog {
 
 pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
     let row = sqlx::query(queries::FOLD_STATS)
-        .bind(FORMAT)
+        .bind(DELTA_FORMAT)
         .fetch_one(pool)
         .await?;
     Ok(Backlog {
@@ -685,23 +636,5 @@ fn record(metrics: &Metrics, report: &FoldReport, duration: Option<Duration>) {
     }
     if let Some(d) = duration {
         metrics.fold_duration.observe(d.as_secs_f64());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partitions_are_stable_and_in_range() {
-        // Fixed values: a change would move terms between partitions while
-        // older binaries still run (their deltas would meet other owners).
-        assert_eq!(partition_of(""), 5);
-        assert_eq!(partition_of(&format!("0x{:064x}", 1)), 2);
-        assert_eq!(partition_of(&format!("0x{:064x}", 2)), 15);
-        for n in 0..1000u32 {
-            let p = partition_of(&format!("0x{n:064x}"));
-            assert!((0..PARTITIONS).contains(&p));
-        }
     }
 }

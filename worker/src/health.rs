@@ -100,7 +100,7 @@ pub struct Health {
     backlog: Mutex<Vec<StreamBacklog>>,
     analytics: Mutex<AnalyticsHealth>,
     fold: Mutex<FoldHealth>,
-    reorgs: Mutex<crate::reorg::ReorgHealth>,
+    reorgs: Mutex<ReorgHealth>,
     problems: Mutex<BTreeMap<Source, Problem>>,
     seq: AtomicU64,
 }
@@ -134,6 +134,25 @@ pub struct FoldHealth {
     pub newer_format_deltas: i64,
 }
 
+/// `/health`'s view of the applied reorgs (all workers, from `chain_reorg`;
+/// read by [`crate::reorg::stats`]).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReorgHealth {
+    pub applied: i64,
+    pub latest: Option<LatestReorg>,
+}
+
+/// The most recently applied reorg.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatestReorg {
+    pub network: String,
+    pub fork_block: i64,
+    pub depth: i64,
+    pub applied_unix: f64,
+    pub events_removed: i64,
+    pub streams_passed: i32,
+}
+
 /// The `/health` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
@@ -148,7 +167,7 @@ pub struct HealthReport {
     pub analytics: AnalyticsHealth,
     pub fold: FoldHealth,
     /// Chain reorganisations applied from rindexer's notices (ADR 0018).
-    pub reorgs: crate::reorg::ReorgHealth,
+    pub reorgs: ReorgHealth,
     /// The latest current problem, if any.
     pub last_error: Option<String>,
     /// Every current problem, by source ("postgres batch pod-0", …).
@@ -240,7 +259,7 @@ impl Health {
     }
 
     /// The monitor's latest reading of the applied reorgs.
-    pub fn set_reorgs(&self, reorgs: crate::reorg::ReorgHealth) {
+    pub fn set_reorgs(&self, reorgs: ReorgHealth) {
         *lock(&self.reorgs) = reorgs;
     }
 

@@ -45,6 +45,15 @@ impl RawEntry {
     }
 }
 
+/// An entry the group has delivered and nobody has acknowledged yet, with the
+/// consumer holding it ([`StreamIntake::first_pending_before`]).
+#[derive(Debug, Clone)]
+pub struct PendingEntry {
+    pub id: String,
+    pub consumer: String,
+    pub idle: Duration,
+}
+
 /// Per-stream backlog as reported by XINFO GROUPS.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StreamBacklog {
@@ -376,7 +385,7 @@ impl StreamIntake {
         &mut self,
         stream: &str,
         entry_id: &str,
-    ) -> Result<Option<crate::reorg::PendingEntry>, IntakeError> {
+    ) -> Result<Option<PendingEntry>, IntakeError> {
         let result = async {
             let mut con = self.commands().await?;
             let reply: Value = redis::cmd("XPENDING")
@@ -578,7 +587,7 @@ fn parse_autoclaim_reply(
 }
 
 /// The first `[id, consumer, idle ms, deliveries]` of an extended XPENDING reply.
-fn parse_first_pending(reply: Value) -> Result<Option<crate::reorg::PendingEntry>, IntakeError> {
+fn parse_first_pending(reply: Value) -> Result<Option<PendingEntry>, IntakeError> {
     let Value::Array(items) = reply else {
         return Err(reply_error("XPENDING", "reply is not an array"));
     };
@@ -586,7 +595,7 @@ fn parse_first_pending(reply: Value) -> Result<Option<crate::reorg::PendingEntry
         return Ok(None);
     };
     match fields.as_slice() {
-        [id, consumer, idle, ..] => Ok(Some(crate::reorg::PendingEntry {
+        [id, consumer, idle, ..] => Ok(Some(PendingEntry {
             id: text(id).unwrap_or_default(),
             consumer: text(consumer).unwrap_or_default(),
             idle: Duration::from_millis(text(idle).and_then(|i| i.parse().ok()).unwrap_or(0)),

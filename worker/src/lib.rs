@@ -9,6 +9,7 @@
 //! - [`reorg`]: rindexer's reorg notices as per-stream fences (ADR 0018);
 //! - [`aggregates`]: atoms and triples, per-key deltas and how they fold into
 //!   base tables, term aggregates and the analytics queue;
+//! - [`partition`]: which fold partition owns a term's rows;
 //! - [`fold`]: partition owners folding deltas (ADR 0015);
 //! - [`analytics`]: triple-level analytics from the queue;
 //! - [`verify`]: from-scratch comparison and rebuild;
@@ -18,9 +19,13 @@
 //! - [`pipeline`], [`http`], [`health`], [`lifecycle`], [`metrics`]: the running
 //!   process (assembled by the binary's `serve.rs`);
 //! - [`tls`]: CA files and the one constructor of Redis clients;
+//! - [`tcp`]: the keepalive settings of every PostgreSQL and Redis connection;
 //! - [`catalog`]: the event kinds and the tables of the read model, one
 //!   entry each;
 //! - [`columns`]: rows bound as the column arrays batch statements take.
+//!
+//! A module imports only modules below it: `worker/tests/module_graph.rs`
+//! fails on an import circle (`scripts/module-graph.py --check`).
 
 pub mod aggregates;
 pub mod analytics;
@@ -40,11 +45,13 @@ pub mod intake;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
+pub mod partition;
 pub mod persistence;
 pub mod pipeline;
 pub mod queries;
 pub mod ratelimit;
 pub mod reorg;
 pub mod rollback;
+pub mod tcp;
 pub mod tls;
 pub mod verify;

@@ -75,7 +75,7 @@ pub struct Metrics {
     pub fold_parked_deltas: Gauge,
     pub fold_newer_format_deltas: Gauge,
     /// rindexer reorg notices and control entries (ADR 0018).
-    pub reorg: crate::reorg::ReorgMetrics,
+    pub reorg: ReorgMetrics,
 }
 
 /// Fine buckets (x1.2 from 0.5 ms to ~3 min) for the stream-entry latency,
@@ -140,7 +140,7 @@ impl Metrics {
             fold_parked: Counter::default(),
             fold_parked_deltas: Gauge::default(),
             fold_newer_format_deltas: Gauge::default(),
-            reorg: crate::reorg::ReorgMetrics::default(),
+            reorg: ReorgMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -354,5 +354,82 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NetworkLabel {
+    pub network: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventNameLabel {
+    pub event_name: String,
+}
+
+/// The metrics of rindexer's reorg notices and control entries (ADR 0018;
+/// counted by [`crate::pipeline`], part of [`Metrics`]).
+pub struct ReorgMetrics {
+    pub reorgs_applied: Family<NetworkLabel, Counter>,
+    pub notices: Family<OutcomeLabel, Counter>,
+    pub notices_held: Counter,
+    pub events_removed: Counter,
+    pub events_discarded: Counter,
+    pub apply_seconds: Histogram,
+    pub control_entries_ignored: Family<EventNameLabel, Counter>,
+}
+
+impl Default for ReorgMetrics {
+    fn default() -> Self {
+        ReorgMetrics {
+            reorgs_applied: Family::default(),
+            notices: Family::default(),
+            notices_held: Counter::default(),
+            events_removed: Counter::default(),
+            events_discarded: Counter::default(),
+            // 1 ms .. ~9 h
+            apply_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 25)),
+            control_entries_ignored: Family::default(),
+        }
+    }
+}
+
+impl ReorgMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "chain_reorgs_applied",
+            "Chain reorganisations (rindexer notices) whose first copy this process applied, by network",
+            self.reorgs_applied.clone(),
+        );
+        registry.register(
+            "reorg_notices",
+            "Copies of rindexer reorg notices handled, by outcome (applied, duplicate, other_network, no_position)",
+            self.notices.clone(),
+        );
+        registry.register(
+            "reorg_notices_held",
+            "Reorg notices left pending because an earlier entry of their stream was not yet committed",
+            self.notices_held.clone(),
+        );
+        registry.register(
+            "reorg_events_removed",
+            "Stored events of dropped branches removed by reorg notices",
+            self.events_removed.clone(),
+        );
+        registry.register(
+            "reorg_events_discarded",
+            "Events of dropped branches delivered again after their stream's notice, discarded",
+            self.events_discarded.clone(),
+        );
+        registry.register(
+            "reorg_apply_seconds",
+            "Time to apply one stream's copy of a reorg notice (removal and recomputation)",
+            self.apply_seconds.clone(),
+        );
+        registry.register(
+            "control_entries_ignored",
+            "Unknown rindexer control entries (__rindexer_*) acknowledged without effect, by event name",
+            self.control_entries_ignored.clone(),
+        );
     }
 }

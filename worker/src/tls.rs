@@ -118,16 +118,16 @@ pub fn redis_tcp() -> redis::io::tcp::TcpSettings {
     use redis::io::tcp::socket2::TcpKeepalive;
     let keepalive = TcpKeepalive::new()
         .with_time(std::time::Duration::from_secs(u64::from(
-            crate::db::KEEPALIVE_IDLE_S,
+            crate::tcp::KEEPALIVE_IDLE_S,
         )))
         .with_interval(std::time::Duration::from_secs(u64::from(
-            crate::db::KEEPALIVE_INTERVAL_S,
+            crate::tcp::KEEPALIVE_INTERVAL_S,
         )))
-        .with_retries(crate::db::KEEPALIVE_COUNT);
+        .with_retries(crate::tcp::KEEPALIVE_COUNT);
     redis::io::tcp::TcpSettings::default()
         .set_keepalive(keepalive)
         .set_user_timeout(std::time::Duration::from_millis(u64::from(
-            crate::db::TCP_USER_TIMEOUT_MS,
+            crate::tcp::TCP_USER_TIMEOUT_MS,
         )))
 }
 

@@ -159,7 +159,7 @@ impl VerifyReport {
             out.push_str(&format!(
                 "note: {} delta(s) of a newer format than this binary reads ({}); the model lacks them\n",
                 self.newer_format_deltas,
-                crate::fold::FORMAT
+                crate::aggregates::DELTA_FORMAT
             ));
         }
         if let Some(p) = self.still_pending {
@@ -318,7 +318,7 @@ async fn fold_pending_into_model(
             changes: row.try_get("changes")?,
             age_seconds: row.try_get("age_seconds")?,
         };
-        if delta.format > crate::fold::FORMAT {
+        if delta.format > crate::aggregates::DELTA_FORMAT {
             report.newer_format_deltas += 1;
         } else {
             report.pending_deltas_age_seconds =
@@ -455,7 +455,7 @@ pub async fn wait_for_pending(
                      JOIN analytics_queue q ON q.term_id = s.term_id AND q.version = s.version)",
         )
         .bind(report.pending_deltas_upto.unwrap_or(0))
-        .bind(crate::fold::FORMAT)
+        .bind(crate::aggregates::DELTA_FORMAT)
         .bind(&terms)
         .bind(&versions)
         .fetch_one(pool)

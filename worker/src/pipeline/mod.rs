@@ -4,6 +4,8 @@
 //! Stopping (SIGTERM or drain) is checked only between batches: a batch that
 //! was read is always committed and acknowledged before the loop returns.
 
+mod control;
+
 use crate::backoff::{self, Backoff};
 use crate::decode::{decode_entry, DecodedEntry};
 use crate::failure::{self, ConflictRetry, OutageRetry, Policy};
@@ -189,7 +191,7 @@ impl Consumer {
             match segment {
                 crate::reorg::Segment::Data(raw) => self.process_events(intake, raw, stop).await,
                 crate::reorg::Segment::Control(entry, control) => {
-                    crate::reorg::handle(self, intake, entry, control, stop).await
+                    control::handle(self, intake, entry, control, stop).await
                 }
             }
         }
