@@ -44,6 +44,10 @@
 #                   load pg_stat_statements): by total execution time and by
 #                   WAL bytes, counted from the workers' start until settled,
 #                   to the log and $SCALE_OUT/statements_<run>.md
+#   SCALE_WARMUP    1 (default): a first run with 1 worker that is not in the
+#                   table: the first run after start-up also creates
+#                   PostgreSQL's WAL segment files (later runs recycle them),
+#                   which would charge it more CPU than the others; 0 = none
 #   SCALE_TIMEOUT   seconds a run may take to drain, and then to settle (default 600)
 #   SCALE_OUT       folder of the table (scale.md) and the logs (default: a new /tmp/pgw-scale.*)
 #   POSTGRES_WRITER_BIN  binary to use; default: cargo build --release --bin postgres-writer
@@ -74,6 +78,7 @@ METRICS=${SCALE_METRICS:-"pgw_fold_lag_seconds pgw_fold_delay_seconds"}
 SETTLE_SQL=${SCALE_SETTLE_SQL:-"SELECT (SELECT count(*) FROM analytics_queue WHERE parked_at IS NULL) + CASE WHEN to_regclass('fold_delta') IS NULL THEN 0 ELSE (xpath('/row/c/text()', query_to_xml('SELECT count(*) AS c FROM fold_delta', false, true, '')))[1]::text::int8 END"}
 TIMEOUT=${SCALE_TIMEOUT:-600}
 STATEMENTS=${SCALE_STATEMENTS:-8}
+WARMUP=${SCALE_WARMUP:-1}
 OUT=${SCALE_OUT:-$(mktemp -d /tmp/pgw-scale.XXXXXX)}
 mkdir -p "$OUT"
 case $VERIFY in last | all | none) ;; *) echo "SCALE_VERIFY must be last, all or none" >&2; exit 2 ;; esac
@@ -85,6 +90,7 @@ else
   for n in $WORKERS; do RUNS+="w$n:$n:$SETTINGS "; done
 fi
 all_runs=()
+[ "$WARMUP" = 0 ] || all_runs+=("warmup:1:")
 for r in $(seq 1 "$REPEAT"); do
   for spec in $RUNS; do
     if [ "$REPEAT" -gt 1 ]; then all_runs+=("${spec%%:*}r$r:${spec#*:}"); else all_runs+=("$spec"); fi
@@ -319,13 +325,8 @@ for spec in "${all_runs[@]}"; do
     case $kv in pg.*=*) k=${kv#pg.}; psql_admin -c "ALTER SYSTEM RESET ${k%%=*}" -c "SELECT pg_reload_conf()" >/dev/null ;; esac
   done
 
-  v=skipped
-  if [ "$VERIFY" = all ] || { [ "$VERIFY" = last ] && [ "$spec" = "$last_run" ]; }; then
-    log "  $label: verify"
-    if DATABASE_URL=$url timeout 600 "$BIN" verify >"$OUT/verify_$label.log" 2>&1; then v=OK; else v="drift (verify_$label.log)"; fi
-  fi
-  [ "$drained" = 1 ] || v="did not drain; $v"
   stored=$(psql "$url" -Atq -c "SELECT (SELECT count(*) FROM deposited_events) + (SELECT count(*) FROM redeemed_events) + (SELECT count(*) FROM share_price_changed_events) + (SELECT count(*) FROM atom_created_events) + (SELECT count(*) FROM triple_created_events) + (SELECT count(*) FROM generic_events)")
+  # Taken before verify, whose statements are not the workers'.
   if [ "$STATEMENTS" != 0 ] && [ "${stored:-0}" -gt 0 ]; then
     {
       echo "Top $STATEMENTS statements of run $label ($n worker processes, ${settings:-defaults}), from the workers' start until settled, $stored events:"
@@ -340,6 +341,12 @@ for spec in "${all_runs[@]}"; do
     } >"$OUT/statements_$label.md"
     cat "$OUT/statements_$label.md" >&2
   fi
+  v=skipped
+  if [ "$label" != warmup ] && { [ "$VERIFY" = all ] || { [ "$VERIFY" = last ] && [ "$spec" = "$last_run" ]; }; }; then
+    log "  $label: verify"
+    if DATABASE_URL=$url timeout 600 "$BIN" verify >"$OUT/verify_$label.log" 2>&1; then v=OK; else v="drift (verify_$label.log)"; fi
+  fi
+  [ "$drained" = 1 ] || v="did not drain; $v"
   # Wait events until drained (the table, as run.sh) and while settling (the log).
   top_waits() { sort | uniq -c | sort -rn | head -4 | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}'; }
   waits=$(awk -v t="$t1" '$1 <= t {print $2}' "$OUT/waits_$label" | top_waits)
@@ -359,8 +366,10 @@ for spec in "${all_runs[@]}"; do
       d = b - a; k = e / 1000
       printf "| %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n", n, s, c(e), d, c(e / d), st, cpu(wk, wks), cpu(pg, pgs), c(wal / e), w, v
     }')
-  rows+=("$row")
-  cells+=("$mcells")
+  if [ "$label" != warmup ]; then
+    rows+=("$row")
+    cells+=("$mcells")
+  fi
   log "  $label done: $row"
   [ -z "${mcells//[-|]/}" ] || log "  $label metrics ($METRICS): ${mcells//|/ }"
   log "  $label: transactions committed, rolled back, deadlocks: $(psql_admin -F ', ' -c "SELECT xact_commit, xact_rollback, deadlocks FROM pg_stat_database WHERE datname = '$db'")"
