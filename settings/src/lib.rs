@@ -461,7 +461,7 @@ pub const ANALYTICS_COALESCE_MS: Number<u64> = Number {
 pub const FOLD_INTERVAL_MS: Number<u64> = Number {
     env: "FOLD_INTERVAL_MS",
     flag: "fold-interval-ms",
-    default: 250,
+    default: 50,
     min: 0,
     max: 10_000,
     off: None,

@@ -94,7 +94,7 @@ fn config_map_carries_the_spec_settings_under_the_worker_names() {
     );
     assert_eq!(data["CONSUMER_GROUP"], "postgres-writer");
     assert_eq!(data["BATCH_SIZE"], "250");
-    assert_eq!(data["FOLD_INTERVAL_MS"], "250");
+    assert_eq!(data["FOLD_INTERVAL_MS"], "50");
     assert_eq!(data["FOLD_POLL_INTERVAL_MS"], "200");
     assert_eq!(data["FOLD_MAX_PARTITIONS"], "8");
     assert_eq!(data["FOLD_MAX_DELTAS"], "2000");
