@@ -320,6 +320,169 @@ async fn other_events_are_stored_verbatim() {
     assert_eq!(db.count("term").await, 0);
 }
 
+/// Every event table's rows (all columns but `inserted_at`) as sorted text.
+async fn event_rows(db: &TestDb) -> String {
+    let mut out = String::new();
+    for table in worker::catalog::EVENT_TABLES {
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT (to_jsonb(e) - 'inserted_at')::text FROM {table} e ORDER BY transaction_hash, log_index"
+        ))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        out.push_str(&format!(
+            "## {table} ({} rows)\n{}\n",
+            rows.len(),
+            rows.join("\n")
+        ));
+    }
+    out
+}
+
+/// Decoded entries of every kind, with the characters COPY's text format
+/// escapes (tab, newline, carriage return, backslash) in text, JSON and
+/// atom data, non-UTF-8 atom data, a NULL timestamp and index, and the
+/// generator's history.
+fn entries_of_every_kind() -> Vec<worker::decode::DecodedEntry> {
+    use std::sync::Arc;
+    let mut payloads = vec![
+        envelope(
+            "Paused",
+            with_info(
+                json!({"note": "tab\there\nnew line\r\\back\\slash \\N \\. ünïcode"}),
+                1,
+                1,
+                0,
+            ),
+        ),
+        envelope(
+            "AtomCreated",
+            with_info(
+                json!({"creator": ADDR_A, "termId": term(901), "atomWallet": ADDR_B,
+                    "atomData": format!("0x{}", hex_encode(b"a\tb\\c\nd"))}),
+                2,
+                2,
+                0,
+            ),
+        ),
+        envelope(
+            "AtomCreated",
+            with_info(
+                json!({"creator": ADDR_A, "termId": term(902), "atomWallet": ADDR_B,
+                    "atomData": "0xff00fe5c09"}),
+                3,
+                2,
+                1,
+            ),
+        ),
+    ];
+    let mut no_time = with_info(json!({"account": ADDR_A}), 4, 3, 0);
+    no_time["transaction_information"]["block_timestamp"] = serde_json::Value::Null;
+    no_time["transaction_information"]["transaction_index"] = serde_json::Value::Null;
+    payloads.push(envelope("Unpaused", no_time));
+    let spec = worker::generate::GeneratorSpec {
+        events: 400,
+        events_per_entry: 3,
+        seed: 7,
+        accounts: 5,
+        curves: 2,
+        network: "testnet".into(),
+        stream_prefix: "copy".into(),
+    };
+    payloads.extend(
+        worker::generate::generate(&spec)
+            .into_iter()
+            .map(|e| e.payload),
+    );
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            let entry = worker::decode::decode_entry(
+                &Arc::from("copy-vs-insert"),
+                &Arc::from(format!("{i}-0").as_str()),
+                &[("payload".to_string(), payload.clone().into_bytes())],
+            );
+            assert!(entry.dead_letters.is_empty(), "{:?}", entry.dead_letters);
+            entry
+        })
+        .collect()
+}
+
+/// ADR 0022: a batch's events are COPYed; the rows are those the
+/// `INSERT … ON CONFLICT DO NOTHING` of a redelivered batch writes, column
+/// for column.
+#[tokio::test]
+async fn copy_and_insert_store_the_same_rows() {
+    use worker::persistence::{write_in_transaction, Insert};
+    let entries = entries_of_every_kind();
+    let mut tables = Vec::new();
+    for insert in [Insert::Copy, Insert::SkipStored] {
+        let db = TestDb::new().await;
+        let mut tx = db.pool.begin().await.unwrap();
+        let outcome = write_in_transaction(&mut tx, &entries, insert, None)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(outcome.duplicate_events, 0, "{insert:?}");
+        db.fold().await;
+        tables.push((event_rows(&db).await, db.snapshot().await));
+    }
+    assert!(
+        tables[0]
+            .0
+            .contains(r#""note": "tab\there\nnew line\r\\back\\slash \\N \\. ünïcode""#),
+        "{}",
+        tables[0].0
+    );
+    assert!(tables[0].0.contains(r#""block_timestamp": null"#));
+    assert_eq!(tables[0].0, tables[1].0, "event rows differ (COPY first)");
+    assert_eq!(
+        tables[0].1, tables[1].1,
+        "derived tables differ (COPY first)"
+    );
+}
+
+/// A batch that meets events already stored (a redelivery: a crash between
+/// commit and acknowledgement, or a group read again from 0) fails its
+/// COPY on their primary keys and is written again without them: the new
+/// events are stored, the old ones count as duplicates and have no second
+/// effect.
+#[tokio::test]
+async fn a_batch_meeting_stored_events_stores_only_the_new_ones() {
+    let entries = entries_of_every_kind();
+    let (first, rest) = entries.split_at(entries.len() / 2);
+    let once = TestDb::new().await;
+    let all = worker::persistence::write_entries(&once.pool, &entries, Default::default(), None)
+        .await
+        .unwrap();
+    let twice = TestDb::new().await;
+    let early = worker::persistence::write_entries(&twice.pool, first, Default::default(), None)
+        .await
+        .unwrap();
+    // The whole history again: the first half is stored already.
+    let again = worker::persistence::write_entries(&twice.pool, &entries, Default::default(), None)
+        .await
+        .unwrap();
+    let stored_first = early.stored_events();
+    assert!(stored_first > 0 && !rest.is_empty());
+    assert_eq!(again.duplicate_events, stored_first);
+    assert_eq!(again.stored_events() + stored_first, all.stored_events());
+    once.fold().await;
+    twice.fold().await;
+    assert_eq!(
+        event_rows(&twice).await.len(),
+        event_rows(&once).await.len()
+    );
+    system_tests::assert_same_tables(
+        &twice.snapshot().await,
+        &once.snapshot().await,
+        "stored twice vs once",
+    );
+    twice.drain_analytics().await;
+    twice.assert_verified().await;
+}
+
 fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

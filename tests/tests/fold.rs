@@ -74,9 +74,14 @@ async fn batches_on_one_vault_never_wait_for_each_other() {
     let third = deposit_entry(3, 150, ADDR_B, 5);
 
     let mut held = db.pool.begin().await.unwrap();
-    worker::persistence::write_in_transaction(&mut held, std::slice::from_ref(&first), None)
-        .await
-        .unwrap();
+    worker::persistence::write_in_transaction(
+        &mut held,
+        std::slice::from_ref(&first),
+        worker::persistence::Insert::Copy,
+        None,
+    )
+    .await
+    .unwrap();
 
     for other in [&second, &third] {
         let mut tx = db.pool.begin().await.unwrap();
@@ -84,10 +89,14 @@ async fn batches_on_one_vault_never_wait_for_each_other() {
             .execute(&mut *tx)
             .await
             .unwrap();
-        let outcome =
-            worker::persistence::write_in_transaction(&mut tx, std::slice::from_ref(other), None)
-                .await
-                .expect("a batch on the same vault must not wait for the open one");
+        let outcome = worker::persistence::write_in_transaction(
+            &mut tx,
+            std::slice::from_ref(other),
+            worker::persistence::Insert::Copy,
+            None,
+        )
+        .await
+        .expect("a batch on the same vault must not wait for the open one");
         assert_eq!(outcome.stored_events(), 2);
         tx.commit().await.unwrap();
     }

@@ -96,9 +96,14 @@ fn spawn_writers(
                         .map(|i| deposit(1_000_000 * (w + 1) + n * 4 + i))
                         .collect();
                     let mut tx = pool.begin().await.unwrap();
-                    worker::persistence::write_in_transaction(&mut tx, &entries, None)
-                        .await
-                        .unwrap();
+                    worker::persistence::write_in_transaction(
+                        &mut tx,
+                        &entries,
+                        worker::persistence::Insert::Copy,
+                        None,
+                    )
+                    .await
+                    .unwrap();
                     tx.commit().await.unwrap();
                     n += 1;
                 }

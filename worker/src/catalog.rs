@@ -14,6 +14,18 @@
 
 use crate::columns::{AsValue, Value};
 
+/// The columns every event table starts with (chain position and source),
+/// in the order of parameters $1..$11 of each insert statement.
+macro_rules! common_columns {
+    () => {
+        "transaction_hash, log_index, network, block_number, block_hash, block_timestamp, \
+         transaction_index, contract_address, stream, entry_id, item_index"
+    };
+}
+
+/// [`common_columns!`] as a constant.
+pub const COMMON_COLUMNS: &str = common_columns!();
+
 macro_rules! event_catalog {
     ($(
         $(#[$doc:meta])*
@@ -99,6 +111,16 @@ macro_rules! event_catalog {
             pub const fn insert_statement(self) -> &'static str {
                 match self {
                     $(EventKind::$kind => include_str!(concat!("sql/insert_", $table, ".sql")),)*
+                }
+            }
+            /// The statement that COPYs a batch of its events (ADR 0022):
+            /// [`COMMON_COLUMNS`], then one column per field of its body, the
+            /// insert statement's columns in its order.
+            pub const fn copy_statement(self) -> &'static str {
+                match self {
+                    $(EventKind::$kind => concat!(
+                        "COPY ", $table, " (", common_columns!() $(, ", ", stringify!($field))*, ") FROM STDIN"
+                    ),)*
                 }
             }
         }
@@ -373,6 +395,28 @@ mod tests {
                 "{}'s statement inserts into another table:\n{statement}",
                 kind.name()
             );
+        }
+    }
+
+    /// The COPY of a kind names the insert statement's columns, in order.
+    #[test]
+    fn copy_and_insert_statements_name_the_same_columns() {
+        let columns = |statement: &str, after: &str| -> Vec<String> {
+            let rest = &statement[statement.find(after).expect(after) + after.len()..];
+            rest[..rest.find(')').expect(")")]
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        for kind in EventKind::ALL {
+            let insert = columns(
+                kind.insert_statement(),
+                &format!("INSERT INTO {} (", kind.table()),
+            );
+            let copy = columns(kind.copy_statement(), &format!("COPY {} (", kind.table()));
+            assert_eq!(copy, insert, "{}", kind.name());
+            assert!(kind.copy_statement().ends_with(") FROM STDIN"));
+            assert_eq!(copy[..11].join(", "), COMMON_COLUMNS);
         }
     }
 

@@ -402,8 +402,13 @@ async fn replay_one(
         let reason = refused.to_string();
         return fail_again(tx, letter, reason, dry_run, note).await;
     }
-    let written =
-        persistence::write_in_transaction(&mut tx, std::slice::from_ref(decoded), None).await?;
+    let written = persistence::write_in_transaction(
+        &mut tx,
+        std::slice::from_ref(decoded),
+        persistence::Insert::SkipStored,
+        None,
+    )
+    .await?;
     let result = describe(&written);
     let stored = written.stored_events();
     if dry_run {

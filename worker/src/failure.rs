@@ -87,6 +87,21 @@ pub fn classify_sqlstate(code: Option<&str>) -> Failure {
     }
 }
 
+/// Whether `error` is a unique violation (23505) on one of `tables`: a
+/// COPY of events meeting an event already stored (a redelivery), which
+/// persistence answers by writing the batch again with
+/// `ON CONFLICT DO NOTHING` (ADR 0022), not as a refusal of the data.
+pub fn is_duplicate_key(error: &sqlx::Error, tables: &[&str]) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    db.code().as_deref() == Some("23505")
+        && db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|pg| pg.table())
+            .is_some_and(|table| tables.contains(&table))
+}
+
 /// SQLSTATEs of text the database cannot hold in its encoding: 22021
 /// (character_not_in_repertoire: invalid byte sequence) and 22P05
 /// (untranslatable_character). Data errors; whether they happen depends on

@@ -22,7 +22,8 @@
 //! - [`tcp`]: the keepalive settings of every PostgreSQL and Redis connection;
 //! - [`catalog`]: the event kinds and the tables of the read model, one
 //!   entry each;
-//! - [`columns`]: rows bound as the column arrays batch statements take.
+//! - [`columns`]: rows bound as the column arrays batch statements take;
+//! - [`copy`]: rows written in COPY text format (event tables).
 //!
 //! A module imports only modules below it: `worker/tests/module_graph.rs`
 //! fails on an import circle (`scripts/module-graph.py --check`).
@@ -33,6 +34,7 @@ pub mod backoff;
 pub mod catalog;
 pub mod columns;
 pub mod config;
+pub mod copy;
 pub mod db;
 pub mod dead_letters;
 pub mod decode;

@@ -12,8 +12,9 @@
 //! retries the whole batch until it commits, acknowledging nothing meanwhile).
 
 use crate::aggregates;
-use crate::catalog::EventKind;
+use crate::catalog::{EventKind, EVENT_TABLES};
 use crate::columns::Columns;
+use crate::copy::CopyText;
 use crate::decode::{DeadLetter, DecodedEntry, DecodedEvent};
 use crate::failure::{self, Classify, Failure, Policy};
 use crate::network::{self, NetworkRefused};
@@ -297,17 +298,14 @@ async fn write_with_retries(
         outages: None,
     };
     let result = failure::retry(&policy, || async {
-        let mut tx = pool.begin().await?;
-        // Reorg fences first (ADR 0018): events their stream's notice cut off go.
-        let (entries, fenced_events) = crate::reorg::discard_fenced(&mut tx, entries).await?;
-        // One network per database (crate::network): checked first, refused whole.
-        if let Err(refused) = network::check(&mut tx, &entries).await? {
-            return Ok(Err(refused));
+        match write_once(pool, entries, Insert::Copy, trace_context).await {
+            // A redelivery: some of these events are stored already.
+            Err(e) if failure::is_duplicate_key(&e, &EVENT_TABLES) => {
+                tracing::debug!(%e, "batch meets events already stored; writing it again without them");
+                write_once(pool, entries, Insert::SkipStored, trace_context).await
+            }
+            other => other,
         }
-        let mut outcome = write_in_transaction(&mut tx, &entries, trace_context).await?;
-        outcome.fenced_events = fenced_events;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(Ok(outcome))
     })
     .await;
     match result {
@@ -329,11 +327,46 @@ async fn write_with_retries(
     }
 }
 
+/// One transaction writing `entries`: reorg fences, the network check,
+/// then [`write_in_transaction`].
+async fn write_once(
+    pool: &PgPool,
+    entries: &[DecodedEntry],
+    insert: Insert,
+    trace_context: Option<&str>,
+) -> Result<Result<WriteOutcome, NetworkRefused>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Reorg fences first (ADR 0018): events their stream's notice cut off go.
+    let (entries, fenced_events) = crate::reorg::discard_fenced(&mut tx, entries).await?;
+    // One network per database (crate::network): checked first, refused whole.
+    if let Err(refused) = network::check(&mut tx, &entries).await? {
+        return Ok(Err(refused));
+    }
+    let mut outcome = write_in_transaction(&mut tx, &entries, insert, trace_context).await?;
+    outcome.fenced_events = fenced_events;
+    tx.commit().await?;
+    Ok(Ok(outcome))
+}
+
+/// How a batch's events reach their tables (ADR 0022).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    /// `COPY`, about half the server CPU per event: every event must be new.
+    /// One already stored fails the transaction with a unique violation
+    /// ([`failure::is_duplicate_key`]), and the batch is written again with
+    /// [`Insert::SkipStored`].
+    Copy,
+    /// `INSERT … ON CONFLICT DO NOTHING`: events already stored are skipped
+    /// (and have no effect).
+    SkipStored,
+}
+
 /// Everything a batch does inside its transaction, in the global lock order:
 /// event tables, dead letters, then the derived tables (see `aggregates`).
 pub async fn write_in_transaction(
     tx: &mut Transaction<'_, Postgres>,
     entries: &[DecodedEntry],
+    insert: Insert,
     trace_context: Option<&str>,
 ) -> Result<WriteOutcome, sqlx::Error> {
     let mut outcome = WriteOutcome::default();
@@ -361,7 +394,10 @@ pub async fn write_in_transaction(
         if rows.is_empty() {
             continue;
         }
-        let inserted = insert_events(tx, kind, &rows).await?;
+        let inserted = match insert {
+            Insert::Copy => copy_events(tx, kind, &rows).await?,
+            Insert::SkipStored => insert_events(tx, kind, &rows).await?,
+        };
         outcome.duplicate_events += (rows.len() - inserted.len()) as u64;
         if !inserted.is_empty() {
             *outcome.new_events.entry(kind.name()).or_default() += inserted.len() as u64;
@@ -390,8 +426,52 @@ pub async fn write_in_transaction(
     Ok(outcome)
 }
 
-/// Inserts events of one kind: the common columns (chain position and
-/// source), then the kind's own fields ([`crate::catalog`]).
+/// COPYs events of one kind, all new (see [`Insert::Copy`]): the common
+/// columns (chain position and source), then the kind's own fields
+/// ([`crate::catalog`]). Returns their keys.
+async fn copy_events(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: EventKind,
+    rows: &[&DecodedEvent],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let mut data = CopyText::new();
+    for e in rows {
+        let (position, source) = (&e.position, &e.source);
+        data.text(&position.transaction_hash)
+            .int(position.log_index)
+            .text(&position.network)
+            .int(position.block_number)
+            .opt_text(position.block_hash.as_deref())
+            .opt_unix_timestamp(position.block_timestamp)
+            .opt_int(position.transaction_index)
+            .opt_text(position.contract_address.as_deref())
+            .text(&source.stream)
+            .text(&source.entry_id)
+            .int(i64::from(source.item_index));
+        for value in e.body.values() {
+            data.value(value);
+        }
+        data.end_row();
+    }
+    let mut copy = tx.copy_in_raw(kind.copy_statement()).await?;
+    copy.send(data.into_bytes()).await?;
+    let copied = copy.finish().await?;
+    if copied != rows.len() as u64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "COPY into {} stored {copied} of {} rows",
+            kind.table(),
+            rows.len()
+        )));
+    }
+    Ok(rows
+        .iter()
+        .map(|e| (e.position.transaction_hash.clone(), e.position.log_index))
+        .collect())
+}
+
+/// Inserts events of one kind, skipping those already stored (see
+/// [`Insert::SkipStored`]); columns as [`copy_events`]. Returns the keys
+/// of the new ones.
 async fn insert_events(
     tx: &mut Transaction<'_, Postgres>,
     kind: EventKind,
