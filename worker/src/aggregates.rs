@@ -18,7 +18,8 @@
 
 use crate::catalog::EventBody;
 use crate::columns::Columns;
-use crate::decode::numbers::add_decimal;
+use crate::copy::CopyText;
+use crate::decode::numbers::{add_decimal, is_positive};
 use crate::decode::DecodedEvent;
 use crate::partition::partition_of;
 use crate::queries;
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::{Postgres, Transaction};
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Applies `events` (only those just inserted, never redeliveries) inside the
 /// batch transaction: atoms, triples and the fold deltas. Returns the number
@@ -263,6 +264,7 @@ impl Folded {
     }
 
     /// Positions; returns the change of position_count per (term, curve).
+    /// Those stored already are upserted; new ones are COPYed (ADR 0022).
     async fn upsert_positions(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -270,27 +272,70 @@ impl Folded {
         if self.positions.is_empty() {
             return Ok(HashMap::new());
         }
-        Columns::new(queries::UPSERT_POSITIONS, self.positions.values())
-            .column(|p| p.account_id.as_str())
-            .column(|p| p.term_id.as_str())
-            .column(|p| p.curve_id.as_str())
-            .column(|p| p.newest.block_number)
-            .column(|p| p.newest.log_index)
-            .column(|p| p.newest.transaction_hash.as_str())
-            .column(|p| p.shares.as_str())
-            .column(|p| p.deposited.as_str())
-            .column(|p| p.redeemed.as_str())
-            .query()
-            .fetch_all(&mut **tx)
-            .await?
+        let stored: HashSet<(String, String, String)> =
+            Columns::new(queries::SELECT_EXISTING_POSITIONS, self.positions.keys())
+                .column(|k| k.0.as_str())
+                .column(|k| k.1.as_str())
+                .column(|k| k.2.as_str())
+                .query()
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+        let (updated, new): (Vec<_>, Vec<_>) = self
+            .positions
             .iter()
-            .map(|row| {
-                Ok((
-                    (row.try_get("term_id")?, row.try_get("curve_id")?),
-                    row.try_get("change")?,
-                ))
-            })
-            .collect()
+            .partition(|(key, _)| stored.contains(*key));
+
+        let mut counts: HashMap<(String, String), i64> = HashMap::new();
+        if !updated.is_empty() {
+            let rows = Columns::new(queries::UPSERT_POSITIONS, updated.iter().map(|(_, p)| *p))
+                .column(|p| p.account_id.as_str())
+                .column(|p| p.term_id.as_str())
+                .column(|p| p.curve_id.as_str())
+                .column(|p| p.newest.block_number)
+                .column(|p| p.newest.log_index)
+                .column(|p| p.newest.transaction_hash.as_str())
+                .column(|p| p.shares.as_str())
+                .column(|p| p.deposited.as_str())
+                .column(|p| p.redeemed.as_str())
+                .query()
+                .fetch_all(&mut **tx)
+                .await?;
+            for row in &rows {
+                let key = (row.try_get("term_id")?, row.try_get("curve_id")?);
+                *counts.entry(key).or_default() += row.try_get::<i64, _>("change")?;
+            }
+        }
+        if !new.is_empty() {
+            // A new position is active (counted in its vault) when it holds shares.
+            let mut data = CopyText::new();
+            for (_, p) in &new {
+                let active = is_positive(&p.shares);
+                data.text(&p.account_id)
+                    .text(&p.term_id)
+                    .text(&p.curve_id)
+                    .text(&p.shares)
+                    .text(&p.deposited)
+                    .text(&p.redeemed)
+                    .int(p.newest.block_number)
+                    .int(p.newest.log_index)
+                    .text(&p.newest.transaction_hash)
+                    .int(i64::from(active));
+                data.end_row();
+                if active {
+                    *counts
+                        .entry((p.term_id.clone(), p.curve_id.clone()))
+                        .or_default() += 1;
+                }
+            }
+            let mut copy = tx.copy_in_raw(queries::COPY_POSITIONS).await?;
+            copy.send(data.into_bytes()).await?;
+            copy.finish().await?;
+        }
+        counts.retain(|_, change| *change != 0);
+        Ok(counts)
     }
 
     /// Vaults, with the position_count changes `upsert_positions` returned.

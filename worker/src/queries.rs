@@ -18,6 +18,8 @@ named_queries! {
     UPSERT_TRIPLES => "upsert_triples.sql",
     UPSERT_VAULTS => "upsert_vaults.sql",
     UPSERT_POSITIONS => "upsert_positions.sql",
+    SELECT_EXISTING_POSITIONS => "select_existing_positions.sql",
+    COPY_POSITIONS => "copy_positions.sql",
     UPSERT_TERMS => "upsert_terms.sql",
     RECOMPUTE_TERM_TOTALS => "recompute_term_totals.sql",
     ENQUEUE_ANALYTICS => "enqueue_analytics.sql",

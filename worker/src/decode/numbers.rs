@@ -145,6 +145,11 @@ fn hex_to_decimal(hex: &str) -> Option<String> {
     Some(out)
 }
 
+/// Whether a decimal text (digits only) is above zero.
+pub fn is_positive(decimal: &str) -> bool {
+    decimal.bytes().any(|b| b != b'0')
+}
+
 /// Sum of two canonical decimal texts (as [`parse_u256`] returns them), exact
 /// at any length. Lets a batch add up its own amounts per row before they
 /// reach PostgreSQL's NUMERIC, which stores the running totals.
@@ -183,6 +188,19 @@ mod tests {
 
     fn u256(s: Spelling<'_>) -> String {
         parse_u256(s).unwrap()
+    }
+
+    #[test]
+    fn positive_means_a_nonzero_digit() {
+        for (text, positive) in [
+            ("0", false),
+            ("000", false),
+            ("1", true),
+            ("10", true),
+            ("007", true),
+        ] {
+            assert_eq!(is_positive(text), positive, "{text}");
+        }
     }
 
     #[test]
