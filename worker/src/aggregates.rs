@@ -18,7 +18,7 @@
 
 use crate::catalog::EventBody;
 use crate::columns::Columns;
-use crate::copy::CopyText;
+use crate::copy::{self, CopyText};
 use crate::decode::numbers::{add_decimal, is_positive};
 use crate::decode::DecodedEvent;
 use crate::partition::partition_of;
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::{Postgres, Transaction};
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Applies `events` (only those just inserted, never redeliveries) inside the
 /// batch transaction: atoms, triples and the fold deltas. Returns the number
@@ -269,28 +269,16 @@ impl Folded {
         &self,
         tx: &mut Transaction<'_, Postgres>,
     ) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
-        if self.positions.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let stored: HashSet<(String, String, String)> =
-            Columns::new(queries::SELECT_EXISTING_POSITIONS, self.positions.keys())
-                .column(|k| k.0.as_str())
-                .column(|k| k.1.as_str())
-                .column(|k| k.2.as_str())
-                .query()
-                .fetch_all(&mut **tx)
-                .await?
-                .iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-                .collect::<Result<_, sqlx::Error>>()?;
-        let (updated, new): (Vec<_>, Vec<_>) = self
-            .positions
-            .iter()
-            .partition(|(key, _)| stored.contains(*key));
+        let positions: Vec<&PositionDelta> = self.positions.values().collect();
+        let stored = stored_rows(tx, queries::SELECT_STORED_POSITIONS, &positions, |p| {
+            [&p.account_id, &p.term_id, &p.curve_id]
+        })
+        .await?;
+        let (updated, new) = split(&positions, &stored);
 
         let mut counts: HashMap<(String, String), i64> = HashMap::new();
         if !updated.is_empty() {
-            let rows = Columns::new(queries::UPSERT_POSITIONS, updated.iter().map(|(_, p)| *p))
+            let rows = Columns::new(queries::UPSERT_POSITIONS, updated.iter().copied())
                 .column(|p| p.account_id.as_str())
                 .column(|p| p.term_id.as_str())
                 .column(|p| p.curve_id.as_str())
@@ -309,9 +297,9 @@ impl Folded {
             }
         }
         if !new.is_empty() {
-            // A new position is active (counted in its vault) when it holds shares.
             let mut data = CopyText::new();
-            for (_, p) in &new {
+            for p in &new {
+                // A new position is active (counted in its vault) when it holds shares.
                 let active = is_positive(&p.shares);
                 data.text(&p.account_id)
                     .text(&p.term_id)
@@ -330,37 +318,76 @@ impl Folded {
                         .or_default() += 1;
                 }
             }
-            let mut copy = tx.copy_in_raw(queries::COPY_POSITIONS).await?;
-            copy.send(data.into_bytes()).await?;
-            copy.finish().await?;
+            copy::copy_in(tx, queries::COPY_POSITIONS, data).await?;
         }
         counts.retain(|_, change| *change != 0);
         Ok(counts)
     }
 
     /// Vaults, with the position_count changes `upsert_positions` returned.
+    /// New vaults are COPYed; stored ones are upserted, except those the
+    /// fold only names (nothing to change) (ADR 0022).
     async fn upsert_vaults(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         position_counts: &HashMap<(String, String), i64>,
     ) -> Result<(), sqlx::Error> {
-        if self.vaults.is_empty() {
-            return Ok(());
+        let vaults: Vec<VaultRow<'_>> = self
+            .vaults
+            .iter()
+            .map(|(key, price)| VaultRow {
+                term_id: &key.0,
+                curve_id: &key.1,
+                price: price.as_ref(),
+                position_count_change: position_counts.get(key).copied().unwrap_or(0),
+            })
+            .collect();
+        let stored = stored_rows(tx, queries::SELECT_STORED_VAULTS, &vaults, |v| {
+            [v.term_id, v.curve_id]
+        })
+        .await?;
+        let (updated, new) = split(&vaults, &stored);
+        let updated: Vec<&VaultRow<'_>> = updated
+            .into_iter()
+            .filter(|v| v.price.is_some() || v.position_count_change != 0)
+            .collect();
+
+        if !updated.is_empty() {
+            Columns::new(queries::UPSERT_VAULTS, updated.iter().copied())
+                .column(|v| v.term_id)
+                .column(|v| v.curve_id)
+                .column(|v| v.price.map(|p| p.newest.block_number))
+                .column(|v| v.price.map(|p| p.newest.log_index))
+                .column(|v| v.price.map(|p| p.newest.transaction_hash.as_str()))
+                .column(|v| v.price.map(|p| p.total_shares.as_str()))
+                .column(|v| v.price.map(|p| p.total_assets.as_str()))
+                .column(|v| v.price.map(|p| p.share_price.as_str()))
+                .column(|v| v.price.map(|p| p.vault_type))
+                .column(|v| v.position_count_change)
+                .query()
+                .execute(&mut **tx)
+                .await?;
         }
-        Columns::new(queries::UPSERT_VAULTS, self.vaults.iter())
-            .column(|(key, _)| key.0.as_str())
-            .column(|(key, _)| key.1.as_str())
-            .column(|(_, price)| price.as_ref().map(|p| p.newest.block_number))
-            .column(|(_, price)| price.as_ref().map(|p| p.newest.log_index))
-            .column(|(_, price)| price.as_ref().map(|p| p.newest.transaction_hash.as_str()))
-            .column(|(_, price)| price.as_ref().map(|p| p.total_shares.as_str()))
-            .column(|(_, price)| price.as_ref().map(|p| p.total_assets.as_str()))
-            .column(|(_, price)| price.as_ref().map(|p| p.share_price.as_str()))
-            .column(|(_, price)| price.as_ref().map(|p| p.vault_type))
-            .column(|(key, _)| position_counts.get(key).copied().unwrap_or(0))
-            .query()
-            .execute(&mut **tx)
-            .await?;
+        if !new.is_empty() {
+            let mut data = CopyText::new();
+            for v in &new {
+                data.text(v.term_id).text(v.curve_id);
+                match v.price {
+                    Some(p) => data
+                        .text(&p.total_shares)
+                        .text(&p.total_assets)
+                        .text(&p.share_price)
+                        .int(i64::from(p.vault_type))
+                        .int(p.newest.block_number)
+                        .int(p.newest.log_index)
+                        .text(&p.newest.transaction_hash),
+                    None => data.int(0).int(0).int(0).int(0).null().null().null(),
+                };
+                data.int(v.position_count_change);
+                data.end_row();
+            }
+            copy::copy_in(tx, queries::COPY_VAULTS, data).await?;
+        }
         Ok(())
     }
 
@@ -452,6 +479,60 @@ impl Folded {
             .await?;
         Ok(queued.rows_affected())
     }
+}
+
+/// A vault as one fold writes it.
+struct VaultRow<'a> {
+    term_id: &'a str,
+    curve_id: &'a str,
+    /// The newest SharePriceChanged folded (none: the vault is only named).
+    price: Option<&'a PriceDelta>,
+    position_count_change: i64,
+}
+
+/// Which of `rows` are stored already (ADR 0022): `sql` takes one text
+/// array per key column (`key` gives a row's key) and returns the 1-based
+/// ordinal of each key it finds. The fold holds these rows' partition, so
+/// the answer stays true until it commits (ADR 0015).
+async fn stored_rows<R, const N: usize>(
+    tx: &mut Transaction<'_, Postgres>,
+    sql: &str,
+    rows: &[R],
+    key: impl Fn(&R) -> [&str; N],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut stored = vec![false; rows.len()];
+    if rows.is_empty() {
+        return Ok(stored);
+    }
+    let mut query = Columns::new(sql, rows.iter());
+    for column in 0..N {
+        query = query.column(|row| key(row)[column]);
+    }
+    let found: Vec<i64> = query
+        .query()
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for ordinal in found {
+        if let Some(slot) = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|i| stored.get_mut(i))
+        {
+            *slot = true;
+        }
+    }
+    Ok(stored)
+}
+
+/// `rows` split by `stored` into (stored, new), each in `rows`' order.
+fn split<'r, R>(rows: &'r [R], stored: &[bool]) -> (Vec<&'r R>, Vec<&'r R>) {
+    let (old, new): (Vec<_>, Vec<_>) = rows.iter().zip(stored).partition(|(_, s)| **s);
+    (
+        old.into_iter().map(|(r, _)| r).collect(),
+        new.into_iter().map(|(r, _)| r).collect(),
+    )
 }
 
 /// Atoms and triples of a batch (written in it) and its deltas by partition.

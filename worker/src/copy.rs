@@ -9,6 +9,7 @@
 //! carriage return or tab inside a value escaped with a backslash.
 
 use crate::columns::Value;
+use sqlx::PgConnection;
 use std::fmt::Write as _;
 
 /// A buffer of rows in COPY text format, written field by field.
@@ -142,6 +143,25 @@ impl CopyText {
         }
         self.at_row_start = false;
     }
+}
+
+/// Runs `statement` (`COPY … FROM STDIN`) with `data`; an error when
+/// PostgreSQL stored another number of rows than `data` holds.
+pub async fn copy_in(
+    conn: &mut PgConnection,
+    statement: &str,
+    data: CopyText,
+) -> Result<(), sqlx::Error> {
+    let rows = data.rows() as u64;
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(data.into_bytes()).await?;
+    let copied = copy.finish().await?;
+    if copied != rows {
+        return Err(sqlx::Error::Protocol(format!(
+            "COPY stored {copied} of {rows} rows: {statement}"
+        )));
+    }
+    Ok(())
 }
 
 /// `fmt::Write` onto a byte buffer (numbers and dates are ASCII).

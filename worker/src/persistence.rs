@@ -14,7 +14,7 @@
 use crate::aggregates;
 use crate::catalog::{EventKind, EVENT_TABLES};
 use crate::columns::Columns;
-use crate::copy::CopyText;
+use crate::copy::{self, CopyText};
 use crate::decode::{DeadLetter, DecodedEntry, DecodedEvent};
 use crate::failure::{self, Classify, Failure, Policy};
 use crate::network::{self, NetworkRefused};
@@ -453,16 +453,7 @@ async fn copy_events(
         }
         data.end_row();
     }
-    let mut copy = tx.copy_in_raw(kind.copy_statement()).await?;
-    copy.send(data.into_bytes()).await?;
-    let copied = copy.finish().await?;
-    if copied != rows.len() as u64 {
-        return Err(sqlx::Error::Protocol(format!(
-            "COPY into {} stored {copied} of {} rows",
-            kind.table(),
-            rows.len()
-        )));
-    }
+    copy::copy_in(tx, kind.copy_statement(), data).await?;
     Ok(rows
         .iter()
         .map(|e| (e.position.transaction_hash.clone(), e.position.log_index))

@@ -1,6 +1,7 @@
--- Level 1 `position` (account = receiver). Input: one row per position,
--- already folded by the worker: the newest Deposited/Redeemed of the batch
--- (its `shares` and chain position) and the batch's deposit and redeem sums.
+-- Level 1 `position` (account = receiver): the stored positions a fold
+-- changes (ADR 0022: new positions are COPYed, copy_positions.sql). Input:
+-- one row per position, merged by the worker: the newest Deposited/Redeemed
+-- folded (its `shares` and chain position) and the deposit and redeem sums.
 --
 -- `shares` keeps whichever of the stored and incoming balances is newer; the
 -- sums add up (commutative). Each row records what this write did to its

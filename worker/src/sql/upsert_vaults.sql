@@ -1,28 +1,18 @@
--- Level 1 `vault`: creates every vault the batch names, takes its totals from
--- the newest SharePriceChanged and adds the batch's position_count change
--- (returned by upsert_positions.sql, which runs first). Input: one row per
--- vault, folded by the worker; price columns are those of the batch's newest
--- SharePriceChanged, NULL when it has none. A vault the fold only names (no
--- price, no position_count change) is created when missing and otherwise left
--- alone, unlocked: an ON CONFLICT DO UPDATE whose WHERE is false still locks
--- and WAL-logs the row, and the fold's partition claim already makes it the
--- only writer of these rows (ADR 0015; ADR 0021 measured the saving). The
--- others are updated in key order.
+-- Level 1 `vault`: the stored vaults a fold changes (ADR 0022: new vaults
+-- are COPYed, copy_vaults.sql, and a stored vault the fold only names is
+-- left alone, unlocked). Takes the totals from the newest SharePriceChanged
+-- and adds the fold's position_count change (from the positions written
+-- first). Input: one row per vault, merged by the worker; price columns are
+-- those of the newest SharePriceChanged folded, NULL when there is none. The
+-- fold's partition claim makes it the only writer of these rows (ADR 0015);
+-- they are updated in key order. ON CONFLICT keeps the statement whole if a
+-- row is missing after all (it is then inserted).
 WITH incoming AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::numeric[], $7::numeric[], $8::numeric[],
                 $9::int2[], $10::int8[])
          AS t(term_id, curve_id, block_number, log_index, transaction_hash, total_shares, total_assets, share_price,
               vault_type, position_count_change)
-), named AS (
-    INSERT INTO vault (term_id, curve_id, total_shares, total_assets, current_share_price, vault_type,
-                        price_block_number, price_log_index, price_transaction_hash, position_count)
-    SELECT term_id, curve_id, coalesce(total_shares, 0), coalesce(total_assets, 0), coalesce(share_price, 0),
-           coalesce(vault_type, 0), block_number, log_index, transaction_hash, position_count_change
-    FROM incoming
-    WHERE block_number IS NULL AND position_count_change = 0
-    ORDER BY term_id, curve_id
-    ON CONFLICT (term_id, curve_id) DO NOTHING
 )
 INSERT INTO vault AS v (term_id, curve_id, total_shares, total_assets, current_share_price, vault_type,
                         price_block_number, price_log_index, price_transaction_hash, position_count)
