@@ -24,7 +24,7 @@ pub struct CopyText {
 impl CopyText {
     pub fn new() -> Self {
         CopyText {
-            buf: Vec::new(),
+            buf: Vec::with_capacity(64 * 1024),
             at_row_start: true,
             rows: 0,
         }

@@ -77,12 +77,7 @@ pub fn control_of(entry: &RawEntry) -> Option<Control> {
         .iter()
         .find_map(|name| entry.fields.iter().find(|(f, _)| f == name).map(|(_, v)| v))?;
     // Cheap test first: almost every entry is an event.
-    if !raw
-        .windows(CONTROL_PREFIX.len())
-        .any(|w| w == CONTROL_PREFIX.as_bytes())
-    {
-        return None;
-    }
+    memchr::memmem::find(raw, CONTROL_PREFIX.as_bytes())?;
     let envelope: Value = serde_json::from_slice(raw).ok()?;
     let event_name = envelope.get("event_name")?.as_str()?;
     if !event_name.starts_with(CONTROL_PREFIX) {

@@ -26,7 +26,10 @@ pub fn term_id(value: &str) -> Result<String, FieldError> {
             expected: "a bytes32 id: 0x followed by 64 hex digits",
         });
     }
-    Ok(format!("0x{}", digits.to_ascii_lowercase()))
+    let mut id = String::with_capacity(66);
+    id.push_str("0x");
+    id.extend(digits.chars().map(|c| c.to_ascii_lowercase()));
+    Ok(id)
 }
 
 /// The counter term of a triple: keccak256(keccak256("COUNTER_SALT") ++ termId).
