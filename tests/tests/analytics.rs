@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 use std::sync::Arc;
+use std::time::Duration;
 use system_tests::payload::*;
 use system_tests::{test_analytics_settings, TestDb};
 use worker::analytics::{claim, complete, process_batch, record_failures, requeue_parked};
@@ -947,4 +948,45 @@ async fn rollback_and_analytics_take_their_locks_in_one_order() {
     );
     db.drain_analytics().await;
     db.assert_verified().await;
+}
+
+/// A loop that found nothing to claim sleeps until the next queued term is
+/// due (the coalescing window after it was queued), not a whole poll
+/// interval; with nothing queued, or only claimed terms, a poll interval.
+#[tokio::test]
+async fn an_idle_loop_wakes_when_the_next_term_is_due() {
+    let db = TestDb::new().await;
+    let settings = worker::analytics::AnalyticsSettings {
+        coalesce: Duration::from_millis(400),
+        poll_interval: Duration::from_secs(5),
+        ..test_analytics_settings()
+    };
+    let wait = || worker::analytics::idle_wait(&db.pool, &settings);
+    assert_eq!(wait().await, settings.poll_interval, "empty queue");
+
+    sqlx::query("INSERT INTO analytics_queue (term_id, claimed_until) VALUES ('claimed', now() + interval '1 minute')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(wait().await, settings.poll_interval, "only a claimed term");
+
+    sqlx::query("INSERT INTO analytics_queue (term_id, next_attempt_at) VALUES ('queued', now() - interval '100 milliseconds')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let until_due = wait().await;
+    assert!(
+        until_due > Duration::from_millis(200) && until_due <= Duration::from_millis(300),
+        "due 300 ms from now, waits {until_due:?}"
+    );
+
+    sqlx::query("UPDATE analytics_queue SET next_attempt_at = now() - interval '1 second' WHERE term_id = 'queued'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        wait().await,
+        Duration::from_millis(1),
+        "due already: claim again at once"
+    );
 }

@@ -292,6 +292,22 @@ pub async fn record_failures(
     Ok((retried, parked))
 }
 
+/// How long a loop that found nothing to claim waits: until the next queued
+/// term is due (its coalescing window over), at most the poll interval, and
+/// the poll interval when that cannot be read (the next claim reports it).
+pub async fn idle_wait(pool: &PgPool, settings: &AnalyticsSettings) -> Duration {
+    let due_in: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(queries::ANALYTICS_NEXT_DUE)
+        .bind(settings.coalesce.as_millis() as i64)
+        .fetch_one(pool)
+        .await;
+    match due_in {
+        Ok(Some(ms)) => {
+            Duration::from_millis(ms.clamp(1, i64::MAX) as u64).min(settings.poll_interval)
+        }
+        Ok(None) | Err(_) => settings.poll_interval,
+    }
+}
+
 /// Claims due terms for a lease, in its own (auto-committed) statement.
 pub async fn claim(
     pool: &PgPool,
@@ -437,7 +453,7 @@ pub async fn run_loop(
         match failure::retry(&policy, || process_batch(&pool, &settings)).await {
             Ok(done) if done.value.claimed == 0 => {
                 backoff.reset();
-                pause(&stop, settings.poll_interval).await;
+                pause(&stop, idle_wait(&pool, &settings).await).await;
             }
             Ok(done) => {
                 backoff.reset();

@@ -40,6 +40,7 @@ named_queries! {
 
 named_queries! {
     CLAIM_ANALYTICS_TERMS => "claim_analytics_terms.sql",
+    ANALYTICS_NEXT_DUE => "analytics_next_due.sql",
     LOCK_ANALYTICS_TABLES => "lock_analytics_tables.sql",
     ANALYTICS_AFFECTED_TRIPLES => "analytics_affected_triples.sql",
     LOCK_PREDICATE_OBJECTS => "lock_predicate_objects.sql",
