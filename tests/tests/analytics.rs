@@ -248,6 +248,68 @@ async fn changes_within_the_coalescing_window_share_one_recomputation() {
     db.assert_verified().await;
 }
 
+/// A change of a counter vault queues its triple (ADR 0022): the changes of
+/// a triple and of its counter triple share one queue row and one
+/// recomputation, which reads both vaults.
+#[tokio::test]
+async fn a_triple_and_its_counter_triple_share_one_queue_row() {
+    let db = TestDb::new().await;
+    let mut c = Chain::new();
+    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
+    events.push(c.triple(30, 1, 2, 3));
+    write(&db, &events).await;
+    db.drain_analytics().await;
+    let counter = counter_term_id(&term(30));
+    let mut settings = test_analytics_settings();
+    settings.coalesce = std::time::Duration::from_secs(60);
+    write(
+        &db,
+        &c.deposit(&counter, 1, ADDR_A, 7, "1000000000000000000"),
+    )
+    .await;
+    let queued: Vec<(String,)> = sqlx::query_as("SELECT term_id FROM analytics_queue")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued,
+        vec![(term(30),)],
+        "the counter vault's change queues its triple"
+    );
+    write(
+        &db,
+        &c.deposit(&term(30), 1, ADDR_B, 5, "1000000000000000000"),
+    )
+    .await;
+    let queued: Vec<(String,)> = sqlx::query_as("SELECT term_id FROM analytics_queue")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, vec![(term(30),)], "both changes, one queue row");
+    sqlx::query(
+        "UPDATE analytics_queue SET next_attempt_at = next_attempt_at - interval '61 seconds'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let report = process_batch(&db.pool, &settings).await.unwrap();
+    assert_eq!(
+        (report.claimed, report.completed, report.triples),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        row(
+            &db,
+            "SELECT total_position_count::text FROM triple_term WHERE term_id = $1",
+            &term(30)
+        )
+        .await,
+        vec!["2"],
+        "one recomputation counts the positions of both vaults"
+    );
+    db.assert_verified().await;
+}
+
 #[tokio::test]
 async fn deposits_on_the_counter_vault_only_and_several_curves() {
     let db = TestDb::new().await;

@@ -1,17 +1,25 @@
--- Transactional outbox, written by the fold that changes the term (ADR 0015):
--- one pending row per term. A pending, unclaimed term
--- is left alone (deduplication). A term an analytics worker has claimed gets
--- its version bumped, so that worker's completion keeps the row and the term
--- is processed again with this change. A parked term gets a fresh set of
+-- Transactional outbox, written by the fold that changes a triple's inputs
+-- (ADR 0015): one pending row per triple. A pending, unclaimed row is left
+-- alone (deduplication). A row an analytics worker has claimed gets its
+-- version bumped, so that worker's completion keeps the row and the triple
+-- is processed again with this change. A parked row gets a fresh set of
 -- attempts because new data may cure it. Rows are locked in term order.
 --
--- Only triples and counter triples are queued: atom vaults feed no analytics
--- table (contract §3). A term still Unknown here needs no entry either: its
--- TripleCreated queues the triple when it arrives, and that recomputation
--- reads both vaults. upsert_terms.sql ran first in this transaction, and the
--- folder owns these terms' partition, so the types read here are current.
+-- Only triples are queued: atom vaults feed no analytics table (contract
+-- §3), and a counter triple's change queues its triple (term.triple_id),
+-- the one recomputation both feed (ADR 0022). The changes of a triple and of
+-- its counter triple then share one row, and two analytics workers never
+-- take one triple under two terms and wait for each other's pair locks. Two
+-- folds (the triple's partition and its counter's) may upsert one row; each
+-- locks its rows in term order, after its own partitions' rows, so one
+-- waits for the other's commit and never deadlocks.
+--
+-- A term still Unknown here needs no entry: its TripleCreated queues the
+-- triple when it arrives, and that recomputation reads both vaults.
+-- upsert_terms.sql ran first in this transaction, and the folder owns these
+-- terms' partition, so the types read here are current.
 INSERT INTO analytics_queue AS q (term_id, trace_context)
-SELECT k.term_id, $2::text
+SELECT DISTINCT CASE t.type WHEN 'CounterTriple' THEN t.triple_id ELSE t.id END, $2::text
 FROM (
     SELECT unnest($1::text[])
     -- Counter terms whose CounterTriple claim is folded now: queued only if a
@@ -22,8 +30,8 @@ FROM (
     SELECT c.id FROM unnest($3::text[]) AS c(id)
     WHERE EXISTS (SELECT 1 FROM vault v WHERE v.term_id = c.id)
 ) AS k(term_id)
-JOIN term t ON t.id = k.term_id AND t.type IN ('Triple', 'CounterTriple')
-ORDER BY k.term_id
+JOIN term t ON t.id = k.term_id AND t.type IN ('Triple', 'CounterTriple') AND (t.type = 'Triple' OR t.triple_id IS NOT NULL)
+ORDER BY 1
 ON CONFLICT (term_id) DO UPDATE
 SET version = q.version + 1,
     parked_at = NULL,
