@@ -465,7 +465,7 @@ pub const FOLD_INTERVAL_MS: Number<u64> = Number {
     min: 0,
     max: 10_000,
     off: None,
-    doc: "Least time between the starts of two folds while deltas keep coming, in milliseconds: more batches merged into one row write per key, for a bounded delay of the base tables",
+    doc: "Least time between two folds of one partition while deltas keep coming, in milliseconds, however many processes fold: more batches merged into one row write per key, for a bounded delay of the base tables",
 };
 pub const FOLD_POLL_INTERVAL_MS: Number<u64> = Number {
     env: "FOLD_POLL_INTERVAL_MS",

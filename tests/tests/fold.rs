@@ -211,6 +211,60 @@ async fn concurrent_folders_fold_each_delta_exactly_once() {
     db.assert_verified().await;
 }
 
+/// FOLD_INTERVAL_MS spaces the folds of each partition, whichever process
+/// folds: a partition folded a moment ago is not due for any folder, even
+/// with new deltas, until the interval has passed; a drain
+/// (`Claim::SkipLocked`) still takes it at once.
+#[tokio::test]
+async fn a_partition_is_folded_at_most_once_per_interval_by_all_folders() {
+    let db = TestDb::new().await;
+    let write = |tx_n: u64| {
+        let pool = db.pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let entry = deposit_entry(tx_n, 100 + tx_n, ADDR_A, 5);
+            worker::persistence::write_in_transaction(
+                &mut tx,
+                std::slice::from_ref(&entry),
+                worker::persistence::Insert::Copy,
+                None,
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let due = |ms: u64| Claim::Due {
+        partitions: 32,
+        spacing: Duration::from_millis(ms),
+    };
+    write(1).await;
+    let first = fold::fold_once(&db.pool, Claim::SkipLocked(32), 100)
+        .await
+        .unwrap();
+    assert!(first.deltas > 0);
+
+    write(2).await;
+    let pending = db.pending_deltas().await;
+    assert!(pending > 0);
+    let early = fold::fold_once(&db.pool, due(60_000), 100).await.unwrap();
+    assert_eq!(early.deltas, 0, "folded a moment ago: not due");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let later = fold::fold_once(&db.pool, due(10), 100).await.unwrap();
+    assert_eq!(
+        later.deltas as i64, pending,
+        "due once the interval has passed"
+    );
+
+    write(3).await;
+    let drained = fold::fold_once(&db.pool, Claim::SkipLocked(32), 100)
+        .await
+        .unwrap();
+    assert!(drained.deltas > 0, "a drain takes what is there");
+    db.drain_analytics().await;
+    db.assert_verified().await;
+}
+
 /// A folder whose connection dies mid-fold (deltas deleted and applied, not
 /// committed) loses nothing: while it holds its partitions no other folder
 /// takes them, and after the crash another folder folds everything once.

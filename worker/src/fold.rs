@@ -42,6 +42,9 @@ use tokio_util::task::TaskTracker;
 pub enum Claim {
     /// Up to this many partitions with deltas, skipping those held by others.
     SkipLocked(i64),
+    /// As [`Claim::SkipLocked`], of the partitions last folded at least
+    /// `spacing` ago (the fold loop: FOLD_INTERVAL_MS).
+    Due { partitions: i64, spacing: Duration },
     /// Every partition with deltas, waiting for those held by others.
     Wait,
 }
@@ -79,14 +82,11 @@ pub async fn fold_once_upto(
 ) -> Result<FoldReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let partitions: Vec<i16> = match claim {
-        Claim::SkipLocked(n) => {
-            sqlx::query_scalar(queries::CLAIM_FOLD_PARTITIONS)
-                .bind(n)
-                .bind(DELTA_FORMAT)
-                .bind(upto)
-                .fetch_all(&mut *tx)
-                .await?
-        }
+        Claim::SkipLocked(n) => claim_partitions(&mut tx, n, None, upto).await?,
+        Claim::Due {
+            partitions,
+            spacing,
+        } => claim_partitions(&mut tx, partitions, Some(spacing), upto).await?,
         Claim::Wait => {
             sqlx::query_scalar(queries::CLAIM_FOLD_PARTITIONS_WAITING)
                 .bind(DELTA_FORMAT)
@@ -303,6 +303,38 @@ pub async fn fold_in_upto(
     Ok(report)
 }
 
+/// Locks up to `n` partitions with deltas (see [`Claim`]).
+async fn claim_partitions(
+    tx: &mut Transaction<'_, Postgres>,
+    n: i64,
+    spacing: Option<Duration>,
+    upto: Option<i64>,
+) -> Result<Vec<i16>, sqlx::Error> {
+    sqlx::query_scalar(queries::CLAIM_FOLD_PARTITIONS)
+        .bind(n)
+        .bind(DELTA_FORMAT)
+        .bind(upto)
+        .bind(spacing.map(|s| s.as_millis() as i64))
+        .fetch_all(&mut **tx)
+        .await
+}
+
+/// How long until a partition with deltas is due again (`spacing` after
+/// its last fold): `None` when one is due now (held by another folder) or
+/// none has deltas, or when that cannot be read.
+async fn next_due(pool: &PgPool, spacing: Duration) -> Option<Duration> {
+    let due_in: Option<i64> = sqlx::query_scalar(queries::FOLD_NEXT_DUE)
+        .bind(spacing.as_millis() as i64)
+        .bind(DELTA_FORMAT)
+        .fetch_one(pool)
+        .await
+        .ok()
+        .flatten();
+    due_in
+        .filter(|ms| *ms > 0)
+        .map(|ms| Duration::from_millis(ms as u64))
+}
+
 /// Moves poisoned deltas (already deleted from `fold_delta` by this
 /// transaction) into `fold_delta_parked` with their reasons.
 async fn park(
@@ -507,8 +539,9 @@ pub async fn replay_parked(pool: &PgPool, ids: Option<&[i64]>) -> Result<Vec<i64
 /// Settings of a process's fold loop.
 #[derive(Debug, Clone)]
 pub struct FoldSettings {
-    /// Least time between the starts of two folds while deltas keep coming:
-    /// more deltas per key merged into one row write, for a bounded delay.
+    /// Least time between two folds of one partition (all processes
+    /// together) while deltas keep coming: more deltas per key merged into
+    /// one row write, for a bounded delay.
     pub interval: Duration,
     /// How often to look for deltas written by other processes.
     pub poll_interval: Duration,
@@ -538,7 +571,6 @@ pub async fn run_loop(
 ) {
     let source = Source::fold();
     let mut backoff = Backoff::new(backoff::FOLD);
-    let mut last_start: Option<Instant> = None;
     // Set once the drain began: Some(horizon), None inside when no delta existed.
     let mut drain: Option<Option<i64>> = None;
     loop {
@@ -570,21 +602,23 @@ pub async fn run_loop(
                     continue;
                 }
             }
-        } else if !stopping {
-            if let Some(wait) = last_start.and_then(|t| settings.interval.checked_sub(t.elapsed()))
-            {
-                pause(&stop, wait).await;
-            }
         }
-        last_start = Some(Instant::now());
-        let claim = Claim::SkipLocked(settings.max_partitions);
+        let started = Instant::now();
+        // Draining: whatever it can take now, however recently folded.
+        let claim = match drain {
+            Some(_) => Claim::SkipLocked(settings.max_partitions),
+            None => Claim::Due {
+                partitions: settings.max_partitions,
+                spacing: settings.interval,
+            },
+        };
         let upto = drain.flatten();
         match fold_once_upto(&pool, claim, settings.max_deltas, upto).await {
             Ok(report) => {
                 backoff.reset();
                 health.clear(&source);
                 if report.deltas > 0 {
-                    record(&metrics, &report, last_start.map(|t| t.elapsed()));
+                    record(&metrics, &report, Some(started.elapsed()));
                     // More may be waiting (other partitions, or the bound).
                     continue;
                 }
@@ -617,6 +651,13 @@ pub async fn run_loop(
             }
         }
         if stop.is_cancelled() {
+            continue;
+        }
+        // Deltas folded too recently to fold again: sleep until they are due
+        // (at most FOLD_INTERVAL_MS). Otherwise, until this process commits
+        // a batch, or a poll for other processes' deltas.
+        if let Some(due_in) = next_due(&pool, settings.interval).await {
+            pause(&stop, due_in.min(settings.poll_interval)).await;
             continue;
         }
         tokio::select! {

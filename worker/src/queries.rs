@@ -28,6 +28,7 @@ named_queries! {
     INSERT_FOLD_DELTAS => "insert_fold_deltas.sql",
     CLAIM_FOLD_PARTITIONS => "claim_fold_partitions.sql",
     CLAIM_FOLD_PARTITIONS_WAITING => "claim_fold_partitions_waiting.sql",
+    FOLD_NEXT_DUE => "fold_next_due.sql",
     TAKE_FOLD_DELTAS => "take_fold_deltas.sql",
     RECORD_FOLD => "record_fold.sql",
     FOLD_STATS => "fold_stats.sql",
