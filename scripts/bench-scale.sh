@@ -10,7 +10,9 @@
 # until the work that follows the commit is done too ("settled after": the
 # analytics queue, parked terms aside, and fold deltas where the schema has
 # them, are empty), so the CPU figures and `verify` cover all the work the
-# events cause. It reports events/s, CPU seconds per 1,000 events of
+# events cause ("events/s to settled": events / (seconds + settled after);
+# the settle is polled every 0.2 s). It reports events/s, CPU seconds per
+# 1,000 events of
 # the worker processes and of PostgreSQL (all its processes), a sample of the
 # wait events of the run database's active backends (pg_stat_activity every
 # 0.2 s, counted per wait event: `running` = active and not waiting;
@@ -364,7 +366,8 @@ for spec in "${all_runs[@]}"; do
     function cpu(t, after) {return sprintf("%.3f (%.3f settling)", t / tck / k, after / tck / k)}
     BEGIN {
       d = b - a; k = e / 1000
-      printf "| %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n", n, s, c(e), d, c(e / d), st, cpu(wk, wks), cpu(pg, pgs), c(wal / e), w, v
+      settled_rate = (st ~ /^[0-9.]+$/) ? c(e / (d + st)) : "-"
+      printf "| %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s | %s |\n", n, s, c(e), d, c(e / d), st, settled_rate, cpu(wk, wks), cpu(pg, pgs), c(wal / e), w, v
     }')
   if [ "$label" != warmup ]; then
     rows+=("$row")
@@ -379,8 +382,8 @@ done
 {
   echo "$(nproc) cores, PostgreSQL $(psql_admin -c 'show server_version') durable (fsync and synchronous_commit on), $EVENTS events, $ACCOUNTS accounts, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  h="| worker processes | settings | events stored | seconds | events/s | settled after (s) | worker CPU s / 1,000 events (settling) | PostgreSQL CPU s / 1,000 events (settling) | WAL bytes / event | wait events of active backends until drained (samples every 0.2 s) | verify |"
-  sep="|---|---|---|---|---|---|---|---|---|---|---|"
+  h="| worker processes | settings | events stored | seconds | events/s | settled after (s) | events/s to settled | worker CPU s / 1,000 events (settling) | PostgreSQL CPU s / 1,000 events (settling) | WAL bytes / event | wait events of active backends until drained (samples every 0.2 s) | verify |"
+  sep="|---|---|---|---|---|---|---|---|---|---|---|---|"
   for m in $METRICS; do
     [ -z "${metric_seen[$m]:-}" ] || { h+=" $m |"; sep+="---|"; }
   done
