@@ -297,7 +297,7 @@ impl Folded {
             }
         }
         if !new.is_empty() {
-            let mut data = CopyText::new();
+            let mut data = CopyText::with_capacity(new.len() * 320);
             for p in &new {
                 // A new position is active (counted in its vault) when it holds shares.
                 let active = is_positive(&p.shares);
@@ -369,7 +369,7 @@ impl Folded {
                 .await?;
         }
         if !new.is_empty() {
-            let mut data = CopyText::new();
+            let mut data = CopyText::with_capacity(new.len() * 256);
             for v in &new {
                 data.text(v.term_id).text(v.curve_id);
                 match v.price {

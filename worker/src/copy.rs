@@ -23,8 +23,13 @@ pub struct CopyText {
 
 impl CopyText {
     pub fn new() -> Self {
+        Self::with_capacity(64 * 1024)
+    }
+
+    /// A buffer for about `bytes` of data (no regrowth copies below that).
+    pub fn with_capacity(bytes: usize) -> Self {
         CopyText {
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::with_capacity(bytes),
             at_row_start: true,
             rows: 0,
         }
@@ -34,6 +39,15 @@ impl CopyText {
     pub fn text(&mut self, value: &str) -> &mut Self {
         self.separator();
         let bytes = value.as_bytes();
+        // Almost every value (ids, hashes, numbers) needs no escape: one
+        // branch-free pass finds out.
+        let plain = bytes
+            .iter()
+            .fold(true, |plain, &b| plain & (b != b'\\') & (b >= 0x20));
+        if plain {
+            self.buf.extend_from_slice(bytes);
+            return self;
+        }
         let mut from = 0;
         for (at, byte) in bytes.iter().enumerate() {
             let escaped: &[u8] = match byte {
@@ -234,6 +248,13 @@ mod tests {
                 c.text("héllo ✓");
             }),
             "héllo ✓\n"
+        );
+        // Other control characters are data in the text format.
+        assert_eq!(
+            row(|c| {
+                c.text("a\u{1}b\tc");
+            }),
+            "a\u{1}b\\tc\n"
         );
     }
 

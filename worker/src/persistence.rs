@@ -384,7 +384,8 @@ pub async fn write_in_transaction(
     }
     events.sort_by(|a, b| a.position.key().cmp(&b.position.key()));
 
-    let mut new_keys: HashSet<(String, i64)> = HashSet::with_capacity(events.len());
+    // Keys of the new events when some may be stored already (SkipStored).
+    let mut new_keys: HashSet<(String, i64)> = HashSet::new();
     for kind in EventKind::ALL {
         let rows: Vec<&DecodedEvent> = events
             .iter()
@@ -394,18 +395,24 @@ pub async fn write_in_transaction(
         if rows.is_empty() {
             continue;
         }
-        let inserted = match insert {
+        let stored = match insert {
+            // All new, or the COPY fails.
             Insert::Copy => copy_events(tx, kind, &rows).await?,
-            Insert::SkipStored => insert_events(tx, kind, &rows).await?,
+            Insert::SkipStored => {
+                let inserted = insert_events(tx, kind, &rows).await?;
+                let n = inserted.len();
+                new_keys.extend(inserted);
+                n
+            }
         };
-        outcome.duplicate_events += (rows.len() - inserted.len()) as u64;
-        if !inserted.is_empty() {
-            *outcome.new_events.entry(kind.name()).or_default() += inserted.len() as u64;
+        outcome.duplicate_events += (rows.len() - stored) as u64;
+        if stored > 0 {
+            *outcome.new_events.entry(kind.name()).or_default() += stored as u64;
         }
-        new_keys.extend(inserted);
     }
     // Usually every event is new; only a redelivery needs the lookup.
-    let new_events: Vec<&DecodedEvent> = if new_keys.len() == events.len() {
+    let new_events: Vec<&DecodedEvent> = if insert == Insert::Copy || new_keys.len() == events.len()
+    {
         events
     } else {
         events
@@ -428,13 +435,14 @@ pub async fn write_in_transaction(
 
 /// COPYs events of one kind, all new (see [`Insert::Copy`]): the common
 /// columns (chain position and source), then the kind's own fields
-/// ([`crate::catalog`]). Returns their keys.
+/// ([`crate::catalog`]). Returns how many it stored (all of them).
 async fn copy_events(
     tx: &mut Transaction<'_, Postgres>,
     kind: EventKind,
     rows: &[&DecodedEvent],
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let mut data = CopyText::new();
+) -> Result<usize, sqlx::Error> {
+    // About 400 bytes per event row (ids and hashes are 42 to 66 characters).
+    let mut data = CopyText::with_capacity(rows.len() * 512);
     for e in rows {
         let (position, source) = (&e.position, &e.source);
         data.text(&position.transaction_hash)
@@ -454,10 +462,7 @@ async fn copy_events(
         data.end_row();
     }
     copy::copy_in(tx, kind.copy_statement(), data).await?;
-    Ok(rows
-        .iter()
-        .map(|e| (e.position.transaction_hash.clone(), e.position.log_index))
-        .collect())
+    Ok(rows.len())
 }
 
 /// Inserts events of one kind, skipping those already stored (see
