@@ -50,8 +50,9 @@ impl Source {
         Source::new(Service::Redis, format!("stream {consumer}"))
     }
     /// The fold loop (ADR 0015).
-    pub fn fold() -> Source {
-        Source::new(Service::Postgres, "fold")
+    /// Fold loop number `index`.
+    pub fn fold(index: usize) -> Source {
+        Source::new(Service::Postgres, format!("fold {index}"))
     }
     /// Analytics loop number `index`.
     pub fn analytics(index: usize) -> Source {
