@@ -403,10 +403,6 @@ pub struct FoldSpec {
     #[serde(default = "default_fold_max_deltas")]
     #[schemars(range(min = settings::FOLD_MAX_DELTAS.min, max = settings::FOLD_MAX_DELTAS.max))]
     pub max_deltas: i32,
-    /// Fold loops per worker pod (each takes its own partitions; they help with a backlog).
-    #[serde(default = "default_fold_concurrency")]
-    #[schemars(range(min = settings::FOLD_CONCURRENCY.min, max = settings::FOLD_CONCURRENCY.max))]
-    pub concurrency: i32,
 }
 
 impl Default for FoldSpec {
@@ -416,7 +412,6 @@ impl Default for FoldSpec {
             poll_interval_ms: default_fold_poll_interval_ms(),
             max_partitions: default_fold_max_partitions(),
             max_deltas: default_fold_max_deltas(),
-            concurrency: default_fold_concurrency(),
         }
     }
 }
@@ -630,9 +625,6 @@ fn default_fold_max_partitions() -> i32 {
 }
 fn default_fold_max_deltas() -> i32 {
     settings::FOLD_MAX_DELTAS.default as i32
-}
-fn default_fold_concurrency() -> i32 {
-    settings::FOLD_CONCURRENCY.default as i32
 }
 fn default_consumer_group() -> String {
     settings::CONSUMER_GROUP

@@ -465,7 +465,6 @@ fn crd_ranges_and_defaults_are_the_workers() {
             "DB_POOL_MAX_CONNECTIONS",
             "DB_POOL_MIN_CONNECTIONS",
             "DRAIN_TIMEOUT_MS",
-            "FOLD_CONCURRENCY",
             "FOLD_INTERVAL_MS",
             "FOLD_MAX_DELTAS",
             "FOLD_MAX_PARTITIONS",

@@ -495,15 +495,6 @@ pub const FOLD_MAX_DELTAS: Number<u32> = Number {
     off: None,
     doc: "Delta rows one fold transaction takes at most (a batch writes one per partition it touches)",
 };
-pub const FOLD_CONCURRENCY: Number<u32> = Number {
-    env: "FOLD_CONCURRENCY",
-    flag: "fold-concurrency",
-    default: 2,
-    min: 1,
-    max: 32,
-    off: None,
-    doc: "Fold loops in this process, each taking its own partitions; FOLD_INTERVAL_MS spaces each partition's folds however many loops fold, so more loops only help with a backlog",
-};
 
 // HTTP and drain.
 
@@ -614,7 +605,6 @@ pub static ALL: &[&dyn Setting] = &[
     &FOLD_POLL_INTERVAL_MS,
     &FOLD_MAX_PARTITIONS,
     &FOLD_MAX_DELTAS,
-    &FOLD_CONCURRENCY,
     &HTTP_PORT,
     &HTTP_BIND_ADDRESS,
     &DRAIN_TIMEOUT_MS,

@@ -552,8 +552,7 @@ pub struct FoldSettings {
 /// Failures in a row after which a draining fold loop gives up.
 const DRAIN_FAILURES: u32 = 3;
 
-/// Fold loop number `index` of a `run` process (FOLD_CONCURRENCY of them,
-/// each taking its own partitions). Woken by `wake` after a local commit,
+/// The fold loop of a `run` process. Woken by `wake` after each local commit,
 /// and every `poll_interval` for deltas of other processes. When `stop`
 /// fires it waits for the `consumers` (their last batches commit deltas),
 /// reads the drain's horizon (the newest delta id then), folds what it can
@@ -569,9 +568,8 @@ pub async fn run_loop(
     stop: CancellationToken,
     wake: Arc<Notify>,
     consumers: TaskTracker,
-    index: usize,
 ) {
-    let source = Source::fold(index);
+    let source = Source::fold();
     let mut backoff = Backoff::new(backoff::FOLD);
     // Set once the drain began: Some(horizon), None inside when no delta existed.
     let mut drain: Option<Option<i64>> = None;

@@ -50,9 +50,8 @@ impl Source {
         Source::new(Service::Redis, format!("stream {consumer}"))
     }
     /// The fold loop (ADR 0015).
-    /// Fold loop number `index`.
-    pub fn fold(index: usize) -> Source {
-        Source::new(Service::Postgres, format!("fold {index}"))
+    pub fn fold() -> Source {
+        Source::new(Service::Postgres, "fold")
     }
     /// Analytics loop number `index`.
     pub fn analytics(index: usize) -> Source {

@@ -93,18 +93,15 @@ pub async fn serve(
             }));
         }
         consumers.close();
-        for index in 0..fold_args.fold_concurrency {
-            work.spawn(worker::fold::run_loop(
-                pool.clone(),
-                worker::fold::FoldSettings::from(&fold_args),
-                metrics.clone(),
-                health.clone(),
-                stop.clone(),
-                fold_wake.clone(),
-                consumers.clone(),
-                index as usize,
-            ));
-        }
+        work.spawn(worker::fold::run_loop(
+            pool.clone(),
+            worker::fold::FoldSettings::from(&fold_args),
+            metrics.clone(),
+            health.clone(),
+            stop.clone(),
+            fold_wake,
+            consumers,
+        ));
     }
     if analytics_args.analytics_enabled {
         let settings = AnalyticsSettings::from(&analytics_args);

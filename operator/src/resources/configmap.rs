@@ -51,10 +51,6 @@ pub fn config_data(spec: &PostgresWriterSpec) -> BTreeMap<String, String> {
             spec.fold.max_deltas.to_string(),
         ),
         (
-            settings::FOLD_CONCURRENCY.env.to_string(),
-            spec.fold.concurrency.to_string(),
-        ),
-        (
             settings::CONSUMER_REAP_IDLE_MS.env.to_string(),
             spec.consumer_reap_idle_ms.to_string(),
         ),

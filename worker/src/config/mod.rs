@@ -316,13 +316,6 @@ pub struct FoldArgs {
         help = settings::FOLD_MAX_DELTAS.doc
     )]
     pub fold_max_deltas: u32,
-    #[arg(
-        long = settings::FOLD_CONCURRENCY.flag,
-        env = settings::FOLD_CONCURRENCY.env,
-        default_value_t = settings::FOLD_CONCURRENCY.default,
-        help = settings::FOLD_CONCURRENCY.doc
-    )]
-    pub fold_concurrency: u32,
 }
 
 impl FoldArgs {
@@ -330,8 +323,7 @@ impl FoldArgs {
         check(&settings::FOLD_INTERVAL_MS, self.fold_interval_ms)?;
         check(&settings::FOLD_POLL_INTERVAL_MS, self.fold_poll_interval_ms)?;
         check(&settings::FOLD_MAX_PARTITIONS, self.fold_max_partitions)?;
-        check(&settings::FOLD_MAX_DELTAS, self.fold_max_deltas)?;
-        check(&settings::FOLD_CONCURRENCY, self.fold_concurrency)
+        check(&settings::FOLD_MAX_DELTAS, self.fold_max_deltas)
     }
 }
 
