@@ -11,7 +11,7 @@
 # analytics queue, parked terms aside, and fold deltas where the schema has
 # them, are empty), so the CPU figures and `verify` cover all the work the
 # events cause ("events/s to settled": events / (seconds + settled after);
-# the settle is polled every 0.2 s). It reports events/s, CPU seconds per
+# the drain is polled every 0.2 s, the settle every 0.1 s). It reports events/s, CPU seconds per
 # 1,000 events of
 # the worker processes and of PostgreSQL (all its processes), a sample of the
 # wait events of the run database's active backends (pg_stat_activity every
@@ -309,7 +309,7 @@ for spec in "${all_runs[@]}"; do
         scrape_metrics "$mfile" "${ports[@]}"
         last_scrape=$t
       fi
-      sleep 0.2
+      sleep 0.1
     done
   fi
   wk2=$(proc_ticks "${pids[@]}")
