@@ -90,6 +90,26 @@ impl TestDb {
             .unwrap()
     }
 
+    /// Every event table's rows as sorted text, one `row` expression per
+    /// row (over the table aliased `e`), for comparing two databases.
+    pub async fn event_rows(&self, row: &str) -> String {
+        let mut out = String::new();
+        for table in worker::catalog::EVENT_TABLES {
+            let rows: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT {row} FROM {table} e ORDER BY e.transaction_hash, e.log_index"
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+            out.push_str(&format!(
+                "## {table} ({} rows)\n{}\n",
+                rows.len(),
+                rows.join("\n")
+            ));
+        }
+        out
+    }
+
     /// Every derived table as sorted text, for comparing two databases.
     pub async fn snapshot(&self) -> String {
         let mut out = String::new();

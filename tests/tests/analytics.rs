@@ -189,6 +189,26 @@ async fn triple_created_before_and_after_its_deposits() {
     );
 }
 
+/// Moves the queue's rows 61 s back (past a 60 s coalescing window), then
+/// one batch must claim, complete and recompute exactly one triple.
+async fn end_the_window_and_recompute_one_triple(
+    db: &TestDb,
+    settings: &worker::analytics::AnalyticsSettings,
+) {
+    sqlx::query(
+        "UPDATE analytics_queue SET next_attempt_at = next_attempt_at - interval '61 seconds'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let report = process_batch(&db.pool, settings).await.unwrap();
+    assert_eq!(
+        (report.claimed, report.completed, report.triples),
+        (1, 1, 1),
+        "{report:?}"
+    );
+}
+
 /// ANALYTICS_COALESCE_MS: a queued term is not due before its window has
 /// passed, and every change made meanwhile shares one recomputation.
 #[tokio::test]
@@ -229,17 +249,7 @@ async fn changes_within_the_coalescing_window_share_one_recomputation() {
         "analytics still show the state before the window"
     );
     // The window passes.
-    sqlx::query(
-        "UPDATE analytics_queue SET next_attempt_at = next_attempt_at - interval '61 seconds'",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let report = process_batch(&db.pool, &settings).await.unwrap();
-    assert_eq!(
-        (report.claimed, report.completed, report.triples),
-        (1, 1, 1)
-    );
+    end_the_window_and_recompute_one_triple(&db, &settings).await;
     assert_eq!(
         row(&db, "SELECT total_position_count || '|' || total_market_cap FROM triple_term WHERE term_id = $1", &term(10)).await,
         vec!["1", &(306u64 * 3).to_string()],
@@ -286,17 +296,7 @@ async fn a_triple_and_its_counter_triple_share_one_queue_row() {
         .await
         .unwrap();
     assert_eq!(queued, vec![(term(30),)], "both changes, one queue row");
-    sqlx::query(
-        "UPDATE analytics_queue SET next_attempt_at = next_attempt_at - interval '61 seconds'",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let report = process_batch(&db.pool, &settings).await.unwrap();
-    assert_eq!(
-        (report.claimed, report.completed, report.triples),
-        (1, 1, 1)
-    );
+    end_the_window_and_recompute_one_triple(&db, &settings).await;
     assert_eq!(
         row(
             &db,

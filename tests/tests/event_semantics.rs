@@ -320,23 +320,9 @@ async fn other_events_are_stored_verbatim() {
     assert_eq!(db.count("term").await, 0);
 }
 
-/// Every event table's rows (all columns but `inserted_at`) as sorted text.
+/// Every event table's rows, all columns but `inserted_at`.
 async fn event_rows(db: &TestDb) -> String {
-    let mut out = String::new();
-    for table in worker::catalog::EVENT_TABLES {
-        let rows: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT (to_jsonb(e) - 'inserted_at')::text FROM {table} e ORDER BY transaction_hash, log_index"
-        ))
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-        out.push_str(&format!(
-            "## {table} ({} rows)\n{}\n",
-            rows.len(),
-            rows.join("\n")
-        ));
-    }
-    out
+    db.event_rows("(to_jsonb(e) - 'inserted_at')::text").await
 }
 
 /// Decoded entries of every kind, with the characters COPY's text format

@@ -95,21 +95,8 @@ fn notice(network: &str, fork_block: u64, depth: u64) -> String {
 
 /// Every event table's rows as `tx:log_index@block`, sorted (compares level 0).
 async fn event_rows(db: &TestDb) -> String {
-    let mut out = String::new();
-    for table in worker::catalog::EVENT_TABLES {
-        let rows: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT transaction_hash || ':' || log_index || '@' || block_number FROM {table} ORDER BY 1"
-        ))
-        .fetch_all(&db.pool)
+    db.event_rows("e.transaction_hash || ':' || e.log_index || '@' || e.block_number")
         .await
-        .unwrap();
-        out.push_str(&format!(
-            "## {table} ({} rows)\n{}\n",
-            rows.len(),
-            rows.join("\n")
-        ));
-    }
-    out
 }
 
 /// A database fed only `entries` (stream, payload), through one consumer.
