@@ -89,6 +89,17 @@ impl Chain {
             ),
         )
     }
+    /// Atoms 1, 2 and 3, then the triples (term, subject, predicate, object).
+    fn atoms_1_to_3_and_triples(
+        &mut self,
+        triples: &[(u64, u64, u64, u64)],
+    ) -> Vec<(&'static str, Value)> {
+        let mut events: Vec<_> = (1..=3).map(|n| self.atom(n)).collect();
+        for &(n, s, p, o) in triples {
+            events.push(self.triple(n, s, p, o));
+        }
+        events
+    }
     /// A deposit by `account` followed by the vault's new price and totals.
     fn deposit(
         &mut self,
@@ -215,8 +226,7 @@ async fn end_the_window_and_recompute_one_triple(
 async fn changes_within_the_coalescing_window_share_one_recomputation() {
     let db = TestDb::new().await;
     let mut c = Chain::new();
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(10, 1, 2, 3));
+    let events = c.atoms_1_to_3_and_triples(&[(10, 1, 2, 3)]);
     write(&db, &events).await;
     db.drain_analytics().await;
     let mut settings = test_analytics_settings();
@@ -265,8 +275,7 @@ async fn changes_within_the_coalescing_window_share_one_recomputation() {
 async fn a_triple_and_its_counter_triple_share_one_queue_row() {
     let db = TestDb::new().await;
     let mut c = Chain::new();
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(30, 1, 2, 3));
+    let events = c.atoms_1_to_3_and_triples(&[(30, 1, 2, 3)]);
     write(&db, &events).await;
     db.drain_analytics().await;
     let counter = counter_term_id(&term(30));
@@ -314,8 +323,7 @@ async fn a_triple_and_its_counter_triple_share_one_queue_row() {
 async fn deposits_on_the_counter_vault_only_and_several_curves() {
     let db = TestDb::new().await;
     let mut c = Chain::new();
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(20, 1, 2, 3));
+    let events = c.atoms_1_to_3_and_triples(&[(20, 1, 2, 3)]);
     write(&db, &events).await;
     let counter = counter_term_id(&term(20));
     write(
@@ -536,9 +544,7 @@ async fn inject_errors(db: &TestDb, term_id: &str, times: i64, sqlstate: &str) -
 async fn an_outage_costs_no_attempt_and_parks_nothing() {
     let db = TestDb::new().await;
     let mut c = Chain::new();
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(40, 1, 2, 3));
-    events.push(c.triple(41, 2, 2, 3));
+    let events = c.atoms_1_to_3_and_triples(&[(40, 1, 2, 3), (41, 2, 2, 3)]);
     write(&db, &events).await;
     let trigger = inject_errors(&db, &term(40), 1_000_000, "XX000").await;
     let mut settings = test_analytics_settings(); // 3 attempts
@@ -571,10 +577,8 @@ async fn an_outage_costs_no_attempt_and_parks_nothing() {
 async fn failures_are_retried_with_backoff_or_parked_then_requeued() {
     let db = TestDb::new().await;
     let mut c = Chain::new();
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(30, 1, 2, 3)); // fails twice, then succeeds
-    events.push(c.triple(31, 1, 2, 3)); // always fails
-    events.push(c.triple(32, 2, 2, 3)); // healthy neighbour
+    // 30 fails twice, then succeeds; 31 always fails; 32 is a healthy neighbour.
+    let events = c.atoms_1_to_3_and_triples(&[(30, 1, 2, 3), (31, 1, 2, 3), (32, 2, 2, 3)]);
     write(&db, &events).await;
     inject_failures(&db, &term(30), 2).await;
     let always = inject_failures(&db, &term(31), 1_000_000).await;
@@ -647,8 +651,7 @@ async fn failures_are_retried_with_backoff_or_parked_then_requeued() {
 async fn rebuild_restores_drifted_tables_and_verify_reports_the_drift() {
     let db = TestDb::new().await;
     let mut c = Chain::new();
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(40, 1, 2, 3));
+    let mut events = c.atoms_1_to_3_and_triples(&[(40, 1, 2, 3)]);
     events.extend(c.deposit(&term(40), 1, ADDR_A, 10, "1000000000000000000"));
     write(&db, &events).await;
     db.drain_analytics().await;
@@ -696,8 +699,7 @@ fn claimed_terms(claimed: &[worker::analytics::Claimed]) -> Vec<String> {
 
 /// A triple whose analytics are current, then a change that queues it.
 async fn one_queued_triple(db: &TestDb, c: &mut Chain) -> String {
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(10, 1, 2, 3));
+    let events = c.atoms_1_to_3_and_triples(&[(10, 1, 2, 3)]);
     write(db, &events).await;
     db.drain_analytics().await;
     let t = term(10);
@@ -832,8 +834,7 @@ async fn wait_for_lock_wait(
 async fn rebuild_analytics_only_keeps_terms_queued_during_it() {
     let db = TestDb::new().await;
     let mut c = Chain::new();
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(10, 1, 2, 3));
+    let mut events = c.atoms_1_to_3_and_triples(&[(10, 1, 2, 3)]);
     events.extend(c.deposit(&term(10), 1, ADDR_A, 10, "1000000000000000000"));
     write(&db, &events).await;
     db.drain_analytics().await;
@@ -905,8 +906,7 @@ async fn rebuild_analytics_only_keeps_terms_queued_during_it() {
 async fn conflicts_cost_no_attempt_and_park_nothing() {
     let db = TestDb::new().await;
     let mut c = Chain::new();
-    let mut events: Vec<_> = (1..=3).map(|n| c.atom(n)).collect();
-    events.push(c.triple(40, 1, 2, 3));
+    let events = c.atoms_1_to_3_and_triples(&[(40, 1, 2, 3)]);
     write(&db, &events).await;
     let mut settings = test_analytics_settings();
     settings.max_attempts = 1; // a failure counted would park the term at once
